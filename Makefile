@@ -1,0 +1,41 @@
+# nodulekit — the two commands of the README, plus a few helpers.
+#   make test       install into .venv (once) and run every test, notebooks included (QUICK mode)
+#   make reproduce  install into .venv (once) and run the whole study (notebooks 01-05, full size)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RUN_DIR ?= runs/reproduce
+
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+
+.PHONY: install test test-fast reproduce bench lint clean
+
+install: $(STAMP)
+
+# Idempotent: re-installs only when pyproject.toml changes (or the venv is missing).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[notebooks,test,export]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
+	touch $(STAMP)
+
+test: $(STAMP)
+	NODULEKIT_QUICK=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider --durations=15
+	@echo "make test: reports above; notebook outputs went to runs/quick (QUICK mode)"
+
+# Unit tests only, no notebooks (for a quick check while developing).
+test-fast: $(STAMP)
+	NODULEKIT_QUICK=1 $(PY) -m pytest tests -x -q -p no:cacheprovider
+
+reproduce: $(STAMP)
+	$(PY) -m nodulekit reproduce --run-dir $(RUN_DIR)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,120 @@
+"""Small shared helpers: seeding, random generators, QUICK mode, atomic writes, logging."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+__all__ = [
+    "set_seed",
+    "as_rng",
+    "is_quick",
+    "atomic_write",
+    "write_json",
+    "read_json",
+    "configure_logging",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def set_seed(seed: int = 0, *, deterministic_ops: bool = False) -> None:
+    """Seed Python, NumPy and TensorFlow/Keras in one call.
+
+    Parameters
+    ----------
+    seed : int
+        The seed. The same seed on the same machine gives the same splits, weights and shuffles.
+    deterministic_ops : bool
+        Also ask TensorFlow for deterministic kernels (slower; bit-identical reruns on one machine).
+    """
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        from .errors import InvalidParameterError
+
+        raise InvalidParameterError(f"seed must be a non-negative integer, got {seed!r}")
+    os.environ["PYTHONHASHSEED"] = str(int(seed))
+    random.seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
+    try:
+        import keras
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover - TensorFlow is a hard dependency
+        return
+    keras.utils.set_random_seed(int(seed))
+    if deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
+
+
+def as_rng(rng: int | np.random.Generator | None) -> np.random.Generator:
+    """Return a NumPy Generator from an int seed, a Generator (returned as is) or None."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+def is_quick() -> bool:
+    """True when the environment asks for QUICK mode (``NODULEKIT_QUICK=1``): tiny data, few epochs."""
+    return os.environ.get("NODULEKIT_QUICK", "0").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file beside ``path`` and rename it onto ``path`` only when the block succeeds.
+
+    A crash or kill inside the block leaves ``path`` as it was (absent or the previous version),
+    never half-written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_write(path) as handle:
+        json.dump(obj, handle, indent=2, sort_keys=True, default=_json_default)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file."""
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def configure_logging(level: int | str = logging.INFO) -> None:
+    """Send nodulekit's log records to stderr with a short format (for scripts and the CLI)."""
+    root = logging.getLogger("nodulekit")
+    if not any(getattr(h, "_nodulekit", False) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._nodulekit = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
