@@ -70,7 +70,8 @@ class CropSet:
             raise DataFormatError(f"CropSet images must have shape (n, height, width), got {self.images.shape}")
         if masks.shape != self.images.shape:
             raise DataFormatError(f"CropSet masks shape {masks.shape} differs from images shape {self.images.shape}")
-        if masks.size and not np.isin(np.unique(masks), (0, 1)).all():
+        binary_dtype = masks.dtype.kind in "ub" and (masks.size == 0 or masks.max() <= 1)
+        if masks.size and not binary_dtype and not np.isin(np.unique(masks), (0, 1)).all():
             raise DataFormatError("CropSet masks must be binary (0/1)")
         self.masks = masks.astype(np.uint8, copy=False)
         if self.reader_masks is not None:

@@ -1,0 +1,206 @@
+"""Helpers shared by the readers: image decoding with clear errors, binary masks, consensus."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataFormatError, InvalidParameterError
+
+__all__ = ["read_image", "as_gray", "as_binary_mask", "consensus_mask", "natural_key", "IMAGE_EXTENSIONS"]
+
+#: File endings the image readers accept (lower case).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def natural_key(name: str | os.PathLike) -> tuple:
+    """Sort key that orders ``slice-2`` before ``slice-10`` (numbers compared as numbers)."""
+    parts = re.split(r"(\d+)", Path(name).name)
+    return tuple(int(part) if part.isdigit() else part for part in parts)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode one image file (PNG, JPEG, TIFF, BMP) to an array, refusing broken files.
+
+    Parameters
+    ----------
+    path : path
+        The image file.
+
+    Returns
+    -------
+    ndarray
+        ``(rows, columns)`` for grayscale or ``(rows, columns, channels)`` for colour, in the file's
+        own integer type (uint8, uint16, ...) or float for floating-point TIFFs. Alpha is dropped;
+        palette images are expanded to RGB; 1-bit images become uint8 {0, 1}.
+
+    Raises
+    ------
+    MissingDataError
+        The file does not exist.
+    DataFormatError
+        The file is not a decodable image or is truncated.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from ..errors import MissingDataError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            if mode == "P":
+                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+                mode = image.mode
+            if mode in ("LA", "La", "PA"):
+                image = image.convert("L") if mode != "PA" else image.convert("RGB")
+                mode = image.mode
+            array = np.asarray(image)
+    except FileNotFoundError as exc:
+        raise MissingDataError("image file not found", path=path) from exc
+    except UnidentifiedImageError as exc:
+        array = _read_with_tifffile(path, exc)
+        mode = ""
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated data, broken chunks, bad headers
+        raise DataFormatError(f"unreadable or truncated image ({exc})", path=path) from exc
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if mode in ("I;16", "I;16B", "I;16L") and array.dtype != np.uint16:
+        array = array.astype(np.uint16)
+    if array.ndim == 3 and array.shape[-1] == 4:  # RGBA / CMYK: keep the colour channels
+        array = array[..., :3]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3) or min(array.shape[:2]) == 0:
+        raise DataFormatError(f"expected a 2-D grayscale or RGB image, got an array of shape {array.shape}", path=path)
+    return array
+
+
+def _read_with_tifffile(path: Path, error: Exception) -> np.ndarray:
+    """Float or unusual TIFFs that Pillow cannot open."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise DataFormatError(f"not a readable image ({error})", path=path) from error
+    try:
+        import tifffile
+
+        array = np.asarray(tifffile.imread(path))
+    except Exception as exc:  # tifffile raises many types for broken files
+        raise DataFormatError(f"unreadable or truncated TIFF ({exc})", path=path) from exc
+    return np.squeeze(array)
+
+
+def as_gray(array: np.ndarray) -> np.ndarray:
+    """Grayscale version of an image array, keeping its intensity scale (float32).
+
+    RGB is converted with :func:`skimage.color.rgb2gray`'s luminance weights
+    (0.2125 R + 0.7154 G + 0.0721 B) on the raw values, so 0..255 stays 0..255.
+    """
+    from skimage.color import rgb2gray
+
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] == 3:
+        return rgb2gray(array.astype(np.float32)).astype(np.float32)
+    return array.astype(np.float32)
+
+
+def as_binary_mask(
+    array: np.ndarray, *, path: str | os.PathLike | None = None, threshold: float | None = None
+) -> np.ndarray:
+    """A mask image as uint8 {0, 1}, refusing masks that are not binary.
+
+    Parameters
+    ----------
+    array : ndarray
+        Decoded mask, gray ``(rows, columns)`` or RGB ``(rows, columns, 3)`` (any channel on counts).
+    path : path, optional
+        The mask file, named in the error.
+    threshold : float, optional
+        When given, pixels ``> threshold`` are foreground and other values are accepted (use for
+        lossy JPEG masks). When None (default), the mask must hold 0 and at most one other value
+        (e.g. {0, 255} or {0, 1}).
+
+    Raises
+    ------
+    DataFormatError
+        The mask holds more than two values and no ``threshold`` was given.
+    """
+    array = np.asarray(array)
+    if array.ndim == 3:
+        array = array.max(axis=-1)
+    if threshold is not None:
+        return (array > threshold).astype(np.uint8)
+    foreground = array != 0
+    values = array[foreground]
+    if values.size and (values != values.flat[0]).any():
+        distinct = np.unique(array)
+        shown = ", ".join(str(v) for v in distinct[:6]) + (", ..." if distinct.size > 6 else "")
+        raise DataFormatError(
+            f"mask is not binary: {distinct.size} distinct values ({shown}); expected 0 and one "
+            "foreground value such as 255 (pass a mask threshold for lossy masks)",
+            path=path,
+        )
+    return foreground.astype(np.uint8)
+
+
+def consensus_mask(
+    reader_masks: np.ndarray,
+    *,
+    level: float | str = 0.5,
+    n_readers: int | np.ndarray | None = None,
+) -> np.ndarray:
+    """Consensus of several readers' masks: a pixel is foreground when enough readers drew it.
+
+    A pixel is foreground when (readers who drew it) / ``n_readers`` >= ``level``, the rule of
+    pylidc's ``consensus(clevel=level)``, where ``n_readers`` counts the readers who marked the
+    nodule at all. With the default 0.5, two of four, two of three, one of two and one of one
+    reader suffice.
+
+    Parameters
+    ----------
+    reader_masks : ndarray, shape (..., readers, rows, columns)
+        Binary masks, one per reader (a reader who did not mark the nodule has an empty mask).
+    level : float in (0, 1] or "union"
+        Fraction of the marking readers that must agree. ``"union"`` marks a pixel any reader drew;
+        ``1.0`` is the intersection of the marking readers.
+    n_readers : int or ndarray of shape (...), optional
+        Readers who marked the nodule. Default: the readers whose mask in ``reader_masks`` is not
+        empty (pass the nodule-wide count when ``reader_masks`` holds one slice of a nodule).
+
+    Returns
+    -------
+    ndarray of uint8, shape (..., rows, columns)
+
+    Raises
+    ------
+    InvalidParameterError
+        ``level`` is outside (0, 1] and not "union", or ``reader_masks`` has fewer than 3 axes.
+
+    References
+    ----------
+    Hancock & Magnan, pylidc (``Annotation`` clustering and ``consensus``), 2016.
+    """
+    masks = np.asarray(reader_masks)
+    if masks.ndim < 3:
+        raise InvalidParameterError(f"reader_masks must have shape (..., readers, rows, columns), got {masks.shape}")
+    if masks.dtype != np.uint8 or (masks.size and masks.max() > 1):
+        masks = (masks > 0).astype(np.uint8)
+    votes = masks.sum(axis=-3, dtype=np.uint8 if masks.shape[-3] < 256 else np.int64)
+    if isinstance(level, str):
+        if level != "union":
+            raise InvalidParameterError(f"consensus level must be a number in (0, 1] or 'union', got {level!r}")
+        return (votes >= 1).astype(np.uint8)
+    level = float(level)
+    if not 0.0 < level <= 1.0:
+        raise InvalidParameterError(f"consensus level must be in (0, 1] or 'union', got {level}")
+    if n_readers is None:
+        n_readers = masks.any(axis=(-2, -1)).sum(axis=-1)
+    n_readers = np.asarray(n_readers, dtype=np.int64)
+    # Fewest votes v with v / n >= level, computed with the same float division as pylidc's
+    # ``mean >= clevel``; no reader -> no foreground.
+    needed = np.full(n_readers.shape, np.iinfo(np.int64).max, np.int64)
+    for count in np.unique(n_readers):
+        if count > 0:
+            needed[n_readers == count] = next(v for v in range(1, count + 1) if v / count >= level)
+    return (votes >= needed[..., None, None]).astype(np.uint8)
