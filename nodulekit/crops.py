@@ -114,6 +114,14 @@ def _nodule_table(volume: Volume, labels: np.ndarray | None) -> pd.DataFrame:
             raise DataFormatError(
                 f"Volume.nodules lacks the voxel-centre columns {missing}", path=volume.meta.get("source")
             )
+        centres = pd.DataFrame({c: pd.to_numeric(table[c], errors="coerce") for c in ("z", "y", "x")})
+        bad = ~np.isfinite(centres.to_numpy(float)).all(axis=1)
+        if bad.any():
+            raise DataFormatError(
+                f"Volume.nodules row(s) {np.flatnonzero(bad)[:5].tolist()} have no finite voxel centre (z, y, x)",
+                path=volume.meta.get("source"),
+            )
+        table[["z", "y", "x"]] = centres
         if "nodule_id" not in table.columns:
             table["nodule_id"] = [f"nodule-{i}" for i in range(len(table))]
         return table
@@ -206,7 +214,7 @@ def crops_from_volume(
     InvalidParameterError
         Bad ``size``, ``jitter``, ``negatives`` or ``slices``.
     DataFormatError
-        The nodule table lacks voxel centres.
+        The nodule table lacks finite voxel centres, or the volume holds NaN/infinite values.
     """
     from .readers._common import consensus_mask  # readers import crops: import here, not at the top
 
@@ -219,6 +227,12 @@ def crops_from_volume(
         raise InvalidParameterError(f"slices must be 'nodule' or 'centre', got {slices!r}")
     rng = as_rng(rng)
     hu = volume.hu
+    if not np.isfinite(hu).all():
+        raise DataFormatError(
+            f"the volume holds {int((~np.isfinite(hu)).sum())} NaN or infinite voxel(s)", path=volume.meta.get("source")
+        )
+    if pad_value is not None and not np.isfinite(pad_value):
+        raise InvalidParameterError(f"pad_value must be finite, got {pad_value!r}")
     n_slices, rows, columns = hu.shape
     mask = volume.mask if volume.mask is not None else np.zeros(hu.shape, np.uint8)
     pad_value = float(hu.min()) if pad_value is None else float(pad_value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -68,6 +69,8 @@ class CropSet:
         masks = np.asarray(self.masks)
         if self.images.ndim != 3:
             raise DataFormatError(f"CropSet images must have shape (n, height, width), got {self.images.shape}")
+        if self.images.size and not np.isfinite(self.images).all():
+            raise DataFormatError(f"CropSet images hold {int((~np.isfinite(self.images)).sum())} NaN or infinite value(s)")
         if masks.shape != self.images.shape:
             raise DataFormatError(f"CropSet masks shape {masks.shape} differs from images shape {self.images.shape}")
         binary_dtype = masks.dtype.kind in "ub" and (masks.size == 0 or masks.max() <= 1)
@@ -166,7 +169,7 @@ class CropSet:
                     reader_masks=data["reader_masks"] if "reader_masks" in data.files else None,
                     units=meta["units"],
                 )
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             if isinstance(exc, DataFormatError):
                 raise
             raise DataFormatError(f"not a nodulekit CropSet file ({exc})", path=path) from exc

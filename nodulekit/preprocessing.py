@@ -377,7 +377,9 @@ class Pipeline:
         ------
         InvalidParameterError
             The result is not grayscale (an RGB batch without ``to_grayscale``), or a step's
-            input has the wrong shape, or a dataset-statistics step is not fitted.
+            input has the wrong shape or type, or a dataset-statistics step is not fitted.
+        DataFormatError
+            The images hold NaN or infinite values (the message gives their image indices).
         """
         current, single = self._as_batch(images)
         for step in self.steps:
@@ -403,15 +405,19 @@ class Pipeline:
     @staticmethod
     def _as_batch(images: np.ndarray) -> tuple[np.ndarray, bool]:
         images = np.asarray(images)
-        if images.ndim == 2:
-            return images[None], True
+        single = images.ndim == 2
+        if single:
+            images = images[None]
         if images.ndim not in (3, 4):
             raise InvalidParameterError(
                 f"images must be (n, rows, columns) or (n, rows, columns, channels), got {images.shape}"
             )
-        if not np.issubdtype(images.dtype, np.number) and images.dtype != bool:
-            raise InvalidParameterError(f"images must be numeric, got dtype {images.dtype}")
-        return images, False
+        if images.dtype != bool and (not np.issubdtype(images.dtype, np.number) or images.dtype.kind == "c"):
+            raise InvalidParameterError(f"images must be real numbers, got dtype {images.dtype}")
+        if 0 in images.shape[1:3]:
+            raise InvalidParameterError(f"images must have at least one row and column, got shape {images.shape}")
+        _check_finite(images)
+        return images, single
 
     def get_config(self) -> dict[str, Any]:
         """JSON-serialisable description: ``{"steps": [{"name": ..., "params": {...}}, ...]}``."""
@@ -443,9 +449,12 @@ class Pipeline:
         try:
             with open(path) as handle:
                 config = json.load(handle)
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataFormatError(f"not a pipeline JSON file ({exc})", path=path) from exc
-        return cls.from_config(config)
+        try:
+            return cls.from_config(config)
+        except InvalidParameterError as exc:
+            raise DataFormatError(f"not a valid pipeline ({exc})", path=path) from exc
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -457,14 +466,30 @@ class Pipeline:
         return f"Pipeline([{', '.join(map(repr, self.steps))}])"
 
 
+def _check_finite(images: np.ndarray, name: str = "images") -> None:
+    """Refuse NaN or infinite values (they would silently turn a whole image, or training, into NaN)."""
+    if images.dtype.kind != "f":
+        return
+    finite = np.isfinite(images)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(len(images), -1).all(axis=1))
+        shown = ", ".join(str(i) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise DataFormatError(
+            f"{name}: {int((~finite).sum())} NaN or infinite value(s) in {len(bad)} of {len(images)} image(s) "
+            f"(index {shown}); replace or drop them before preprocessing (e.g. np.nan_to_num with the air value)"
+        )
+
+
 def _step_from_config(config: dict) -> Step:
     name = config.get("name") if isinstance(config, dict) else None
     if name not in STEPS:
         raise InvalidParameterError(f"unknown preprocessing step {name!r}; known: {sorted(STEPS)}")
-    params = dict(config.get("params") or {})
     try:
+        params = dict(config.get("params") or {})
         return STEPS[name](**params)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, InvalidParameterError):
+            raise
         raise InvalidParameterError(f"bad parameters for step {name!r}: {exc}") from exc
 
 

@@ -27,6 +27,12 @@ def _groups(groups: Sequence | np.ndarray) -> np.ndarray:
         raise InvalidParameterError("groups must not contain None (every sample needs a patient id)")
     if groups.dtype.kind == "f" and np.isnan(groups).any():
         raise InvalidParameterError("groups must not contain NaN (every sample needs a patient id)")
+    if groups.dtype.kind == "O":
+        if any(isinstance(g, float) and np.isnan(g) for g in groups):
+            raise InvalidParameterError("groups must not contain NaN (every sample needs a patient id)")
+        kinds = {type(g).__name__ for g in groups}
+        if len(kinds) > 1:  # e.g. 1 and "1": sorting would fail, and they may or may not be one patient
+            raise InvalidParameterError(f"groups mix value types {sorted(kinds)}; give every patient id as a string")
     return groups
 
 

@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 
 from ..dataset import CropSet, Volume
-from ..errors import InvalidParameterError, MissingDataError
-from ._common import IMAGE_EXTENSIONS, consensus_mask, read_image
+from ..errors import DataFormatError, InvalidParameterError, MissingDataError
+from ._common import IMAGE_EXTENSIONS, check_inside, consensus_mask, read_image
 from .dicom import find_dicom_files, read_dicom_series
 from .lidc_xml import parse_lidc_xml, polygon_mask, read_lidc_xml
 from .luna import read_luna16, sphere_mask
@@ -76,11 +76,23 @@ def _call(reader, *args, **options):
 def _dicom_with_reads(folder: Path, **options) -> Volume:
     volume = _call(read_dicom_series, folder, **options)
     reads = find_lidc_xml(folder)
+    check_inside(folder, reads)
     if len(reads) == 1:
         return _call(read_lidc_xml, reads[0], volume, **options)
     if len(reads) > 1:
         logger.warning("%s: %d LIDC XML files; pass one to read_lidc_xml yourself", folder, len(reads))
     return volume
+
+
+def _load_cropset(path: Path) -> CropSet:
+    """:meth:`CropSet.load`, with the errors NumPy raises for empty or truncated archives
+    (``EOFError``, ``zipfile.BadZipFile``) turned into a :class:`DataFormatError`."""
+    import zipfile
+
+    try:
+        return CropSet.load(path)
+    except (EOFError, zipfile.BadZipFile) as exc:
+        raise DataFormatError(f"not a nodulekit CropSet file (empty, truncated or not a .npz archive: {exc})", path=path) from exc
 
 
 def read_any(path: str | os.PathLike, **options) -> CropSet | Volume:
@@ -123,7 +135,7 @@ def read_any(path: str | os.PathLike, **options) -> CropSet | Volume:
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".npz":
-            return CropSet.load(path)
+            return _load_cropset(path)
         if suffix == ".mhd":
             csv = path.parent / "annotations.csv"
             return _call(read_luna16, path, csv if csv.is_file() else None, **options)
@@ -148,6 +160,7 @@ def read_any(path: str | os.PathLike, **options) -> CropSet | Volume:
     headers = sorted(path.glob("*.mhd"))
     if len(headers) == 1:
         csv = path / "annotations.csv"
+        check_inside(path, [headers[0], csv])
         return _call(read_luna16, headers[0], csv if csv.is_file() else None, **options)
     if find_dicom_files(path):
         return _dicom_with_reads(path, **options)

@@ -7,23 +7,33 @@ import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from ..dataset import Volume
 from ..errors import DataFormatError, InvalidParameterError, MissingDataError
+from ..safety import check_image_pixels, check_volume_voxels
+from ._common import check_inside
 
 __all__ = ["read_dicom_series", "find_dicom_files"]
 
 logger = logging.getLogger(__name__)
 
 
+#: SOP class of a DICOMDIR (a media index file, not an image): skipped when found in a series folder.
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
 def find_dicom_files(folder: str | os.PathLike) -> list[Path]:
     """DICOM files under ``folder`` (recursively): ``*.dcm`` files and extension-less files that
-    start with the DICOM preamble ``DICM`` at byte 128."""
+    start with the DICOM preamble ``DICM`` at byte 128. Hidden files (``.name``, e.g. macOS
+    ``._001.dcm`` resource forks) are skipped; symbolic links to folders are not followed."""
     folder = Path(folder)
     found = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.name.startswith("."):
+            continue
         suffix = path.suffix.lower()
         if suffix in (".dcm", ".dicom", ".ima"):
             found.append(path)
@@ -40,17 +50,70 @@ def find_dicom_files(folder: str | os.PathLike) -> list[Path]:
 
 def _read(path: Path):
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError) as exc:
-        raise DataFormatError(f"unreadable DICOM file ({exc})", path=path) from exc
+        if path.stat().st_size == 0:
+            raise DataFormatError("empty file (0 bytes), not DICOM", path=path)
+        dataset = pydicom.dcmread(path)
+    except DataFormatError:
+        raise
+    except FileNotFoundError as exc:
+        raise MissingDataError("DICOM file not found", path=path) from exc
+    except Exception as exc:  # noqa: BLE001 - InvalidDicomError, and struct.error, ... for damaged files
+        raise DataFormatError(f"unreadable DICOM file ({type(exc).__name__}: {exc})", path=path) from exc
+    try:  # pydicom decodes element values lazily: decode them all now, so damage shows up here
+        for _ in dataset.iterall():
+            pass
+    except Exception as exc:  # noqa: BLE001 - damaged elements raise many types (NotImplementedError, ...)
+        raise DataFormatError(f"damaged DICOM file ({type(exc).__name__}: {exc})", path=path) from exc
+    return dataset
 
 
-def _slice_normal(dataset) -> np.ndarray:
-    orientation = np.asarray(getattr(dataset, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
-    return np.cross(orientation[:3], orientation[3:])
+def _numbers(dataset, keyword: str, count: int, path: Path | None, default=None) -> np.ndarray | None:
+    """A numeric attribute as ``count`` floats, checked for length and finiteness; ``default`` (or
+    None) when the attribute is absent or empty."""
+    value = dataset[keyword].value if keyword in dataset else None
+    if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
+        return None if default is None else np.asarray(default, float)
+    items = value if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else [value]
+    try:
+        values = np.asarray([float(v) for v in items], float)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DataFormatError(f"{keyword} is not numeric ({value!r})", path=path) from exc
+    if values.size != count or not np.isfinite(values).all():
+        raise DataFormatError(f"{keyword} must be {count} finite number(s), got {value!r}", path=path)
+    return values
+
+
+def _slice_normal(dataset, path: Path | None = None) -> np.ndarray:
+    orientation = _numbers(dataset, "ImageOrientationPatient", 6, path, default=[1, 0, 0, 0, 1, 0])
+    normal = np.cross(orientation[:3], orientation[3:])
+    if not np.linalg.norm(normal) > 1e-6:
+        raise DataFormatError(f"ImageOrientationPatient {list(orientation)} gives no slice direction", path=path)
+    return normal
+
+
+def _size(dataset, keyword: str, path: Path) -> int:
+    value = _numbers(dataset, keyword, 1, path)
+    if value is None or value[0] < 1 or value[0] != int(value[0]):
+        raise DataFormatError(f"{keyword} must be a positive integer, got {dataset.get(keyword)!r}", path=path)
+    return int(value[0])
+
+
+def _rescale(dataset, path: Path) -> tuple[float, float, list[str]]:
+    """(slope, intercept, names of the attributes that were missing)."""
+    missing = []
+    values = []
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        found = _numbers(dataset, keyword, 1, path)
+        if found is None:
+            missing.append(keyword)
+            values.append(default)
+        else:
+            values.append(float(found[0]))
+    if values[0] == 0:
+        raise DataFormatError("RescaleSlope is 0: every voxel would have the same value", path=path)
+    return values[0], values[1], missing
 
 
 def read_dicom_series(
@@ -89,11 +152,19 @@ def read_dicom_series(
     MissingDataError
         The folder does not exist or holds no DICOM file.
     DataFormatError
-        A file is not readable DICOM, has no pixel data, or the folder mixes several series
-        (without ``series_uid``); slices differ in size, share a position, or lack
-        ``ImagePositionPatient``.
+        A file is empty, not readable DICOM, has no or undecodable pixel data, or is not one
+        grayscale slice; the folder mixes several series (without ``series_uid``), or one series
+        mixes studies or patients; slices differ in size, share a position, or lack or garble
+        ``ImagePositionPatient``; ``RescaleSlope`` is 0; a slice is larger than
+        :data:`nodulekit.safety.MAX_IMAGE_PIXELS`; a file resolves outside ``folder``.
     InvalidParameterError
         ``series_uid`` names no series in the folder.
+
+    Notes
+    -----
+    Recoveries (logged): a missing ``RescaleSlope`` is taken as 1 and a missing
+    ``RescaleIntercept`` as 0 (the stored values are then read as HU: check the warning); a missing
+    ``PixelSpacing`` as 1 mm; DICOMDIR index files and hidden files are skipped.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -101,13 +172,21 @@ def read_dicom_series(
     files = find_dicom_files(folder)
     if not files:
         raise MissingDataError("no DICOM files (*.dcm) in the folder", path=folder)
+    check_inside(folder, files)
     workers = max_workers or min(8, (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         datasets = list(pool.map(_read, files))
+    index_files = [i for i, d in enumerate(datasets) if str(d.get("SOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY]
+    if index_files:
+        logger.info("%s: skipped %d DICOMDIR index file(s)", folder, len(index_files))
+        files = [f for i, f in enumerate(files) if i not in index_files]
+        datasets = [d for i, d in enumerate(datasets) if i not in index_files]
+        if not files:
+            raise MissingDataError("the folder holds only a DICOMDIR index, no image files", path=folder)
 
     by_series: dict[str, list[int]] = defaultdict(list)
     for index, dataset in enumerate(datasets):
-        by_series[str(getattr(dataset, "SeriesInstanceUID", ""))].append(index)
+        by_series[str(dataset.get("SeriesInstanceUID", ""))].append(index)
     if series_uid is None:
         if len(by_series) > 1:
             summary = ", ".join(f"{uid or '<none>'} ({len(i)} files)" for uid, i in by_series.items())
@@ -121,17 +200,29 @@ def read_dicom_series(
     chosen = by_series[series_uid]
     files = [files[i] for i in chosen]
     datasets = [datasets[i] for i in chosen]
+    for keyword, what in (("StudyInstanceUID", "studies"), ("PatientID", "patients")):
+        found: dict[str, Path] = {}
+        for path, dataset in zip(files, datasets):
+            found.setdefault(str(dataset.get(keyword, "")), path)
+        if len(found) > 1:
+            shown = ", ".join(f"{uid or '<none>'} ({path.name})" for uid, path in list(found.items())[:3])
+            raise DataFormatError(
+                f"one series ({series_uid}) mixes {len(found)} {what} by {keyword}: {shown}; "
+                "the files come from different scans", path=folder
+            )
 
     for path, dataset in zip(files, datasets):
         if "PixelData" not in dataset:
             raise DataFormatError("DICOM file has no pixel data (not an image slice)", path=path)
         if "ImagePositionPatient" not in dataset:
             raise DataFormatError("DICOM slice lacks ImagePositionPatient: cannot order the series", path=path)
-    normal = _slice_normal(datasets[0])
-    positions = np.array([float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))) for d in datasets])
+    normal = _slice_normal(datasets[0], files[0])
+    origins = [_numbers(d, "ImagePositionPatient", 3, p) for p, d in zip(files, datasets)]
+    positions = np.array([float(np.dot(normal, origin)) for origin in origins])
     order = np.argsort(positions, kind="stable")
     files = [files[i] for i in order]
     datasets = [datasets[i] for i in order]
+    origins = [origins[i] for i in order]
     positions = positions[order]
     duplicates = np.flatnonzero(np.diff(positions) == 0)
     if duplicates.size:
@@ -141,22 +232,53 @@ def read_dicom_series(
             path=folder,
         )
 
-    shape = (int(datasets[0].Rows), int(datasets[0].Columns))
+    shapes = [(_size(d, "Rows", p), _size(d, "Columns", p)) for p, d in zip(files, datasets)]
+    shape = shapes[0]
+    check_image_pixels(shape, path=files[0])
+    check_volume_voxels((len(files), *shape), path=folder)
     hu = np.empty((len(datasets), *shape), np.float32)
+    defaulted: dict[str, list[str]] = defaultdict(list)
     for index, (path, dataset) in enumerate(zip(files, datasets)):
-        if (int(dataset.Rows), int(dataset.Columns)) != shape:
+        if shapes[index] != shape:
             raise DataFormatError(
-                f"slice size {dataset.Rows}x{dataset.Columns} differs from the series' {shape}", path=path
+                f"slice size {shapes[index][0]}x{shapes[index][1]} differs from the series' {shape[0]}x{shape[1]}",
+                path=path,
             )
         try:
             pixels = dataset.pixel_array
         except Exception as exc:  # pydicom raises many types for truncated or compressed data
             raise DataFormatError(f"cannot decode pixel data ({exc})", path=path) from exc
-        slope = float(getattr(dataset, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(dataset, "RescaleIntercept", 0.0) or 0.0)
+        if pixels.shape != shape:
+            raise DataFormatError(
+                f"pixel data of shape {pixels.shape} is not one {shape[0]}x{shape[1]} grayscale slice "
+                "(colour or multi-frame images are not CT slices)",
+                path=path,
+            )
+        slope, intercept, missing = _rescale(dataset, path)
+        for keyword in missing:
+            defaulted[keyword].append(path.name)
         hu[index] = pixels.astype(np.float32) * slope + intercept
+    for keyword, names in defaulted.items():
+        logger.warning(
+            "%s: %d of %d slices lack %s (e.g. %s); assumed %s, i.e. the stored values are taken as Hounsfield units",
+            folder,
+            len(names),
+            len(files),
+            keyword,
+            names[0],
+            "1" if keyword == "RescaleSlope" else "0",
+        )
 
-    row_spacing, column_spacing = (float(v) for v in getattr(datasets[0], "PixelSpacing", (1.0, 1.0)))
+    first = datasets[0]
+    spacing_rc = _numbers(first, "PixelSpacing", 2, files[0])
+    if spacing_rc is None:
+        logger.warning("%s: no PixelSpacing; assumed 1 x 1 mm pixels", files[0])
+        spacing_rc = np.ones(2)
+    if not (spacing_rc > 0).all():
+        raise DataFormatError(f"PixelSpacing must be positive, got {list(spacing_rc)}", path=files[0])
+    row_spacing, column_spacing = (float(v) for v in spacing_rc)
+    thickness = _numbers(first, "SliceThickness", 1, files[0])
+    thickness = float("nan") if thickness is None else float(thickness[0])
     if len(positions) > 1:
         gaps = np.diff(positions)
         slice_spacing = float(np.median(gaps))
@@ -169,21 +291,21 @@ def read_dicom_series(
                 slice_spacing,
             )
     else:
-        slice_spacing = float(getattr(datasets[0], "SliceThickness", 1.0) or 1.0)
-    first = datasets[0]
+        slice_spacing = thickness if thickness > 0 else 1.0
+    orientation = _numbers(first, "ImageOrientationPatient", 6, files[0], default=[1, 0, 0, 0, 1, 0])
     meta = {
         "source": str(folder),
         "format": "dicom",
-        "patient_id": str(getattr(first, "PatientID", "")) or folder.name,
+        "patient_id": str(first.get("PatientID", "")) or folder.name,
         "series_uid": series_uid,
-        "study_uid": str(getattr(first, "StudyInstanceUID", "")),
-        "sop_uids": [str(d.SOPInstanceUID) for d in datasets],
-        "z_positions": [float(d.ImagePositionPatient[2]) for d in datasets],
+        "study_uid": str(first.get("StudyInstanceUID", "")),
+        "sop_uids": [str(d.get("SOPInstanceUID", "")) for d in datasets],
+        "z_positions": [float(origin[2]) for origin in origins],
         "files": [str(p) for p in files],
-        "origin": [float(v) for v in first.ImagePositionPatient],
-        "orientation": [float(v) for v in getattr(first, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0])],
-        "slice_thickness": float(getattr(first, "SliceThickness", np.nan) or np.nan),
-        "manufacturer": str(getattr(first, "Manufacturer", "")),
+        "origin": [float(v) for v in origins[0]],
+        "orientation": [float(v) for v in orientation],
+        "slice_thickness": thickness,
+        "manufacturer": str(first.get("Manufacturer", "")),
     }
     logger.info("read %d DICOM slices of %s from %s", len(datasets), meta["patient_id"], folder)
     return Volume(hu=hu, spacing=(slice_spacing, row_spacing, column_spacing), meta=meta)

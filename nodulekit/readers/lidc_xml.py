@@ -107,7 +107,7 @@ def parse_lidc_xml(xml_path: str | os.PathLike) -> tuple[dict, list[Annotation]]
         raise MissingDataError("LIDC XML file not found", path=xml_path)
     try:
         root = ElementTree.parse(xml_path).getroot()
-    except ElementTree.ParseError as exc:
+    except (ElementTree.ParseError, ValueError, LookupError) as exc:  # LookupError: unknown encoding
         raise DataFormatError(f"not well-formed XML ({exc})", path=xml_path) from exc
     if _strip(root.tag) != "LidcReadMessage":
         raise DataFormatError(
@@ -129,24 +129,27 @@ def parse_lidc_xml(xml_path: str | os.PathLike) -> tuple[dict, list[Annotation]]
             rois = []
             for roi in _children(nodule, "roi"):
                 try:
-                    points = [
-                        (int(float(_text(edge, "yCoord"))), int(float(_text(edge, "xCoord"))))
-                        for edge in _children(roi, "edgeMap")
-                    ]
+                    points = np.asarray(
+                        [
+                            (int(float(_text(edge, "yCoord"))), int(float(_text(edge, "xCoord"))))
+                            for edge in _children(roi, "edgeMap")
+                        ],
+                        dtype=np.int64,
+                    ).reshape(-1, 2)
                     z_position = float(_text(roi, "imageZposition", "nan"))
-                except ValueError as exc:
+                except (ValueError, OverflowError) as exc:  # "abc", "nan", "inf", "1e300" coordinates
                     raise DataFormatError(
                         f"malformed roi of nodule {_text(nodule, 'noduleID')!r} in reading session {reader} ({exc})",
                         path=xml_path,
                     ) from exc
-                if not points:
+                if not len(points):
                     continue
                 rois.append(
                     Roi(
                         sop_uid=_text(roi, "imageSOP_UID"),
                         z_position=z_position,
                         inclusion=_text(roi, "inclusion", "TRUE").upper() == "TRUE",
-                        points=np.asarray(points, dtype=np.int64),
+                        points=points,
                     )
                 )
             if not rois:
@@ -159,8 +162,8 @@ def parse_lidc_xml(xml_path: str | os.PathLike) -> tuple[dict, list[Annotation]]
                     if value:
                         try:
                             ratings[name] = int(float(value))
-                        except ValueError:
-                            pass
+                        except (ValueError, OverflowError):
+                            logger.warning("%s: ignored the %s rating %r (not a number)", xml_path, name, value)
             annotations.append(
                 Annotation(
                     reader=reader,

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..dataset import Volume
 from ..errors import DataFormatError, MissingDataError
+from ..safety import check_volume_voxels, contained
 
 __all__ = ["read_luna16", "sphere_mask", "ANNOTATION_COLUMNS"]
 
@@ -43,25 +44,49 @@ def _mhd_header(path: Path) -> dict[str, str]:
 
 
 def _check_raw(path: Path, header: dict[str, str]) -> None:
-    """The RAW file beside the header exists and is large enough (uncompressed data)."""
-    data_file = header["ElementDataFile"]
-    if data_file.upper() == "LOCAL" or data_file.upper().startswith("LIST") or "%" in data_file:
-        return
-    raw = path.parent / data_file
-    if not raw.is_file():
-        raise MissingDataError(f"the MetaImage's data file {data_file!r} is missing", path=raw)
-    if header.get("CompressedData", "False").lower() == "true":
-        return
+    """The header's sizes are sane and its data file lies beside it, inside the folder, with the
+    right number of bytes (uncompressed data)."""
     try:
         dims = [int(v) for v in header["DimSize"].split()]
+        n_dims = int(header.get("NDims", len(dims)))
+        header_size = int(header.get("HeaderSize", "0") or 0)
+        channels = int(header.get("ElementNumberOfChannels", "1") or 1)
     except ValueError as exc:
-        raise DataFormatError(f"bad DimSize {header['DimSize']!r}", path=path) from exc
-    channels = int(header.get("ElementNumberOfChannels", "1") or 1)
+        raise DataFormatError(f"bad MetaImage header value ({exc})", path=path) from exc
+    if not dims or len(dims) != n_dims or min(dims) < 1 or channels < 1:
+        raise DataFormatError(f"bad DimSize {header['DimSize']!r} for NDims {n_dims}", path=path)
+    check_volume_voxels(dims, path=path)
+    data_file = header["ElementDataFile"]
+    if data_file.upper() == "LOCAL":
+        return
+    if data_file.upper().startswith("LIST") or "%" in data_file:
+        raise DataFormatError(
+            f"ElementDataFile {data_file!r}: file lists and name patterns are not supported (one data file "
+            "beside the header, as in LUNA16)",
+            path=path,
+        )
+    raw = contained(path.parent, data_file)  # refuses "../elsewhere.raw", absolute paths and links out
+    if not raw.is_file():
+        raise MissingDataError(f"the MetaImage's data file {data_file!r} is missing", path=path.parent / data_file)
+    if header.get("CompressedData", "False").lower() == "true":
+        return
     element = _ELEMENT_BYTES.get(header.get("ElementType", ""), 0)
+    if not element:
+        raise DataFormatError(f"unknown ElementType {header.get('ElementType')!r}", path=path)
     expected = int(np.prod(dims)) * channels * element
     size = raw.stat().st_size
-    if element and size < expected:
-        raise DataFormatError(f"RAW data is truncated: {size} bytes, the header needs {expected}", path=raw)
+    if size < expected + max(header_size, 0):
+        raise DataFormatError(
+            f"RAW data is truncated: {size} bytes, the header (DimSize {header['DimSize']}, "
+            f"{header.get('ElementType')}) needs {expected}",
+            path=path.parent / data_file,
+        )
+    if header_size >= 0 and size != expected + header_size:
+        raise DataFormatError(
+            f"RAW data has {size} bytes but the header (DimSize {header['DimSize']}, "
+            f"{header.get('ElementType')}) describes {expected + header_size}: the header does not match its data",
+            path=path.parent / data_file,
+        )
 
 
 def sphere_mask(shape: tuple[int, int, int], centre_zyx, diameter_mm: float, spacing_zyx) -> np.ndarray:
@@ -132,7 +157,10 @@ def read_luna16(
     MissingDataError
         The ``.mhd``, its ``.raw`` or the CSV is missing.
     DataFormatError
-        A bad header, truncated RAW, a non-3-D image, or a CSV without the LUNA16 columns.
+        A bad header (sizes, element type, a data file outside the header's folder, more than
+        :data:`nodulekit.safety.MAX_VOLUME_VOXELS` voxels), RAW data shorter or longer than the
+        header says, NaN/infinite voxels, a non-3-D image, or a CSV without the LUNA16 columns or
+        with non-numeric/non-finite values.
     """
     import SimpleITK as sitk
 
@@ -154,8 +182,12 @@ def read_luna16(
             path=mhd_path,
         )
     hu = sitk.GetArrayFromImage(image).astype(np.float32)  # (z, y, x)
+    if not np.isfinite(hu).all():
+        raise DataFormatError(f"{int((~np.isfinite(hu)).sum())} voxel(s) are NaN or infinite", path=mhd_path)
     spacing_xyz = image.GetSpacing()
     spacing = (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise DataFormatError(f"ElementSpacing must be three positive numbers, got {spacing_xyz}", path=mhd_path)
     uid = seriesuid or mhd_path.stem
     meta = {
         "source": str(mhd_path),
@@ -185,14 +217,18 @@ def read_luna16(
     mask = np.zeros(hu.shape, np.uint8)
     nodules = []
     for number, row in enumerate(rows.itertuples(index=False)):
-        x, y, z = image.TransformPhysicalPointToContinuousIndex(
-            (float(row.coordX), float(row.coordY), float(row.coordZ))
-        )
-        diameter = float(row.diameter_mm)
+        try:
+            world = tuple(float(v) for v in (row.coordX, row.coordY, row.coordZ))
+            diameter = float(row.diameter_mm)
+        except (TypeError, ValueError) as exc:
+            raise DataFormatError(f"row {number} of series {uid} is not numeric ({exc})", path=annotations_csv) from exc
+        if not all(np.isfinite(world)):
+            raise DataFormatError(f"row {number} of series {uid} has coordinates {world}", path=annotations_csv)
         if not np.isfinite(diameter) or diameter <= 0:
             raise DataFormatError(
                 f"row {number} of series {uid} has diameter_mm {row.diameter_mm!r}", path=annotations_csv
             )
+        x, y, z = image.TransformPhysicalPointToContinuousIndex(world)
         inside = all(-0.5 <= c <= n - 0.5 for c, n in zip((z, y, x), hu.shape))
         if not inside:
             logger.warning(

@@ -16,7 +16,15 @@ from tqdm.auto import tqdm
 from ..crops import _size_pair, center_crop
 from ..dataset import CropSet
 from ..errors import DataFormatError, InvalidParameterError, MissingDataError
-from ._common import IMAGE_EXTENSIONS, as_binary_mask, as_gray, consensus_mask, natural_key, read_image
+from ._common import (
+    IMAGE_EXTENSIONS,
+    as_binary_mask,
+    as_gray,
+    check_inside,
+    consensus_mask,
+    natural_key,
+    read_image,
+)
 
 __all__ = ["read_lidc_release", "read_image_folder", "find_lidc_patients"]
 
@@ -221,7 +229,8 @@ def read_lidc_release(
         or a slice without its mask.
     DataFormatError
         An unreadable or truncated PNG, a mask whose size differs from its image, a non-binary
-        mask, or crops of different sizes without ``crop_size``.
+        mask, crops of different sizes without ``crop_size``, or a file that resolves outside
+        ``root`` (a symbolic link; see :func:`nodulekit.safety.contained`).
     InvalidParameterError
         Bad ``consensus``, ``patients``, ``crop_size`` or ``max_workers``.
 
@@ -258,6 +267,7 @@ def read_lidc_release(
                 mask_paths.append([reader_files[position] for reader_files in masks])
             nodule_slices.append((start, len(image_paths)))
 
+    check_inside(root, [*image_paths, *(path for paths in mask_paths for path in paths)])
     images, reader_masks, marked, _ = _load_pairs(
         list(zip(image_paths, mask_paths)),
         n_reader_folders,
@@ -285,13 +295,19 @@ def read_lidc_release(
 def _files_by_stem(folder: Path, what: str) -> dict[str, Path]:
     """``{stem: path}`` of the image files in ``folder``; refuses two files with one stem."""
     found: dict[str, Path] = {}
+    hidden = []
     for path in sorted(folder.iterdir(), key=natural_key):
+        if path.name.startswith("."):  # .DS_Store, macOS "._name.png" resource forks, editor files
+            hidden.append(path.name)
+            continue
         if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
             if path.stem in found:
                 raise DataFormatError(
                     f"two {what} files share the name {path.stem!r}: {found[path.stem].name}, {path.name}", path=folder
                 )
             found[path.stem] = path
+    if hidden:
+        logger.info("%s: ignored %d hidden file(s), e.g. %s", folder, len(hidden), hidden[0])
     return found
 
 
@@ -347,7 +363,16 @@ def read_image_folder(
         ``root``, ``images/`` or ``masks/`` absent, no image files, or an image without its mask.
     DataFormatError
         An unreadable or truncated file, an image/mask size mismatch, a non-binary mask, images of
-        different sizes (without ``crop_size``) or of mixed bit depth, or a bad ``table.csv``.
+        different sizes (without ``crop_size``) or of mixed bit depth, a bad ``table.csv``, or a
+        file that resolves outside ``root`` (a symbolic link).
+
+    Notes
+    -----
+    Recoveries (logged): hidden files (``.DS_Store``, macOS ``._name.png``) and files with other
+    endings are ignored; masks without an image are ignored with a warning. RGBA images lose their
+    alpha channel, palette images are expanded to RGB, and RGB becomes gray; 16-bit images keep
+    their values (``units="float"``). Masks may be {0, 1}, {0, 255} or any other single
+    foreground value.
     """
     root = Path(root)
     workers = _workers(max_workers)
@@ -368,7 +393,13 @@ def read_image_folder(
             f"{masks}/{lacking[0]}.<ext>",
             path=mask_dir / f"{lacking[0]}.png",
         )
+    extra = [stem for stem in mask_files if stem not in image_files]
+    if extra:
+        logger.warning(
+            "%s: ignored %d mask(s) without an image, e.g. %s", mask_dir, len(extra), mask_files[extra[0]].name
+        )
     stems = list(image_files)
+    check_inside(root, [*image_files.values(), *(mask_files[stem] for stem in stems)])
     image_array, mask_array, _, eight_bit = _load_pairs(
         [(image_files[stem], [mask_files[stem]]) for stem in stems],
         1,
