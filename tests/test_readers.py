@@ -88,6 +88,14 @@ def test_release_reader_on_tiny_release(tmp_path):
     assert union.masks[0].sum() == 24
 
 
+def test_release_reader_accepts_a_relative_root_with_dotdot(tmp_path, monkeypatch):
+    _write_release(tmp_path / "data")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    crops = read_lidc_release("../data", progress=False)
+    assert len(crops) == 3 and crops.table["patient_id"].nunique() == 2
+
+
 def test_release_reader_patients_and_crop_size(tmp_path):
     _write_release(tmp_path)
     one = read_lidc_release(tmp_path, patients=["LIDC-IDRI-0002"], crop_size=8, progress=False)

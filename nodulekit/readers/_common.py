@@ -45,7 +45,12 @@ def check_inside(root: str | os.PathLike, paths: Iterable[str | os.PathLike]) ->
     """
     from ..safety import contained
 
-    top = os.path.normpath(os.fspath(root))
+    # The paths were found under ``root`` relative to the working directory (``root`` may itself be
+    # relative, e.g. "../data"): make both absolute so ``contained`` does not join them twice. The
+    # containment test still resolves links and ``..`` on the absolute path.
+    root = os.path.abspath(os.fspath(root))
+    paths = [os.path.join(os.getcwd(), os.fspath(p)) if not os.path.isabs(os.fspath(p)) else os.fspath(p) for p in paths]
+    top = os.path.normpath(root)
     verified = {top}
 
     def check_folder(folder: str) -> None:
