@@ -24,6 +24,10 @@ from .errors import (  # noqa: E402
 )
 from .utils import configure_logging, is_quick, set_seed  # noqa: E402
 
+# Registers nodulekit's Keras losses and metrics, so a saved ``.keras`` model loads after
+# ``import nodulekit`` without ``custom_objects`` (this imports Keras, hence TensorFlow).
+from . import losses, metrics  # noqa: E402,F401
+
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
