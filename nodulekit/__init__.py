@@ -27,6 +27,7 @@ from .utils import configure_logging, is_quick, set_seed  # noqa: E402
 # Registers nodulekit's Keras losses and metrics, so a saved ``.keras`` model loads after
 # ``import nodulekit`` without ``custom_objects`` (this imports Keras, hence TensorFlow).
 from . import losses, metrics  # noqa: E402,F401
+from .pretrained import load_pretrained  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -46,4 +47,5 @@ __all__ = [
     "set_seed",
     "is_quick",
     "configure_logging",
+    "load_pretrained",
 ]
