@@ -1,0 +1,108 @@
+"""Recipes, TTA, post-processing and the per-slice / per-nodule scoring of nodulekit.evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nodulekit import CropSet
+from nodulekit import evaluation as ev
+from nodulekit.errors import InvalidParameterError
+
+
+def _crops(masks, nodules):
+    n = len(masks)
+    table = pd.DataFrame(
+        {
+            "patient_id": [f"P{i}" for i in nodules],
+            "nodule_id": [f"P{i}/n" for i in nodules],
+            "slice_index": range(n),
+            "pixel_spacing_mm": 0.7,
+            "slice_spacing_mm": 2.5,
+            "n_readers": 1,
+            "source": "test",
+        }
+    )
+    return CropSet(np.zeros(np.shape(masks), np.float32), np.asarray(masks, np.uint8), table)
+
+
+def test_keep_central_component_keeps_the_centre_blob_and_fills_holes():
+    mask = np.zeros((9, 9), bool)
+    mask[3:6, 3:6] = True
+    mask[4, 4] = False  # a hole in the central blob
+    mask[0:2, 7:9] = True  # a far blob
+    out = ev.keep_central_component(mask)
+    expected = np.zeros((9, 9), bool)
+    expected[3:6, 3:6] = True
+    np.testing.assert_array_equal(out, expected)
+    # No component on the centre: the nearest one is kept.
+    off = np.zeros((9, 9), bool)
+    off[0, 0] = True
+    off[5:7, 5:7] = True
+    assert ev.keep_central_component(off).sum() == 4 and ev.keep_central_component(off)[5, 5]
+    assert not ev.keep_central_component(np.zeros((4, 4), bool)).any()
+
+
+def test_dihedral_tta_maps_every_view_back():
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 8, 8)).astype(np.float32)
+    # An equivariant predictor (pixel-wise) gives back exactly its own output.
+    np.testing.assert_allclose(ev.dihedral_tta(lambda x: x**2, images), images**2, rtol=1e-6)
+    # A predictor that only looks at the top-left pixel sees all four corners once each, twice.
+    corner = lambda x: np.broadcast_to(x[:, :1, :1], x.shape).copy()  # noqa: E731
+    expected = (images[:, 0, 0] + images[:, 0, -1] + images[:, -1, 0] + images[:, -1, -1]) / 4
+    np.testing.assert_allclose(ev.dihedral_tta(corner, images)[:, 3, 3], expected, rtol=1e-6)
+
+
+def test_score_predictions_states_the_empty_policy():
+    truth = np.zeros((3, 4, 4), np.uint8)
+    truth[0, :2, :2] = 1  # 4 px
+    truth[1, :2, :2] = 1
+    pred = np.zeros_like(truth)
+    pred[0, :2, :2] = 1  # perfect
+    pred[1, :1, :2] = 1  # half: Dice 2*2/(2+4) = 2/3
+    pred[2, 3, 3] = 1  # a false positive on the empty slice
+    crops = _crops(truth, [0, 0, 0])
+    scores = ev.score_predictions(crops, pred)
+    assert scores["slice_dice"] == pytest.approx((1 + 2 / 3) / 2)
+    # Nodule pooled over its 3 slices: TP 6, FP 1, FN 2 -> 12 / 15.
+    assert scores["nodule_dice"] == pytest.approx(12 / 15)
+    assert scores["n_empty_slices"] == 1 and scores["n_empty_slices_kept_empty"] == 0
+    assert scores["background_accuracy"] == pytest.approx(1 - 8 / 48)
+    assert "non-empty" in scores["empty_policy"]
+
+
+def test_recipe_round_trip_and_unknown_fields():
+    recipe = ev.PAPER_RECIPE.replace(name="x", augment=True)
+    assert ev.Recipe.from_dict(recipe.to_dict()) == recipe
+    assert [s.name for s in recipe.pipeline().steps] == ["to_grayscale", "median_filter", "zscore"]
+    with pytest.raises(InvalidParameterError, match="unknown recipe fields"):
+        ev.Recipe.from_dict({"nope": 1})
+
+
+def test_augmented_sequence_keeps_images_and_masks_aligned():
+    images = np.zeros((4, 8, 8), np.float32)
+    images[:, 0, 1] = 1.0  # a marker pixel
+    masks = (images > 0).astype(np.uint8)
+    seq = ev.AugmentedSequence(images, masks, batch_size=4, augment=True, seed=1)
+    x, y = seq[0]
+    assert x.shape == (4, 8, 8, 1) and y.shape == (4, 8, 8, 1)
+    # Geometry is shared: the marker moved to the same place in image and mask.
+    np.testing.assert_array_equal(np.argmax(x.reshape(4, -1), axis=1), np.argmax(y.reshape(4, -1), axis=1))
+
+
+def test_cross_validate_runs_end_to_end_on_synthetic_crops():
+    from nodulekit.phantom import generate_crops
+
+    crops = generate_crops(60, size=64, seed=0)
+    recipe = ev.PAPER_RECIPE.replace(
+        name="tiny", epochs=1, batch_size=16, model_options={"filters": (4, 8, 16, 32, 64), "batch_norm": True, "output_bias": "prior"},
+        tta=True, postprocess=True,
+    )
+    table = ev.cross_validate(crops, recipe, n_folds=2, folds=[0], progress=False)
+    assert len(table) == 1 and table["recipe"].iloc[0] == "tiny"
+    row = table.iloc[0]
+    assert 0.0 <= row["nodule_dice"] <= 1.0 and 0.0 <= row["slice_dice"] <= 1.0
+    assert row["n_slices"] > 0 and row["background_accuracy"] > 0.8
+    assert set(table.attrs["per_nodule"].columns) >= {"nodule_id", "dice", "fold"}
