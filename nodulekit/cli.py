@@ -16,9 +16,9 @@ Exit codes (every subcommand):
 * 2 — usage error: unknown option, missing argument, no ``--model`` (argparse's convention);
 * 130 — interrupted (Ctrl-C).
 
-Pretrained weights cannot be downloaded at run time: ``nodulekit train --run-dir DIR`` makes a
-model, and ``--model DIR`` (the run folder) uses its ``best.keras`` with the preprocessing it was
-trained with.
+Weights cannot be downloaded at run time: ``--model pretrained`` uses the model shipped inside the
+package (:mod:`nodulekit.pretrained`); ``nodulekit train --run-dir DIR`` makes a model, and
+``--model DIR`` (the run folder) uses its ``best.keras`` with the preprocessing it was trained with.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: What ``segment``/``evaluate`` say when no model is given.
 NO_MODEL_MESSAGE = (
-    "no model given (--model). nodulekit ships no pretrained weights and cannot download any: train one with\n"
+    "no model given (--model). nodulekit cannot download weights; use the model shipped with the package\n"
+    "  nodulekit segment INPUT --model pretrained --out DIR      (LIDC-trained Attention U-Net, see its model card)\n"
+    "or train one with\n"
     "  nodulekit train --run-dir runs/my-model [--data DATA] [--quick]\n"
     "then pass the run folder (or its best.keras, or a folder written by `nodulekit export`):\n"
     "  nodulekit segment INPUT --model runs/my-model --out DIR"
@@ -349,8 +351,13 @@ def _need_model(args: argparse.Namespace):
 
     if not args.model:
         raise _UsageError(NO_MODEL_MESSAGE)
+    model = args.model
+    if model == "pretrained" or model.startswith("pretrained:"):  # a model shipped inside the package
+        from .pretrained import PRETRAINED_DIR
+
+        model = PRETRAINED_DIR / (model.partition(":")[2] or "lidc_attention_unet")
     return load_segmenter(
-        args.model,
+        model,
         threshold=getattr(args, "threshold", None),
         mode=getattr(args, "mode", None),
         overlap=getattr(args, "overlap", None),

@@ -916,11 +916,6 @@ def test_training_on_nan_crops_fails_before_writing_anything(tmp_path):
     assert _files(run_dir) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="training engineer: _Protocol.__init__ checks the crop size only when the first unit builds "
-    "its model, after config.json/data.json/unit.json are written",
-)
 def test_training_on_crops_not_divisible_by_16_fails_before_writing_anything(tmp_path):
     from nodulekit.training import run_protocol
 

@@ -95,11 +95,6 @@ def test_keras_load_model_is_only_called_with_safe_mode():
         assert "safe_mode" not in keywords or keywords["safe_mode"].value is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inference.py _load_keras and training/units.py _evaluate call keras load_model themselves "
-    "(safe_mode by Keras's default only, no file-naming checks); they should call nodulekit.safety.load_model",
-)
 def test_models_are_loaded_only_through_nodulekit_safety():
     outside = [f"{path.relative_to(PACKAGE)}:{call.lineno}" for path, call in _keras_loads() if path.name != "safety.py"]
     assert outside == []

@@ -1,0 +1,273 @@
+"""The one configuration object of a training run: every choice of the protocol, with the paper's values.
+
+:class:`TrainConfig` is a frozen dataclass saved as ``config.json`` at the top of every run folder.
+Re-running a protocol in the same folder with a different configuration is refused (the folder's
+results would otherwise mix two experiments); fields that cannot change a number
+(:data:`NON_RESULT_FIELDS`) may differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidParameterError
+from .data import Augmentation
+
+__all__ = ["TrainConfig", "PRECISIONS", "EMPTY_POLICIES", "NON_RESULT_FIELDS"]
+
+#: Allowed ``TrainConfig.mixed_precision`` values (``"auto"``: bfloat16 on CPUs with AVX512-BF16/AMX,
+#: float16 on GPUs, float32 otherwise).
+PRECISIONS = (None, "float32", "mixed_bfloat16", "mixed_float16", "auto")
+
+#: Allowed ``TrainConfig.empty`` values, passed to :func:`nodulekit.metrics.segmentation_report`.
+EMPTY_POLICIES = ("one", "zero", "exclude", "separate")
+
+#: Fields that change speed or logging only; a run folder may be resumed with other values.
+NON_RESULT_FIELDS = ("tensorboard",)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every choice of the training protocol; defaults are the paper's (sections 2.2-2.3).
+
+    Attributes
+    ----------
+    architectures : tuple of str
+        Models compared: ``"unet"`` and ``"attention_unet"``.
+    learning_rates : tuple of float
+        Grid of Adam learning rates (paper: 1e-4, 1e-3, 1e-2).
+    batch_sizes : tuple of int
+        Grid of batch sizes (paper: 8, 16, 32).
+    epochs : int
+        Epochs of every cross-validation fold (paper: 30).
+    grid_epochs : int, optional
+        Epochs of every grid trial; ``None`` means ``epochs`` (the paper trains each combination
+        fully; fewer epochs make the search cheaper).
+    n_folds : int
+        Folds of the patient-grouped cross-validation (paper: 4).
+    fractions : tuple of float
+        Train / validation / test fractions of the patients (paper: 0.6, 0.2, 0.2). The grid trains
+        on train and selects on validation; the folds split train + validation; every fold's model
+        is scored on test.
+    loss : str
+        Loss name for :func:`nodulekit.losses.get_loss` (paper: focal Tversky).
+    fn_weight, fp_weight, gamma : float
+        Focal Tversky weights of false negatives (alpha = 0.7) and false positives (beta = 0.3) and
+        its focal exponent (0.75), Abraham & Khan 2019.
+    filters : tuple of int
+        Channel widths, top to bottom (paper: 16, 32, 64, 128, 256).
+    model_options : dict
+        Further keyword options of :func:`nodulekit.models.build_model` (``batch_norm``, ``dropout``,
+        ``l2``, ``upsampling``).
+    output_bias : "prior", float or None
+        Initial logit of the final sigmoid. ``"prior"`` (default) starts every unit at the
+        foreground fraction of its training masks (:func:`nodulekit.losses.initial_output_bias`),
+        which keeps the focal Tversky loss from collapsing to all-background predictions early on
+        (see :mod:`nodulekit.losses`); ``None`` is Keras's zero (p = 0.5 everywhere). The paper
+        does not say.
+    augment : bool
+        On-the-fly augmentation of the training batches (validation and test are never augmented).
+    augmentation : Augmentation
+        Its strengths (flips, 90-degree turns, small affine, intensity jitter).
+    early_stopping_patience : int, optional
+        Stop a unit after this many epochs without a lower validation loss (``None``: never; the
+        paper trains all epochs).
+    threshold : float
+        Probability above which a pixel counts as nodule in the test metrics (0.5).
+    empty : {"one", "zero", "exclude", "separate"}
+        How crops whose ground truth is empty enter Dice/IoU (see
+        :func:`nodulekit.metrics.segmentation_report`): ``"one"`` scores an empty prediction of an
+        empty mask 1 and any false positive 0.
+    selection_metric : str
+        Grid column maximised to choose the learning rate and batch size per model (``"val_dice"``).
+    seed : int
+        Drives the patient split, the folds, weight initialisation, shuffling and augmentation.
+    deterministic : bool
+        Ask TensorFlow for deterministic kernels: the same seed on the same machine then gives the
+        same table (differences below 1e-6). Slower on GPUs.
+    jit_compile : bool
+        Compile the training step with XLA. Off by default: for these small models on CPU the
+        compilation costs more than it saves.
+    mixed_precision : str, optional
+        ``None``/``"float32"``, ``"mixed_bfloat16"`` (CPUs with AVX512-BF16 or AMX, TPUs),
+        ``"mixed_float16"`` (GPUs) or ``"auto"``. The last layer and the loss stay in float32.
+    tensorboard : bool
+        Also write TensorBoard logs into each unit folder.
+    synthetic_crops : int
+        Number of phantom crops made when the protocol gets no data.
+    max_crops : int, optional
+        Keep whole patients, drawn in a seeded order, until at least this many crops are kept
+        (for quick runs on real data); ``None`` keeps all.
+    """
+
+    architectures: tuple[str, ...] = ("unet", "attention_unet")
+    learning_rates: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    batch_sizes: tuple[int, ...] = (8, 16, 32)
+    epochs: int = 30
+    grid_epochs: int | None = None
+    n_folds: int = 4
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    loss: str = "focal_tversky"
+    fn_weight: float = 0.7
+    fp_weight: float = 0.3
+    gamma: float = 0.75
+    filters: tuple[int, ...] = (16, 32, 64, 128, 256)
+    model_options: dict = field(default_factory=dict)
+    output_bias: str | float | None = "prior"
+    augment: bool = True
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    early_stopping_patience: int | None = None
+    threshold: float = 0.5
+    empty: str = "one"
+    selection_metric: str = "val_dice"
+    seed: int = 0
+    deterministic: bool = True
+    jit_compile: bool = False
+    mixed_precision: str | None = None
+    tensorboard: bool = False
+    synthetic_crops: int = 1200
+    max_crops: int | None = None
+
+    def __post_init__(self) -> None:
+        # Normalise sequences to tuples (JSON gives lists) so that equal configs compare equal.
+        for name in ("architectures", "learning_rates", "batch_sizes", "fractions", "filters"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "learning_rates", tuple(float(v) for v in self.learning_rates))
+        if isinstance(self.augmentation, dict):
+            object.__setattr__(self, "augmentation", Augmentation(**self.augmentation))
+        object.__setattr__(self, "model_options", dict(self.model_options))
+        self._validate()
+
+    def _validate(self) -> None:
+        from ..models import ARCHITECTURES
+
+        def bad(name: str, allowed: str) -> InvalidParameterError:
+            return InvalidParameterError(f"TrainConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
+
+        if not self.architectures or any(a not in ARCHITECTURES for a in self.architectures):
+            raise bad("architectures", f"a non-empty subset of {ARCHITECTURES}")
+        if len(set(self.architectures)) != len(self.architectures):
+            raise bad("architectures", "free of duplicates")
+        if not self.learning_rates or any(not (math.isfinite(v) and v > 0) for v in self.learning_rates):
+            raise bad("learning_rates", "non-empty positive finite numbers")
+        if not self.batch_sizes or any(not _is_int(v) or v < 1 for v in self.batch_sizes):
+            raise bad("batch_sizes", "non-empty positive integers")
+        for name in ("learning_rates", "batch_sizes"):
+            if len(set(getattr(self, name))) != len(getattr(self, name)):
+                raise bad(name, "free of duplicates")
+        if not _is_int(self.epochs) or self.epochs < 1:
+            raise bad("epochs", "a positive integer")
+        if self.grid_epochs is not None and (not _is_int(self.grid_epochs) or self.grid_epochs < 1):
+            raise bad("grid_epochs", "a positive integer or None")
+        if not _is_int(self.n_folds) or self.n_folds < 2:
+            raise bad("n_folds", "an integer >= 2")
+        if len(self.fractions) != 3 or any(f <= 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
+            raise bad("fractions", "three positive fractions (train, validation, test) summing to 1")
+        if not 0 <= self.fp_weight or not 0 <= self.fn_weight or self.fn_weight + self.fp_weight <= 0:
+            raise bad("fn_weight", "non-negative with fn_weight + fp_weight > 0")
+        if not self.gamma > 0:
+            raise bad("gamma", "> 0")
+        if not 0 < self.threshold < 1:
+            raise bad("threshold", "in (0, 1)")
+        if self.empty not in EMPTY_POLICIES:
+            raise bad("empty", f"one of {EMPTY_POLICIES}")
+        if "output_bias" in self.model_options or "filters" in self.model_options:
+            raise bad("model_options", "free of 'filters' and 'output_bias' (they are fields of their own)")
+        if not (self.output_bias is None or self.output_bias == "prior" or isinstance(self.output_bias, (int, float))):
+            raise bad("output_bias", "'prior', a number or None")
+        if self.mixed_precision not in PRECISIONS:
+            raise bad("mixed_precision", f"one of {PRECISIONS}")
+        if self.early_stopping_patience is not None and (
+            not _is_int(self.early_stopping_patience) or self.early_stopping_patience < 1
+        ):
+            raise bad("early_stopping_patience", "a positive integer or None")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise bad("seed", "a non-negative integer")
+        if not _is_int(self.synthetic_crops) or self.synthetic_crops < 8:
+            raise bad("synthetic_crops", "an integer >= 8")
+        if self.max_crops is not None and (not _is_int(self.max_crops) or self.max_crops < 8):
+            raise bad("max_crops", "an integer >= 8 or None")
+        if not self.selection_metric.startswith("val_"):
+            raise bad("selection_metric", "a validation column such as 'val_dice'")
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def quick(cls, **overrides: Any) -> "TrainConfig":
+        """The QUICK protocol: the full 3x3 grid for both models and 2 folds on tiny data.
+
+        96 crops (synthetic, or whole patients of the given data up to 96 crops), 1 epoch per grid
+        trial, 2 per fold, narrow models (4, 8, 16, 32, 64): the whole code path in a few minutes
+        on 2 CPU cores. Its numbers are not meaningful; use the defaults for results.
+        """
+        values: dict[str, Any] = dict(
+            epochs=2,
+            grid_epochs=1,
+            n_folds=2,
+            filters=(4, 8, 16, 32, 64),
+            synthetic_crops=96,
+            max_crops=96,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def trial_epochs(self) -> int:
+        """Epochs of each grid trial (``grid_epochs``, or ``epochs`` when unset)."""
+        return self.epochs if self.grid_epochs is None else self.grid_epochs
+
+    @property
+    def loss_options(self) -> dict[str, float]:
+        """Keyword options of the loss: the Tversky weights (and gamma) for the Tversky losses, none
+        for the others (Dice, BCE, BCE + Dice)."""
+        key = self.loss.lower().replace("-", "_").replace(" ", "")
+        if key in ("focal_tversky", "focaltversky", "ftl"):
+            return {"fn_weight": self.fn_weight, "fp_weight": self.fp_weight, "gamma": self.gamma}
+        if key == "tversky":
+            return {"fn_weight": self.fn_weight, "fp_weight": self.fp_weight}
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are refused."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidParameterError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write as indented JSON, atomically."""
+        from ..utils import write_json
+
+        write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainConfig":
+        """Read a config written by :meth:`save`."""
+        from ..utils import read_json
+
+        return cls.from_dict(read_json(path))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def result_differences(self, other: "TrainConfig") -> list[str]:
+        """Names of the fields that differ from ``other`` and can change results."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return sorted(k for k in mine if k not in NON_RESULT_FIELDS and mine[k] != theirs.get(k))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,311 @@
+"""Scaling out on existing engines: ``tf.distribute`` strategies, mixed precision, and KerasTuner for
+spreading the grid trials over machines.
+
+Two kinds of parallelism, each left to an established engine:
+
+* **One model on several devices or machines** — ``tf.distribute``. Pass a strategy to
+  :func:`nodulekit.training.run_protocol`; every unit builds its model, optimizer and ``compile``
+  inside ``strategy.scope()`` and Keras splits each (global) batch over the replicas.
+  ``MirroredStrategy`` for several GPUs of one machine, ``MultiWorkerMirroredStrategy`` across
+  machines (each runs the same command with its own ``TF_CONFIG``), ``TPUStrategy`` on Colab TPUs.
+  Under a multi-worker strategy the chief (task 0 of ``chief``/``worker``) writes the run folder;
+  the other workers read it to skip and resume exactly as the chief does (so ``run_dir`` must be on
+  a file system they all see, as for any multi-worker Keras checkpointing) and write their
+  identical copies into a scratch folder that is deleted at the end.
+* **Independent grid trials on several machines** — KerasTuner's distributed mode
+  (:func:`tune_grid_distributed`). The chief process runs KerasTuner's oracle (a gRPC server);
+  each worker asks it for the next (architecture, learning rate, batch size) of a
+  :class:`keras_tuner.oracles.GridSearchOracle` and trains it as an ordinary nodulekit unit
+  into the shared run folder, reporting the validation Dice back. Why KerasTuner: it is the
+  Keras team's own tuner, already speaks Keras, needs only ``pip install keras-tuner`` (gRPC comes
+  with TensorFlow), has exactly the chief/worker model the grid needs (configured by three
+  environment variables ``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``,
+  ``KERASTUNER_ORACLE_PORT``) and a grid oracle that hands out every combination once; failed
+  (diverged) trials are reported as such. Ray Tune or Dask would do as well but bring a cluster
+  runtime of their own for 18 trials. Because KerasTuner only hands out trials, every result lives
+  in nodulekit's resumable unit folders, and running :func:`~nodulekit.training.run_protocol` on
+  the chief afterwards finds the grid finished and goes on to the cross-validation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import types
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import InvalidParameterError, TrainingError
+
+__all__ = [
+    "precision_policy",
+    "resolve_precision",
+    "cpu_supports_bfloat16",
+    "make_strategy",
+    "worker_role",
+    "tune_grid_distributed",
+    "prepare_model_for_strategy",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def cpu_supports_bfloat16() -> bool:
+    """True when this CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX-BF16; Linux only)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str | None) -> str:
+    """The Keras dtype policy for ``TrainConfig.mixed_precision``.
+
+    ``None``/``"float32"`` -> ``"float32"``; ``"auto"`` -> ``"mixed_float16"`` when TensorFlow
+    sees a GPU, else ``"mixed_bfloat16"`` on CPUs with native bfloat16, else ``"float32"``.
+    """
+    if name in (None, "float32"):
+        return "float32"
+    if name in ("mixed_bfloat16", "mixed_float16"):
+        return name
+    if name == "auto":
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return "mixed_float16"
+        return "mixed_bfloat16" if cpu_supports_bfloat16() else "float32"
+    raise InvalidParameterError(
+        f"mixed_precision must be None, 'float32', 'mixed_bfloat16', 'mixed_float16' or 'auto', got {name!r}"
+    )
+
+
+@contextlib.contextmanager
+def precision_policy(name: str | None) -> Iterator[str]:
+    """Set Keras's global dtype policy inside the block and restore the previous one after.
+
+    The nodulekit models keep their final sigmoid in float32 and the losses compute in float32,
+    so only the convolutions run in reduced precision. Under ``mixed_float16`` Keras wraps the
+    optimizer in a ``LossScaleOptimizer`` by itself at ``compile``.
+    """
+    import keras
+
+    policy = resolve_precision(name)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield policy
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def make_strategy(name: str | None):
+    """A ``tf.distribute`` strategy by name, for command lines.
+
+    Parameters
+    ----------
+    name : {None, "none", "mirrored", "multi_worker", "tpu"}
+        ``"mirrored"``: all local GPUs (or the CPU); ``"multi_worker"``: the cluster described by
+        the ``TF_CONFIG`` environment variable; ``"tpu"``: the TPU of a Colab/Cloud runtime.
+
+    Returns
+    -------
+    tf.distribute.Strategy or None
+    """
+    if name in (None, "", "none"):
+        return None
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise InvalidParameterError("strategy 'multi_worker' needs the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise InvalidParameterError(f"strategy must be one of None, 'mirrored', 'multi_worker', 'tpu', got {name!r}")
+
+
+def worker_role(strategy=None) -> tuple[bool, int]:
+    """``(is_chief, task_index)`` of this process in a multi-worker strategy (``(True, 0)`` otherwise).
+
+    The chief is task 0 of type ``"worker"`` when the cluster has no ``"chief"`` task, as in
+    Keras's own multi-worker checkpointing.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    task_id = getattr(resolver, "task_id", None)
+    if task_type is None:
+        config = json.loads(os.environ.get("TF_CONFIG", "{}")) if strategy is not None else {}
+        task = config.get("task", {})
+        task_type, task_id = task.get("type"), task.get("index")
+    if task_type is None:
+        return True, 0
+    task_id = int(task_id or 0)
+    cluster = getattr(resolver, "cluster_spec", lambda: None)()
+    has_chief = cluster is not None and "chief" in cluster.as_dict()
+    if task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief):
+        return True, task_id
+    return False, task_id
+
+
+def prepare_model_for_strategy(model, strategy) -> None:
+    """Make a compiled model trainable with ``model.fit`` under ``strategy``.
+
+    Nothing to do except for a ``MultiWorkerMirroredStrategy`` spanning several workers, which
+    Keras 3 (up to at least 3.15) cannot ``fit`` as shipped (keras-team/keras#20585,
+    tensorflow/tensorflow#72388): its symbolic build reduces the first (nested) batch with an eager
+    cross-worker ``reduce`` that fails, and its step functions reduce scalar logs with ``axis=0``.
+    Here the model's symbolic build uses this worker's local batch (only shapes matter) and scalar
+    logs are averaged over the workers with ``axis=None``, which is what single-machine strategies
+    get. Both patches touch only multi-worker runs and are skipped, with a warning, if Keras's
+    internals change.
+    """
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    try:
+        from keras import tree
+        from keras.src.backend.tensorflow import trainer as tf_trainer
+
+        if not tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return
+        _patch_reduce_per_replica(tf_trainer, tree)
+    except (ImportError, AttributeError) as exc:  # pragma: no cover - depends on the Keras version
+        logger.warning("multi-worker workaround not applied (%s); Keras may have fixed fit() itself", exc)
+        return
+
+    def local_values(value):
+        return strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) else value
+
+    def symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and data_batch is None:
+            for _, _, batches in iterator:
+                data_batch = tree.map_structure(local_values, next(batches))
+                break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = types.MethodType(symbolic_build, model)
+
+
+def _patch_reduce_per_replica(tf_trainer, tree) -> None:
+    """Average scalar logs over workers with ``axis=None`` (see :func:`prepare_model_for_strategy`)."""
+    import tensorflow as tf
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_nodulekit_patch", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean") or not tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return original(values, strategy, reduction)
+
+        def reduce_one(value):
+            local = strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) else value
+            if getattr(local, "shape", None) is not None and local.shape.rank == 0:
+                return strategy.reduce("MEAN", value, axis=None)
+            return original(value, strategy, reduction)
+
+        return tree.map_structure(reduce_one, values)
+
+    reduce_per_replica._nodulekit_patch = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+# ------------------------------------------------------------------------------------------------
+# KerasTuner: grid trials across machines
+
+
+def tune_grid_distributed(
+    crops=None,
+    *,
+    run_dir: str | os.PathLike,
+    config=None,
+    pipeline=None,
+) -> dict[str, Any] | None:
+    """Run the grid search with KerasTuner's chief/worker mode; every trial is a nodulekit unit.
+
+    Start the same command on every machine, with a shared ``run_dir`` and the environment
+    variables KerasTuner reads: ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT`` (the
+    chief's address) and ``KERASTUNER_TUNER_ID`` (``"chief"`` on the chief, ``"tuner0"``,
+    ``"tuner1"``, ... on the workers). Without these variables the trials run here, one after the
+    other, through the same code.
+
+    Parameters
+    ----------
+    crops : CropSet, optional
+        As in :func:`~nodulekit.training.run_protocol` (the same on every machine).
+    run_dir : path
+        The run folder, shared by all machines.
+    config : TrainConfig, optional
+    pipeline : Pipeline, optional
+
+    Returns
+    -------
+    dict or None
+        On a worker (or without distribution): ``{"trials": n}`` with the number of trials this
+        process trained. On the chief: ``None`` once every trial is finished; then call
+        :func:`~nodulekit.training.run_protocol` with the same arguments for the selection and
+        the cross-validation.
+
+    Raises
+    ------
+    TrainingError
+        If KerasTuner is not installed (``pip install keras-tuner``).
+
+    References
+    ----------
+    .. [1] T. O'Malley et al., KerasTuner, https://github.com/keras-team/keras-tuner, 2019.
+    """
+    try:
+        import keras_tuner
+    except ImportError as exc:
+        raise TrainingError("distributed grid search needs KerasTuner: pip install keras-tuner") from exc
+    from .protocol import _Protocol
+
+    protocol = _Protocol(crops, run_dir=run_dir, config=config, pipeline=pipeline, progress=False)
+    specs = {spec.name: spec for spec in protocol.grid_specs()}
+    hyperparameters = keras_tuner.HyperParameters()
+    hyperparameters.Choice("architecture", list(protocol.config.architectures))
+    hyperparameters.Choice("learning_rate", list(protocol.config.learning_rates))
+    hyperparameters.Choice("batch_size", list(protocol.config.batch_sizes))
+    oracle = keras_tuner.oracles.GridSearchOracle(
+        objective=keras_tuner.Objective(protocol.config.selection_metric, direction="max"),
+        hyperparameters=hyperparameters,
+        tune_new_entries=False,
+        seed=protocol.config.seed,
+        max_retries_per_trial=0,
+        max_consecutive_failed_trials=len(specs) + 1,
+    )
+
+    class GridTuner(keras_tuner.Tuner):
+        trained = 0
+
+        def run_trial(self, trial, *args, **kwargs):
+            values = trial.hyperparameters.values
+            spec = protocol.grid_spec(values["architecture"], values["learning_rate"], values["batch_size"])
+            record = protocol.run_unit(spec)
+            GridTuner.trained += 0 if record.get("skipped") else 1
+            if record["status"] != "ok":
+                raise keras_tuner.errors.FailedTrialError(record["reason"])
+            return {protocol.config.selection_metric: float(record[protocol.config.selection_metric])}
+
+    tuner = GridTuner(
+        oracle=oracle,
+        directory=str(Path(run_dir) / "keras_tuner"),
+        project_name="grid",
+        overwrite=False,
+    )
+    tuner.search()
+    if os.environ.get("KERASTUNER_TUNER_ID", "").startswith("chief") and "KERASTUNER_ORACLE_IP" in os.environ:
+        return None
+    return {"trials": GridTuner.trained}

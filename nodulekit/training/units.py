@@ -1,0 +1,532 @@
+"""One unit of the protocol (a grid trial or a cross-validation fold): train, checkpoint, resume, score.
+
+A unit owns one folder (layout in :mod:`nodulekit.training`). While it trains, ``state/`` holds
+the resume point; every file is written to a temporary name and renamed into place, and
+``state/state.json`` (written last in each epoch) names the files that belong to the epoch it
+records, so a SIGKILL at any instant leaves either the previous epoch's state or the new one,
+never a mix. When the unit ends, ``best.keras``, ``history.csv`` and ``metrics.json`` are written,
+then the ``done`` marker (with the checkpoint's SHA-256), and ``state/`` is removed.
+
+Why not ``keras.callbacks.BackupAndRestore``: it writes the weights and the epoch counter as two
+plain (non-atomic) writes, so a kill between or during them resumes from mismatched or truncated
+state; and it keeps neither the best-checkpoint threshold nor the history nor the early-stopping
+counter, so a resumed run would not reproduce the uninterrupted one. The state here is the same
+idea (weights + optimizer via ``save_weights``, plus the epoch) made atomic and complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from ..errors import RunFolderError
+from ..utils import atomic_write, read_json, write_json
+from .config import TrainConfig
+from .data import make_dataset
+
+__all__ = ["UnitSpec", "UnitData", "train_unit", "load_finished", "check_writable", "file_sha256", "unit_seed"]
+
+logger = logging.getLogger(__name__)
+
+#: Keys of the per-epoch history (Keras log names).
+HISTORY_KEYS = ("loss", "accuracy", "dice", "val_loss", "val_accuracy", "val_dice")
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """What one unit trains.
+
+    Attributes
+    ----------
+    phase : {"grid", "cv"}
+        A grid-search trial (train on the train split, score on validation) or a cross-validation
+        fold (train on the fold, checkpoint on its validation part, score on the test split).
+    architecture : str
+    learning_rate : float
+    batch_size : int
+    epochs : int
+    fold : int, optional
+        Fold number (cv only).
+    """
+
+    phase: str
+    architecture: str
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    fold: int | None = None
+
+    @property
+    def name(self) -> str:
+        """Relative folder of the unit, e.g. ``grid/unet/lr=0.001_bs=16`` or ``cv/unet/fold-2``."""
+        if self.phase == "grid":
+            return f"grid/{self.architecture}/lr={self.learning_rate:g}_bs={self.batch_size}"
+        return f"cv/{self.architecture}/fold-{self.fold}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "architecture": self.architecture,
+            "learning_rate": float(self.learning_rate),
+            "batch_size": int(self.batch_size),
+            "epochs": int(self.epochs),
+            "fold": self.fold,
+        }
+
+
+@dataclass
+class UnitData:
+    """Preprocessed arrays of one unit: ``(n, height, width)`` images and masks per split.
+
+    ``fingerprint`` identifies the crops (their indices in the protocol's CropSet and a hash of the
+    data), so a folder made from other data is never mistaken for this unit's.
+    """
+
+    train_images: np.ndarray
+    train_masks: np.ndarray
+    val_images: np.ndarray
+    val_masks: np.ndarray
+    test_images: np.ndarray | None = None
+    test_masks: np.ndarray | None = None
+    fingerprint: str = ""
+
+
+def unit_seed(seed: int, spec: UnitSpec) -> int:
+    """Seed of a unit. All grid trials of one architecture share it (same initial weights and
+    shuffles, so the grid compares learning rates and batch sizes only); every fold has its own.
+    It does not depend on which other units ran, so skipping or resuming units changes nothing."""
+    key = f"{int(seed)}/{spec.phase}/{spec.architecture}/{spec.fold}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_writable(folder: str | os.PathLike, *, min_free_mb: float = 50.0) -> Path:
+    """Create ``folder`` if needed and prove it can be written (a probe file is written and removed).
+
+    Raises
+    ------
+    RunFolderError
+        If the folder cannot be created or written, or has less than ``min_free_mb`` MB free.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RunFolderError(f"run folder is not writable ({exc.strerror or exc})", path=folder) from exc
+    free_mb = shutil.disk_usage(folder).free / 2**20
+    if free_mb < min_free_mb:
+        raise RunFolderError(f"only {free_mb:.0f} MB free; a run needs at least {min_free_mb:.0f} MB", path=folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------
+# Finished units
+
+
+def load_finished(folder: str | os.PathLike, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of a finished unit, or ``None`` when it must be (re)done.
+
+    A unit counts as finished when its ``done`` marker exists, was written for the same unit
+    (``meta``: spec, config, data fingerprint) and, for a successful unit, ``best.keras`` still has
+    the SHA-256 recorded in the marker. A corrupted or missing checkpoint is logged and the unit is
+    redone.
+    """
+    folder = Path(folder)
+    marker = folder / "done"
+    if not marker.exists():
+        return None
+    try:
+        done = read_json(marker)
+        record = read_json(folder / "metrics.json")
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: unreadable done marker or metrics (%s); redoing the unit", folder, exc)
+        return None
+    if done.get("meta") != meta:
+        logger.warning("%s: finished with other settings or data; redoing the unit", folder)
+        return None
+    if done.get("status") == "ok":
+        checkpoint = folder / "best.keras"
+        if not checkpoint.exists() or file_sha256(checkpoint) != done.get("checkpoint_sha256"):
+            logger.warning("%s: checkpoint best.keras is missing or corrupted; redoing the unit", folder)
+            return None
+    return record
+
+
+# ------------------------------------------------------------------------------------------------
+# Training one unit
+
+
+def train_unit(
+    spec: UnitSpec,
+    data: UnitData,
+    *,
+    folder: str | os.PathLike,
+    config: TrainConfig,
+    strategy=None,
+    read_from: str | os.PathLike | None = None,
+    on_epoch: Callable[[int, str], None] | None = None,
+    verbose: int = 0,
+) -> dict[str, Any]:
+    """Train one unit to completion (or resume it), keeping the lowest-validation-loss checkpoint.
+
+    Parameters
+    ----------
+    spec : UnitSpec
+    data : UnitData
+    folder : path
+        The unit's folder (created).
+    config : TrainConfig
+        Loss, model options, augmentation, precision, early stopping, threshold, seed.
+    strategy : tf.distribute.Strategy, optional
+        The model, its optimizer and ``compile`` are created inside ``strategy.scope()``.
+    read_from : path, optional
+        Folder to read the resume state and the finished marker from when it is not ``folder``
+        (a non-chief worker of a multi-worker run reads the chief's and writes to scratch).
+    on_epoch : callable, optional
+        ``on_epoch(epochs_advanced, text)`` after each epoch (and once for skipped epochs): drives
+        the protocol's progress bar.
+    verbose : int
+        Keras ``fit`` verbosity (0: quiet).
+
+    Returns
+    -------
+    dict
+        One row of the results: the spec, ``status`` (``"ok"`` or ``"failed"``), ``reason``,
+        ``epochs_run``, ``best_epoch``, ``best_val_loss``, ``seconds``, the validation metrics
+        (``val_dice``, ...) and, for folds, the test metrics (``test_dice``, ...) and
+        ``test_background_accuracy``; plus ``history`` (list of per-epoch dicts) and ``skipped``.
+    """
+    import keras
+
+    from ..losses import get_loss, initial_output_bias
+    from ..metrics import DiceCoefficient
+    from ..models import build_model
+    from .distributed import precision_policy, prepare_model_for_strategy
+
+    folder = Path(folder)
+    source = Path(read_from) if read_from is not None else folder
+    meta = {"spec": spec.to_dict(), "config": config.to_dict(), "data": data.fingerprint}
+    meta["config"].pop("tensorboard", None)
+    notify = on_epoch or (lambda advance, text: None)
+
+    finished = load_finished(source, meta)
+    if finished is not None:
+        notify(spec.epochs, f"{spec.name} (done)")
+        return {**finished, "skipped": True}
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = _load_state(source / "state", meta)
+    if state is None:
+        _reset(folder)
+    elif source != folder:
+        _reset(folder)
+        shutil.copytree(source / "state", folder / "state")
+    state_dir = folder / "state"
+    state_dir.mkdir(exist_ok=True)
+    _remove_leftovers(folder)
+    write_json(folder / "unit.json", meta)
+
+    state = state or {
+        "meta": meta,
+        "epoch": 0,
+        "weights": None,
+        "weights_sha256": None,
+        "best": None,
+        "best_sha256": None,
+        "best_val_loss": math.inf,
+        "best_epoch": None,
+        "wait": 0,
+        "seconds": 0.0,
+        "history": [],
+        "failed": None,
+    }
+    if state["epoch"]:
+        notify(state["epoch"], f"{spec.name} (resumed at epoch {state['epoch']})")
+        logger.info("%s: resuming after epoch %d", spec.name, state["epoch"])
+
+    seed = unit_seed(config.seed, spec)
+    height, width = data.train_images.shape[1:]
+    keras.backend.clear_session()  # before the policy: clear_session also resets Keras's dtype policy
+    with precision_policy(config.mixed_precision):
+        keras.utils.set_random_seed(seed)
+        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+        with scope:
+            bias = config.output_bias
+            if bias == "prior":
+                bias = initial_output_bias(data.train_masks) if data.train_masks.any() else None
+            model = build_model(
+                spec.architecture, (height, width, 1), filters=config.filters, output_bias=bias, **config.model_options
+            )
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate=spec.learning_rate),
+                loss=get_loss(config.loss, **config.loss_options),
+                metrics=[
+                    keras.metrics.BinaryAccuracy(name="accuracy", threshold=config.threshold),
+                    DiceCoefficient(
+                        name="dice", threshold=config.threshold, empty="exclude" if config.empty == "separate" else config.empty
+                    ),
+                ],
+                jit_compile=config.jit_compile,
+            )
+            prepare_model_for_strategy(model, strategy)
+            if state["weights"]:
+                model.optimizer.build(model.trainable_variables)
+                model.load_weights(state_dir / state["weights"])
+        replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+
+        def starves_a_replica(n: int) -> bool:
+            # A last batch smaller than the replica count leaves a replica an empty batch, which
+            # TensorFlow's CPU convolutions reject; such a batch is dropped (the final scores use
+            # every crop).
+            return 0 < n % spec.batch_size < replicas
+
+        validation = make_dataset(
+            data.val_images,
+            data.val_masks,
+            batch_size=spec.batch_size,
+            drop_remainder=starves_a_replica(len(data.val_images)),
+        )
+        callbacks: list = [keras.callbacks.TerminateOnNaN()]
+        if config.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(folder / "tensorboard")))
+
+        stop_reason = None
+        epoch = state["epoch"]
+        while epoch < spec.epochs and state["failed"] is None and stop_reason is None:
+            start = time.perf_counter()
+            train = make_dataset(
+                data.train_images,
+                data.train_masks,
+                batch_size=spec.batch_size,
+                shuffle=True,
+                augment=config.augmentation if config.augment else False,
+                seed=seed,
+                epoch=epoch,
+                drop_remainder=starves_a_replica(len(data.train_images)),
+            )
+            try:
+                fit = model.fit(
+                    train,
+                    validation_data=validation,
+                    initial_epoch=epoch,
+                    epochs=epoch + 1,
+                    callbacks=callbacks,
+                    shuffle=False,  # the dataset is shuffled, reproducibly, by make_dataset
+                    verbose=verbose,
+                )
+                logs = {k: float(v[-1]) for k, v in fit.history.items()}
+                diverged = model.stop_training or not all(np.isfinite(logs.get(k, np.nan)) for k in ("loss", "val_loss"))
+            except Exception as exc:  # noqa: BLE001 - only resource exhaustion is a trial failure
+                if type(exc).__name__ not in ("ResourceExhaustedError", "OutOfMemoryError"):
+                    raise
+                logs, diverged = {}, False
+                state["failed"] = f"out of memory at epoch {epoch + 1} ({type(exc).__name__})"
+            if diverged:
+                state["failed"] = (
+                    f"diverged: loss became NaN or infinite in epoch {epoch + 1} "
+                    f"(learning rate {spec.learning_rate:g}; stopped by TerminateOnNaN)"
+                )
+            if state["failed"] is not None:
+                logger.warning("%s: %s", spec.name, state["failed"])
+                break
+            epoch += 1
+            seconds = time.perf_counter() - start
+            state["history"].append({"epoch": epoch, **{k: logs.get(k, math.nan) for k in HISTORY_KEYS}, "seconds": seconds})
+            state["seconds"] += seconds
+            if logs["val_loss"] < state["best_val_loss"]:
+                state["best"] = _save_atomic(model.save, state_dir / f"best-epoch-{epoch:04d}.keras")
+                state["best_sha256"] = file_sha256(state_dir / state["best"])
+                state.update(best_val_loss=logs["val_loss"], best_epoch=epoch, wait=0)
+            else:
+                state["wait"] += 1
+            state["weights"] = _save_atomic(model.save_weights, state_dir / f"epoch-{epoch:04d}.weights.h5")
+            state["weights_sha256"] = file_sha256(state_dir / state["weights"])
+            state["epoch"] = epoch
+            write_json(state_dir / "state.json", state)
+            _remove_unreferenced(state_dir, state)
+            patience = config.early_stopping_patience
+            if patience is not None and state["wait"] >= patience:
+                stop_reason = f"early stopping after epoch {epoch} ({patience} epochs without a lower val_loss)"
+            notify(1, f"{spec.name} epoch {epoch}/{spec.epochs} val_loss {logs['val_loss']:.4f}")
+    del model
+    keras.backend.clear_session()
+    if epoch < spec.epochs:
+        notify(spec.epochs - epoch, f"{spec.name} stopped")
+    return _finish(spec, data, folder, meta, state, config, stop_reason)
+
+
+def _finish(
+    spec: UnitSpec,
+    data: UnitData,
+    folder: Path,
+    meta: dict,
+    state: dict,
+    config: TrainConfig,
+    stop_reason: str | None,
+) -> dict[str, Any]:
+    """Write best.keras, history.csv, metrics.json and the done marker (last); drop state/."""
+    history = pd.DataFrame(state["history"], columns=["epoch", *HISTORY_KEYS, "seconds"])
+    with atomic_write(folder / "history.csv") as handle:
+        history.to_csv(handle, index=False)
+    record: dict[str, Any] = {
+        "unit": spec.name,
+        **spec.to_dict(),
+        "status": "ok",
+        "reason": stop_reason or "",
+        "epochs_run": int(state["epoch"]),
+        "best_epoch": state["best_epoch"],
+        "best_val_loss": state["best_val_loss"] if state["best"] else math.nan,
+        "seconds": round(float(state["seconds"]), 3),
+    }
+    checkpoint = folder / "best.keras"
+    if state["failed"] is None and state["best"] is None:
+        state["failed"] = "no epoch gave a finite validation loss"
+    if state["failed"] is not None:
+        record.update(status="failed", reason=state["failed"])
+        with contextlib.suppress(FileNotFoundError):
+            checkpoint.unlink()
+        done = {"status": "failed", "meta": meta, "reason": state["failed"]}
+    else:
+        _copy_atomic(folder / "state" / state["best"], checkpoint)
+        record.update(_evaluate(checkpoint, data, config))
+        done = {"status": "ok", "meta": meta, "checkpoint_sha256": file_sha256(checkpoint)}
+    record["history"] = state["history"]
+    write_json(folder / "metrics.json", record)
+    write_json(folder / "done", done)
+    shutil.rmtree(folder / "state", ignore_errors=True)
+    return {**record, "skipped": False}
+
+
+def _evaluate(checkpoint: Path, data: UnitData, config: TrainConfig) -> dict[str, float]:
+    """Score the kept checkpoint on validation (and test, when given) with the numpy metrics."""
+    import keras
+
+    from ..metrics import background_accuracy, segmentation_report
+
+    from ..safety import load_model
+
+    model = load_model(checkpoint)
+    scores: dict[str, float] = {}
+    splits = [("val", data.val_images, data.val_masks)]
+    if data.test_images is not None:
+        splits.append(("test", data.test_images, data.test_masks))
+    for prefix, images, masks in splits:
+        probabilities = model.predict(images[..., np.newaxis], batch_size=64, verbose=0)[..., 0]
+        report = segmentation_report(masks, probabilities, threshold=config.threshold, empty=config.empty)
+        report.setdefault("background_accuracy", background_accuracy(masks))
+        scores.update({f"{prefix}_{k}": _plain(v) for k, v in report.items() if _is_scalar(v) and k != "threshold"})
+    del model
+    keras.backend.clear_session()
+    return scores
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _plain(value: Any) -> float | int:
+    return int(value) if isinstance(value, (int, np.integer)) else float(value)
+
+
+# ------------------------------------------------------------------------------------------------
+# State files
+
+
+def _load_state(state_dir: Path, meta: dict) -> dict | None:
+    """The saved resume state, or ``None`` if absent, made for another unit, or corrupted."""
+    path = state_dir / "state.json"
+    if not path.exists():
+        return None
+    try:
+        state = read_json(path)
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: unreadable resume state (%s); restarting the unit", path, exc)
+        return None
+    if state.get("meta") != meta:
+        logger.warning("%s: resume state of other settings or data; restarting the unit", path)
+        return None
+    for key in ("weights", "best"):
+        name = state.get(key)
+        if name and (not (state_dir / name).exists() or file_sha256(state_dir / name) != state.get(f"{key}_sha256")):
+            logger.warning("%s: %s is missing or corrupted; restarting the unit", state_dir, name)
+            return None
+    state["best_val_loss"] = math.inf if state.get("best_val_loss") is None else float(state["best_val_loss"])
+    return state
+
+
+def _reset(folder: Path) -> None:
+    """Remove everything a previous, unusable attempt left in a unit folder."""
+    for name in ("done", "metrics.json", "history.csv", "best.keras", "unit.json"):
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    shutil.rmtree(folder / "state", ignore_errors=True)
+    shutil.rmtree(folder / "tensorboard", ignore_errors=True)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete temporary files a killed writer left behind (never named by any state)."""
+    for pattern in (".tmp-*", ".*.tmp"):
+        for path in [*folder.glob(pattern), *(folder / "state").glob(pattern)]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _save_atomic(save: Callable[[str], Any], path: Path) -> str:
+    """Call a Keras ``save``/``save_weights`` into a temporary name beside ``path``, then rename."""
+    suffix = ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        save(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path.name
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    with atomic_write(target, "wb") as handle, open(source, "rb") as original:
+        shutil.copyfileobj(original, handle)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_unreferenced(state_dir: Path, state: dict) -> None:
+    keep = {"state.json", state.get("weights"), state.get("best")}
+    for path in state_dir.iterdir():
+        if path.name not in keep and not path.name.startswith(".tmp-"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
