@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.synthetic:
             tasks.append(pool.submit(_synthetic, args.data, args.synthetic, args.out, args.seed, args.synthetic_crops))
         for fold in (int(f) for f in args.folds.split(",")):  # fold-major: every recipe gets fold 0 first
-            for name in args.recipes.split(","):
+            for name in filter(None, args.recipes.split(",")):
                 tasks.append(pool.submit(_unit, args.data, name, fold, args.n_folds, args.out, args.seed))
         for task in as_completed(tasks):
             try:
