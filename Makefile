@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	rm -rf runs/quick  # a QUICK run folder from another configuration would be refused
 	NODULEKIT_QUICK=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider --durations=15
 	@echo "make test: reports above; notebook outputs went to runs/quick (QUICK mode)"
 
