@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     units.make_dataset = original_make_dataset
 
     mean = {name: statistics.mean(r["val_dice"] for r in rows if r["config"] == name) for name in names}
-    parts = [f"mean val Dice: " + ", ".join(f"{name} {value:.4f}" for name, value in mean.items())]
+    parts = ["mean val Dice: " + ", ".join(f"{name} {value:.4f}" for name, value in mean.items())]
     for name in names[1:]:
         differences = [
             other["val_dice"] - first["val_dice"]
