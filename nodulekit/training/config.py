@@ -96,7 +96,10 @@ class TrainConfig:
         compilation costs more than it saves.
     mixed_precision : str, optional
         ``None``/``"float32"``, ``"mixed_bfloat16"`` (CPUs with AVX512-BF16 or AMX, TPUs),
-        ``"mixed_float16"`` (GPUs) or ``"auto"``. The last layer and the loss stay in float32.
+        ``"mixed_float16"`` (GPUs) or ``"auto"`` (the default: bfloat16 on CPUs with native
+        bfloat16, float16 on GPUs, float32 elsewhere; measured in ``benchmarks/``: 1.05-1.5x faster
+        training on the 2-core AVX512-BF16 CPU and the same patient-grouped CV Dice on LIDC within
+        0.006). The last layer and the loss stay in float32; ``"float32"`` turns it off.
     tensorboard : bool
         Also write TensorBoard logs into each unit folder.
     synthetic_crops : int
@@ -129,7 +132,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True
     jit_compile: bool = False
-    mixed_precision: str | None = None
+    mixed_precision: str | None = "auto"
     tensorboard: bool = False
     synthetic_crops: int = 1200
     max_crops: int | None = None
