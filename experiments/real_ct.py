@@ -25,23 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-#: The recipes compared; each is a change to the paper's recipe (nodulekit.evaluation.PAPER_RECIPE).
-RECIPES = {
-    # The paper's recipe as written: zero output bias, focal Tversky 0.7/0.3/0.75, 30 epochs.
-    "paper_unet": {},
-    "paper_attention_unet": {"architecture": "attention_unet"},
-    # The collapse fix alone: start the output at the foreground prior.
-    "paper_unet_prior": {"model_options": {"output_bias": "prior"}},
-    "paper_attention_unet_prior": {"architecture": "attention_unet", "model_options": {"output_bias": "prior"}},
-    # Improvements, measured one group at a time.
-    "bn_aug": {"architecture": "attention_unet", "model_options": {"output_bias": "prior", "batch_norm": True}, "augment": True, "epochs": 60, "batch_size": 32},
-    "bn_aug_bcedice": {"architecture": "attention_unet", "model_options": {"output_bias": "prior", "batch_norm": True}, "augment": True, "epochs": 60, "batch_size": 32, "loss": "bce_dice", "loss_options": {}},
-    "bn_aug_unet": {"architecture": "unet", "model_options": {"output_bias": "prior", "batch_norm": True}, "augment": True, "epochs": 60, "batch_size": 32},
-    "bn_aug_wide": {"architecture": "attention_unet", "model_options": {"output_bias": "prior", "batch_norm": True, "filters": [32, 64, 128, 256, 512]}, "augment": True, "epochs": 60, "batch_size": 32},
-}
-
-#: Scored twice from the same trained models: as trained, and with TTA + central-component post-processing.
-VARIANTS = {"plain": {"tta": False, "postprocess": False}, "tta_pp": {"tta": True, "postprocess": True}}
+#: The recipes compared, and how each fold model is scored, live in the package (notebook 06 uses them too).
+from nodulekit.evaluation import REAL_CT_RECIPES as RECIPES  # noqa: E402
+from nodulekit.evaluation import VARIANTS  # noqa: E402
 
 
 def _load(data: str):
@@ -54,34 +40,18 @@ def _load(data: str):
     return CropSet.load(data)
 
 
-def _unit(data: str, name: str, fold: int, n_folds: int, out: str, seed: int) -> str:
+def _unit(data: str, name: str, fold: int, n_folds: int, out: str, seed: int, precision: str = "float32", epochs: int = 0) -> str:
+    """One (recipe, fold): :func:`nodulekit.evaluation.cross_validate` with its JSON cache in ``out``."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     from nodulekit import evaluation as ev
-    from nodulekit.splits import patient_kfold
+    from nodulekit.training.distributed import precision_policy
 
-    target = Path(out) / f"cv_{name}_fold{fold}.json"
-    if target.exists():
-        return f"{target.name} (done before)"
-    crops = _load(data)
-    recipe = ev.PAPER_RECIPE.replace(name=name, **RECIPES[name])
-    images = recipe.pipeline().apply(crops.images)
-    train_idx, test_idx = patient_kfold(crops.groups, n_folds=n_folds, seed=seed)[fold]
+    recipe = ev.real_ct_recipe(name, **({"epochs": epochs} if epochs else {}))
     start = time.perf_counter()
-    model, history = ev.train_recipe(images[train_idx], crops.masks[train_idx], crops.groups[train_idx], recipe, seed=seed + fold)
-    seconds = time.perf_counter() - start
-    test = crops.subset(test_idx)
-    result = {"recipe": name, "fold": fold, "train_seconds": seconds, "recipe_fields": recipe.to_dict(), "history": history.to_dict(orient="list")}
-    for variant, change in VARIANTS.items():
-        _, binary = ev.predict_recipe(model, images[test_idx], recipe.replace(**change))
-        result[variant] = ev.score_predictions(test, binary)
-        from nodulekit import metrics
-
-        per_nodule = metrics.per_nodule_dice(test.masks, binary, test.table["nodule_id"].to_numpy(), empty="exclude")
-        result[variant]["per_nodule"] = per_nodule[["nodule_id", "dice"]].to_dict(orient="list")
-    from nodulekit.utils import write_json
-
-    write_json(target, result)
-    return f"{target.name}: nodule Dice {result['plain']['nodule_dice']:.3f} / TTA+PP {result['tta_pp']['nodule_dice']:.3f} ({seconds:.0f} s)"
+    with precision_policy(precision):
+        table = ev.cross_validate(_load(data), recipe, n_folds=n_folds, folds=[fold], seed=seed, cache_dir=out, progress=False)
+    scores = table.set_index("variant")["nodule_dice"]
+    return f"cv_{name}_fold{fold}: nodule Dice {scores['plain']:.3f} / TTA+PP {scores['tta_pp']:.3f} ({time.perf_counter() - start:.0f} s)"
 
 
 def _final(data: str, name: str, out: str, seed: int) -> str:
@@ -138,10 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", default="", help="also train this recipe on synthetic crops only")
     parser.add_argument("--synthetic-crops", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=0, help="override every recipe's epochs (for a quick check)")
+    parser.add_argument(
+        "--precision", default="float32", help="Keras dtype policy of the CV units: float32, mixed_bfloat16, mixed_float16 or auto (TrainConfig.mixed_precision)"
+    )
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.epochs:
-        for options in RECIPES.values():
+        for options in RECIPES.values():  # --final and --synthetic read RECIPES directly
             options["epochs"] = args.epochs
     tasks = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -151,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             tasks.append(pool.submit(_synthetic, args.data, args.synthetic, args.out, args.seed, args.synthetic_crops))
         for fold in (int(f) for f in args.folds.split(",")):  # fold-major: every recipe gets fold 0 first
             for name in filter(None, args.recipes.split(",")):
-                tasks.append(pool.submit(_unit, args.data, name, fold, args.n_folds, args.out, args.seed))
+                tasks.append(pool.submit(_unit, args.data, name, fold, args.n_folds, args.out, args.seed, args.precision, args.epochs))
         for task in as_completed(tasks):
             try:
                 print(task.result(), flush=True)

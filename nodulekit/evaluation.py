@@ -20,9 +20,12 @@ their false positives.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import keras
@@ -34,16 +37,17 @@ from tqdm.auto import tqdm
 from . import losses as losses_module
 from . import metrics
 from .dataset import CropSet
-from .errors import InvalidParameterError
+from .errors import InvalidParameterError, RunFolderError
 from .models import build_model
 from .preprocessing import Pipeline
 from .splits import patient_kfold, patient_split
-from .utils import as_rng, set_seed
+from .utils import as_rng, read_json, set_seed, write_json
 
 __all__ = [
     "Recipe",
     "PAPER_RECIPE",
     "AugmentedSequence",
+    "centre_windows",
     "dihedral_tta",
     "model_predictor",
     "keep_central_component",
@@ -51,7 +55,13 @@ __all__ = [
     "train_recipe",
     "predict_recipe",
     "score_predictions",
+    "VARIANTS",
+    "REAL_CT_RECIPES",
+    "real_ct_recipe",
+    "run_fold",
     "cross_validate",
+    "synthetic_to_real",
+    "summarise_cv",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,6 +97,14 @@ class Recipe:
     validation_fraction : float
         Share of the training patients held out to keep the weights of the lowest validation loss
         (the paper keeps the model with the lowest validation loss).
+    window : int, optional
+        Train on ``window x window`` windows cut at random from larger crops (e.g. 64 from the
+        release's 128x128 crops), each re-normalised to zero mean and unit variance, so the model
+        also sees nodule-free lung, vessels and pleura, as it will on a whole slice. ``None``:
+        train on the crops as given (the paper).
+    jitter : int
+        Largest shift of a training window's centre from the crop centre, in pixels, uniform per
+        axis (only with ``window``). Validation uses the centred window.
     """
 
     name: str = "paper"
@@ -103,6 +121,8 @@ class Recipe:
     postprocess: bool = False
     threshold: float = 0.5
     validation_fraction: float = 0.15
+    window: int | None = None
+    jitter: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain JSON-able values."""
@@ -146,15 +166,31 @@ class AugmentedSequence(keras.utils.PyDataset):
         Random flips / 90-degree rotations (the 8 symmetries of the square) per image, and an
         intensity jitter ``x * (1 + 0.1 u) + 0.1 v`` with u, v standard normal per image.
     seed : int
-        Seeds the shuffle and the augmentation.
+        Seeds the shuffle, the windows and the augmentation.
+    window : int, optional
+        Cut a ``window x window`` window from every image, its centre shifted from the image
+        centre by up to ``jitter`` pixels per axis (a new draw every time), and z-score it.
+    jitter : int
+        Largest shift of the window centre (only with ``window``).
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, *, batch_size: int, augment: bool, seed: int = 0):
+    def __init__(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        *,
+        batch_size: int,
+        augment: bool,
+        seed: int = 0,
+        window: int | None = None,
+        jitter: int = 0,
+    ):
         super().__init__()
         self.images = np.asarray(images, dtype=np.float32)[..., np.newaxis]
         self.masks = np.asarray(masks, dtype=np.float32)[..., np.newaxis]
         self.batch_size = int(batch_size)
         self.augment = bool(augment)
+        self.window, self.jitter = _check_window(window, jitter, self.images.shape[1:3])
         self.rng = as_rng(seed)
         self.order = self.rng.permutation(len(self.images))
 
@@ -164,6 +200,8 @@ class AugmentedSequence(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         take = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         x, y = self.images[take], self.masks[take]
+        if self.window is not None:
+            x, y = _random_windows(x, y, self.window, self.jitter, self.rng)
         if self.augment:
             x, y = x.copy(), y.copy()
             for i in range(len(take)):
@@ -176,6 +214,48 @@ class AugmentedSequence(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(len(self.images))
+
+
+def _check_window(window: int | None, jitter: int, shape: tuple[int, int]) -> tuple[int | None, int]:
+    if window is None:
+        if jitter:
+            raise InvalidParameterError(f"jitter={jitter!r} needs a window size")
+        return None, 0
+    window, jitter = int(window), int(jitter)
+    if window < 16 or window % 16:
+        raise InvalidParameterError(f"window must be a multiple of 16 (>= 16), got {window!r}")
+    if jitter < 0:
+        raise InvalidParameterError(f"jitter must be >= 0, got {jitter!r}")
+    room = min(shape) - window
+    if room < 0 or 2 * jitter > room:
+        raise InvalidParameterError(
+            f"a {window}-pixel window shifted by up to {jitter} pixels does not fit in {shape[0]}x{shape[1]} images"
+        )
+    return window, jitter
+
+
+def centre_windows(images: np.ndarray, window: int) -> np.ndarray:
+    """The centred ``window x window`` window of every image ``(n, h, w[, c])`` (the same cut as training's)."""
+    top, left = (images.shape[1] - window) // 2, (images.shape[2] - window) // 2
+    return images[:, top : top + window, left : left + window]
+
+
+def _zscore_windows(x: np.ndarray) -> np.ndarray:
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    std = x.std(axis=(1, 2, 3), keepdims=True)
+    return ((x - mean) / np.maximum(std, 1e-6)).astype(np.float32)
+
+
+def _random_windows(x: np.ndarray, y: np.ndarray, window: int, jitter: int, rng: np.random.Generator):
+    """One randomly shifted window per image, z-scored (as a whole-slice local z-score sees it)."""
+    top, left = (x.shape[1] - window) // 2, (x.shape[2] - window) // 2
+    shifts = rng.integers(-jitter, jitter + 1, size=(len(x), 2))
+    xs = np.empty((len(x), window, window, x.shape[3]), np.float32)
+    ys = np.empty((len(y), window, window, y.shape[3]), np.float32)
+    for i, (dr, dc) in enumerate(shifts):
+        r, c = top + dr, left + dc
+        xs[i], ys[i] = x[i, r : r + window, c : c + window], y[i, r : r + window, c : c + window]
+    return _zscore_windows(xs), ys
 
 
 def _dihedral(image: np.ndarray, k: int, flip: int) -> np.ndarray:
@@ -299,19 +379,25 @@ def train_recipe(
         train_idx, val_idx = np.arange(len(images)), np.array([], dtype=int)
     options = dict(recipe.model_options)
     if options.get("output_bias") == "prior":
-        options["output_bias"] = losses_module.initial_output_bias(masks[train_idx])
-    side = images.shape[1:3]
+        prior_masks = masks[train_idx] if recipe.window is None else centre_windows(masks[train_idx], recipe.window)
+        options["output_bias"] = losses_module.initial_output_bias(prior_masks)
+    side = images.shape[1:3] if recipe.window is None else (recipe.window, recipe.window)
     model = build_model(recipe.architecture, (*side, 1), **options)
     model.compile(
         optimizer=keras.optimizers.Adam(recipe.learning_rate),
         loss=losses_module.get_loss(recipe.loss, **recipe.loss_options),
         metrics=[metrics.DiceCoefficient()],
     )
-    train = AugmentedSequence(images[train_idx], masks[train_idx], batch_size=recipe.batch_size, augment=recipe.augment, seed=seed)
+    train = AugmentedSequence(
+        images[train_idx], masks[train_idx], batch_size=recipe.batch_size, augment=recipe.augment, seed=seed, window=recipe.window, jitter=recipe.jitter
+    )
     callbacks = [keras.callbacks.TerminateOnNaN()]
     validation = None
     if len(val_idx):
-        validation = (images[val_idx][..., np.newaxis], masks[val_idx][..., np.newaxis].astype(np.float32))
+        val_images, val_masks = images[val_idx][..., np.newaxis], masks[val_idx][..., np.newaxis].astype(np.float32)
+        if recipe.window is not None:
+            val_images, val_masks = _zscore_windows(centre_windows(val_images, recipe.window)), centre_windows(val_masks, recipe.window)
+        validation = (val_images, val_masks)
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.epochs + 1, restore_best_weights=True))
     history = model.fit(train, epochs=recipe.epochs, validation_data=validation, callbacks=callbacks, verbose=verbose)
     return model, pd.DataFrame(history.history).rename_axis("epoch").reset_index()
@@ -363,6 +449,98 @@ def score_predictions(crops: CropSet, binary: np.ndarray) -> dict[str, Any]:
     }
 
 
+#: How every cross-validation fold model is scored: as trained, and with test-time augmentation
+#: plus central-component post-processing (the same trained weights both times).
+VARIANTS: dict[str, dict[str, bool]] = {"plain": {"tta": False, "postprocess": False}, "tta_pp": {"tta": True, "postprocess": True}}
+
+#: The recipes compared on the LIDC-IDRI dev set (notebook 06, ``experiments/real_ct.py``); each
+#: is a change to :data:`PAPER_RECIPE`, kept only when patient-grouped CV says it helps.
+REAL_CT_RECIPES: dict[str, dict[str, Any]] = {
+    # The paper's recipe as written: no batch norm, zero output bias, focal Tversky 0.7/0.3/0.75,
+    # Adam 1e-3, batch 16, 30 epochs (lowest validation loss kept).
+    "paper_unet": {},
+    "paper_attention_unet": {"architecture": "attention_unet"},
+    # The collapse fix alone: start the output at the foreground prior.
+    "paper_unet_prior": {"model_options": {"output_bias": "prior"}},
+    "paper_attention_unet_prior": {"architecture": "attention_unet", "model_options": {"output_bias": "prior"}},
+    # nodulekit's best so far (the shipped model): + batch norm, prior bias, augmentation, batch 32.
+    "bn_aug": {"architecture": "attention_unet", "model_options": {"output_bias": "prior", "batch_norm": True}, "augment": True, "epochs": 20, "batch_size": 32},
+    "bn_aug_unet": {"architecture": "unet", "model_options": {"output_bias": "prior", "batch_norm": True}, "augment": True, "epochs": 20, "batch_size": 32},
+}
+
+
+def real_ct_recipe(recipe: str, **changes: Any) -> Recipe:
+    """The :data:`REAL_CT_RECIPES` entry ``recipe`` as a :class:`Recipe` (with further changes, e.g. ``name=``)."""
+    if recipe not in REAL_CT_RECIPES:
+        raise InvalidParameterError(f"unknown recipe {recipe!r}; known: {', '.join(REAL_CT_RECIPES)}")
+    return PAPER_RECIPE.replace(**{"name": recipe, **REAL_CT_RECIPES[recipe], **changes})
+
+
+def run_fold(
+    crops: CropSet,
+    recipe: Recipe,
+    fold: int,
+    *,
+    n_folds: int = 4,
+    seed: int = 0,
+    variants: dict[str, dict[str, bool]] | None = None,
+    images: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Train ``recipe`` on the other folds' patients and score fold ``fold``'s patients.
+
+    Parameters
+    ----------
+    crops : CropSet
+        Crops with ground-truth masks.
+    recipe : Recipe
+    fold : int
+        Held-out fold, in ``[0, n_folds)``.
+    n_folds, seed : int
+        Patient-grouped folds (:func:`nodulekit.splits.patient_kfold`); the training seed is
+        ``seed + fold``.
+    variants : dict, optional
+        Name -> ``{"tta": bool, "postprocess": bool}``: each scores the same trained model
+        (default :data:`VARIANTS`).
+    images : ndarray, optional
+        ``recipe.pipeline().apply(crops.images)``, when already computed.
+
+    Returns
+    -------
+    dict
+        ``recipe``, ``fold``, ``precision`` (Keras dtype policy), ``train_seconds``,
+        ``recipe_fields``, ``history`` (per epoch), and per variant the
+        :func:`score_predictions` dict plus ``per_nodule`` (``nodule_id`` and ``dice`` lists).
+    """
+    variants = VARIANTS if variants is None else variants
+    if not 0 <= int(fold) < int(n_folds):
+        raise InvalidParameterError(f"fold must be in [0, {n_folds}), got {fold!r}")
+    images = recipe.pipeline().apply(crops.images) if images is None else images
+    train_idx, test_idx = patient_kfold(crops.groups, n_folds=n_folds, seed=seed)[int(fold)]
+    start = time.perf_counter()
+    model, history = train_recipe(images[train_idx], crops.masks[train_idx], crops.groups[train_idx], recipe, seed=seed + int(fold))
+    seconds = time.perf_counter() - start
+    test = crops.subset(test_idx)
+    test_images = images[test_idx] if recipe.window is None else centre_windows(images[test_idx], recipe.window)
+    if recipe.window is not None:
+        test = CropSet(centre_windows(test.images, recipe.window), centre_windows(test.masks, recipe.window), test.table, units=test.units)
+    result: dict[str, Any] = {
+        "recipe": recipe.name,
+        "fold": int(fold),
+        "precision": keras.mixed_precision.global_policy().name,
+        "train_seconds": seconds,
+        "recipe_fields": recipe.to_dict(),
+        "history": history.to_dict(orient="list"),
+    }
+    for variant, change in variants.items():
+        _, binary = predict_recipe(model, test_images, recipe.replace(**change))
+        scores = score_predictions(test, binary)
+        per_nodule = metrics.per_nodule_dice(test.masks, binary, test.table["nodule_id"].to_numpy(), empty="exclude")
+        scores["per_nodule"] = per_nodule[["nodule_id", "dice"]].to_dict(orient="list")
+        result[variant] = scores
+    keras.backend.clear_session()
+    return result
+
+
 def cross_validate(
     crops: CropSet,
     recipe: Recipe,
@@ -370,9 +548,11 @@ def cross_validate(
     n_folds: int = 4,
     folds: Sequence[int] | None = None,
     seed: int = 0,
+    variants: dict[str, dict[str, bool]] | None = None,
+    cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Patient-grouped k-fold cross-validation of ``recipe`` on ``crops``.
+    """Patient-grouped k-fold cross-validation of ``recipe`` on ``crops``, resumable fold by fold.
 
     Parameters
     ----------
@@ -385,32 +565,140 @@ def cross_validate(
         Run only these folds (e.g. ``[0]`` for a quick look); all by default.
     seed : int
         Seeds the folds and every training run.
+    variants : dict, optional
+        How each fold model is scored (default :data:`VARIANTS`: as trained, and with TTA +
+        post-processing).
+    cache_dir : path, optional
+        Each fold's :func:`run_fold` result is written to ``cache_dir/cv_<recipe>_fold<k>.json``
+        and read back instead of retrained when present (a record made with other recipe fields,
+        folds or seed is an error, not silently reused).
 
     Returns
     -------
     pandas.DataFrame
-        One row per fold: the recipe name, the fold, :func:`score_predictions` output and the
-        training time in seconds. ``df.attrs["per_nodule"]`` holds the per-nodule Dice of every
-        held-out nodule.
+        One row per fold and variant: ``recipe``, ``fold``, ``variant``, the
+        :func:`score_predictions` scores, ``train_seconds`` and ``precision``.
+        ``df.attrs["per_nodule"]`` holds the per-nodule Dice of every held-out nodule as records
+        (``pd.DataFrame(df.attrs["per_nodule"])``; plain lists, so tables concatenate).
+
+    Raises
+    ------
+    RunFolderError
+        A cached fold was made with another recipe, number of folds or seed.
     """
-    pipeline = recipe.pipeline()
-    images = pipeline.apply(crops.images)
-    split = patient_kfold(crops.groups, n_folds=n_folds, seed=seed)
-    chosen = range(n_folds) if folds is None else list(folds)
+    variants = VARIANTS if variants is None else variants
+    chosen = range(n_folds) if folds is None else [int(f) for f in folds]
+    images = None
     rows, nodule_rows = [], []
     for fold in tqdm(chosen, desc=f"CV {recipe.name}", unit="fold", disable=not progress):
-        train_idx, test_idx = split[fold]
-        start = time.perf_counter()
-        model, _ = train_recipe(images[train_idx], crops.masks[train_idx], crops.groups[train_idx], recipe, seed=seed + fold)
-        seconds = time.perf_counter() - start
-        test = crops.subset(test_idx)
-        _, binary = predict_recipe(model, images[test_idx], recipe)
-        scores = score_predictions(test, binary)
-        rows.append({"recipe": recipe.name, "fold": fold, **scores, "train_seconds": seconds})
-        per_nodule = metrics.per_nodule_dice(test.masks, binary, test.table["nodule_id"].to_numpy(), empty="exclude")
-        nodule_rows.append(per_nodule.assign(recipe=recipe.name, fold=fold))
-        logger.info("%s fold %d: nodule Dice %.3f, slice Dice %.3f (%.0f s)", recipe.name, fold, scores["nodule_dice"], scores["slice_dice"], seconds)
-        keras.backend.clear_session()
+        path = None if cache_dir is None else Path(cache_dir) / f"cv_{recipe.name}_fold{fold}.json"
+        if path is not None and path.is_file():
+            result = read_json(path)
+            _check_cached(result, recipe, n_folds=n_folds, seed=seed, variants=variants, path=path)
+        else:
+            images = recipe.pipeline().apply(crops.images) if images is None else images
+            result = run_fold(crops, recipe, fold, n_folds=n_folds, seed=seed, variants=variants, images=images)
+            result.update({"n_folds": int(n_folds), "seed": int(seed)})
+            if path is not None:
+                write_json(path, result)
+        for variant in variants:
+            scores = dict(result[variant])
+            per_nodule = pd.DataFrame(scores.pop("per_nodule"))
+            rows.append({"recipe": recipe.name, "fold": fold, "variant": variant, **scores, "train_seconds": result["train_seconds"], "precision": result.get("precision", "float32")})
+            nodule_rows.append(per_nodule.assign(recipe=recipe.name, fold=fold, variant=variant))
+            logger.info("%s fold %d %s: nodule Dice %.3f, slice Dice %.3f", recipe.name, fold, variant, scores["nodule_dice"], scores["slice_dice"])
     table = pd.DataFrame(rows)
-    table.attrs["per_nodule"] = pd.concat(nodule_rows, ignore_index=True)
+    table.attrs["per_nodule"] = pd.concat(nodule_rows, ignore_index=True).to_dict(orient="records")
     return table
+
+
+def _check_cached(result: dict, recipe: Recipe, *, n_folds: int, seed: int, variants: dict, path: Path) -> None:
+    def plain(r: Recipe) -> dict:  # as JSON stores it (tuples become lists)
+        return json.loads(json.dumps(r.to_dict()))
+
+    cached, current = plain(Recipe.from_dict(result["recipe_fields"])), plain(recipe)  # new fields: defaults
+    if cached != current:
+        changed = sorted(k for k, v in current.items() if cached.get(k) != v)
+        raise RunFolderError(f"cached fold was trained with other recipe fields ({', '.join(changed)}); delete it to retrain", path=path)
+    if (result.get("n_folds", n_folds), result.get("seed", seed)) != (n_folds, seed):
+        raise RunFolderError(f"cached fold was made with n_folds={result.get('n_folds')}, seed={result.get('seed')}", path=path)
+    missing = [v for v in variants if v not in result]
+    if missing:
+        raise RunFolderError(f"cached fold lacks the variants {missing}", path=path)
+
+
+def synthetic_to_real(
+    real: CropSet,
+    recipe: Recipe,
+    *,
+    n_synthetic: int = 2000,
+    seed: int = 0,
+    variants: dict[str, dict[str, bool]] | None = None,
+    cache: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Train ``recipe`` on the synthetic generator only and score it on every real crop.
+
+    This measures how realistic :mod:`nodulekit.phantom` is: no real image is seen in training.
+
+    Parameters
+    ----------
+    real : CropSet
+        Real crops with ground truth (e.g. the LIDC release at 64x64, 50 % consensus).
+    recipe : Recipe
+    n_synthetic : int
+        Synthetic 64x64 crops generated (:func:`nodulekit.phantom.generate_crops`, seeded).
+    seed : int
+        Seeds the generator and the training.
+    variants : dict, optional
+        As in :func:`cross_validate`.
+    cache : path, optional
+        JSON record: read back instead of retrained when present (and made with the same recipe
+        and ``n_synthetic``), written otherwise.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per variant: ``recipe``, ``variant``, ``n_synthetic`` and the
+        :func:`score_predictions` scores on ``real``.
+    """
+    from . import phantom
+
+    variants = VARIANTS if variants is None else variants
+    path = None if cache is None else Path(cache)
+    if path is not None and path.is_file():
+        result = read_json(path)
+        _check_cached({**result, "recipe_fields": result["recipe"]}, recipe, n_folds=0, seed=seed, variants=variants, path=path)
+        if int(result["n_synthetic"]) != int(n_synthetic):
+            raise RunFolderError(f"cached result was made with n_synthetic={result['n_synthetic']}", path=path)
+    else:
+        pipeline = recipe.pipeline()
+        synthetic = phantom.generate_crops(int(n_synthetic), size=real.images.shape[1], seed=seed)
+        start = time.perf_counter()
+        model, history = train_recipe(pipeline.apply(synthetic.images), synthetic.masks, synthetic.groups, recipe, seed=seed)
+        result = {"recipe": recipe.to_dict(), "n_synthetic": int(n_synthetic), "seed": int(seed), "train_seconds": time.perf_counter() - start, "history": history.to_dict(orient="list")}
+        images = pipeline.apply(real.images)
+        for variant, change in variants.items():
+            _, binary = predict_recipe(model, images, recipe.replace(**change))
+            result[variant] = score_predictions(real, binary)
+        keras.backend.clear_session()
+        if path is not None:
+            write_json(path, result)
+    return pd.DataFrame([{"recipe": recipe.name, "variant": v, "n_synthetic": int(n_synthetic), **result[v]} for v in variants])
+
+
+def summarise_cv(table: pd.DataFrame, *, metrics_shown: Sequence[str] = ("nodule_dice", "slice_dice", "slice_precision", "slice_recall")) -> pd.DataFrame:
+    """Mean ± sd over folds of :func:`cross_validate` tables (concatenated), one row per recipe and variant.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index (recipe, variant); per metric ``<metric>`` formatted ``"0.784 ± 0.010"`` and
+        ``<metric>_mean`` as a number, plus ``folds`` (how many folds the row averages).
+    """
+    grouped = table.groupby(["recipe", "variant"], sort=False)
+    out = pd.DataFrame({"folds": grouped["fold"].nunique()})
+    for metric in metrics_shown:
+        mean, sd = grouped[metric].mean(), grouped[metric].std(ddof=1).fillna(0.0)
+        out[metric] = [f"{m:.3f} ± {d:.3f}" for m, d in zip(mean, sd)]
+        out[f"{metric}_mean"] = mean
+    return out

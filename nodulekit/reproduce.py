@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .errors import MissingDataError
 
-__all__ = ["run_notebooks", "find_notebooks"]
+__all__ = ["run_notebooks", "find_notebooks", "missing_requirements"]
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,23 @@ def find_notebooks(folder: str | os.PathLike = "notebooks") -> list[Path]:
     if not paths:
         raise MissingDataError("no numbered notebooks (NN_name.ipynb) found", path=folder)
     return paths
+
+
+def missing_requirements(path: str | os.PathLike) -> list[str]:
+    """What a notebook needs and this machine lacks.
+
+    A notebook declares the data it cannot run without in its metadata, ``{"nodulekit":
+    {"requires": ["../../shared/data/lidc/LIDC-IDRI-slices"]}}`` (paths relative to the notebook;
+    an environment variable named in ``"requires_env"`` may point elsewhere). The notebook tests
+    (``notebooks/conftest.py``) and :func:`run_notebooks` skip such a notebook with this reason.
+    """
+    import json
+
+    path = Path(path)
+    meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("nodulekit", {})
+    override = os.environ.get(meta.get("requires_env", ""), "") if meta.get("requires_env") else ""
+    wanted = [override] if override else [str(path.parent / p) for p in meta.get("requires", [])]
+    return [p for p in wanted if not Path(p).exists()]
 
 
 def run_notebooks(
@@ -48,6 +65,10 @@ def run_notebooks(
     done = []
     notebooks = find_notebooks(folder)
     for path in tqdm(notebooks, desc="notebooks", unit="nb"):
+        missing = missing_requirements(path)
+        if missing:
+            print(f"reproduce: skipping {path.name}: it needs {', '.join(missing)}, which is not here")
+            continue
         start = time.perf_counter()
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()

@@ -92,17 +92,44 @@ def test_augmented_sequence_keeps_images_and_masks_aligned():
     np.testing.assert_array_equal(np.argmax(x.reshape(4, -1), axis=1), np.argmax(y.reshape(4, -1), axis=1))
 
 
-def test_cross_validate_runs_end_to_end_on_synthetic_crops():
+def test_cross_validate_runs_end_to_end_and_resumes_from_its_cache(tmp_path):
+    from nodulekit.errors import RunFolderError
     from nodulekit.phantom import generate_crops
 
     crops = generate_crops(60, size=64, seed=0)
     recipe = ev.PAPER_RECIPE.replace(
         name="tiny", epochs=1, batch_size=16, model_options={"filters": (4, 8, 16, 32, 64), "batch_norm": True, "output_bias": "prior"},
-        tta=True, postprocess=True,
     )
-    table = ev.cross_validate(crops, recipe, n_folds=2, folds=[0], progress=False)
-    assert len(table) == 1 and table["recipe"].iloc[0] == "tiny"
-    row = table.iloc[0]
-    assert 0.0 <= row["nodule_dice"] <= 1.0 and 0.0 <= row["slice_dice"] <= 1.0
-    assert row["n_slices"] > 0 and row["background_accuracy"] > 0.8
-    assert set(table.attrs["per_nodule"].columns) >= {"nodule_id", "dice", "fold"}
+    table = ev.cross_validate(crops, recipe, n_folds=2, folds=[0], cache_dir=tmp_path, progress=False)
+    assert list(table["variant"]) == ["plain", "tta_pp"] and set(table["recipe"]) == {"tiny"}
+    for row in table.itertuples():
+        assert 0.0 <= row.nodule_dice <= 1.0 and 0.0 <= row.slice_dice <= 1.0
+        assert row.n_slices > 0 and row.background_accuracy > 0.8
+    assert set(pd.DataFrame(table.attrs["per_nodule"]).columns) >= {"nodule_id", "dice", "fold", "variant"}
+    assert (tmp_path / "cv_tiny_fold0.json").is_file()
+    again = ev.cross_validate(crops, recipe, n_folds=2, folds=[0], cache_dir=tmp_path, progress=False)  # read, not retrained
+    pd.testing.assert_frame_equal(again, table, check_like=True)
+    with pytest.raises(RunFolderError, match="epochs"):
+        ev.cross_validate(crops, recipe.replace(epochs=2), n_folds=2, folds=[0], cache_dir=tmp_path, progress=False)
+    with pytest.raises(RunFolderError, match="n_folds"):
+        ev.cross_validate(crops, recipe, n_folds=3, folds=[0], cache_dir=tmp_path, progress=False)
+    summary = ev.summarise_cv(table)
+    assert summary.loc[("tiny", "plain"), "folds"] == 1 and "±" in summary.loc[("tiny", "tta_pp"), "nodule_dice"]
+
+
+def test_window_training_cuts_shifted_windows_from_larger_crops():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(6, 128, 128)).astype(np.float32) * 5 + 3
+    masks = np.zeros((6, 128, 128), np.float32)
+    masks[:, 60:68, 60:68] = 1
+    sequence = ev.AugmentedSequence(images, masks, batch_size=6, augment=False, seed=0, window=64, jitter=32)
+    x, y = sequence[0]
+    assert x.shape == y.shape == (6, 64, 64, 1)
+    np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), 0.0, atol=1e-4)  # each window z-scored
+    np.testing.assert_allclose(x.std(axis=(1, 2, 3)), 1.0, atol=1e-3)
+    assert len({int(m.sum()) for m in y}) > 1  # shifted: the nodule is cut differently
+    assert ev.centre_windows(masks, 64)[:, 28:36, 28:36].all()
+    with pytest.raises(InvalidParameterError, match="does not fit"):
+        ev.AugmentedSequence(images, masks, batch_size=6, augment=False, window=64, jitter=33)
+    with pytest.raises(InvalidParameterError, match="window"):
+        ev.AugmentedSequence(images, masks, batch_size=6, augment=False, jitter=4)
