@@ -79,9 +79,64 @@ def score(segmenter, volume, *, label: str, **options) -> dict:
         "truth_diameter_mm": round(float(truth["diameter_mm"]), 1),
         "found_diameter_mm": round(float(truth["found_diameter_mm"]), 1),
         "diameter_error_mm": round(float(truth["found_diameter_mm"] - truth["diameter_mm"]), 1),
+        "truth_equivalent_diameter_mm": round(float(truth["equivalent_diameter_mm"]), 1),
+        "found_equivalent_diameter_mm": round(float(truth["found_equivalent_diameter_mm"]), 1),
+        "equivalent_diameter_error_mm": round(float(truth["found_equivalent_diameter_mm"] - truth["equivalent_diameter_mm"]), 1),
         "false_positive_nodules": int(len(result.nodules) - len(matched)),
         "seconds": round(seconds, 1),
     }
+
+
+def reader_sizes(volume) -> list[dict]:
+    """Each radiologist's own longest axial and equivalent diameter of the scan's first nodule."""
+    from nodulekit.inference import measure_nodules
+
+    readers = next(iter(volume.meta["nodule_masks"].values()))["reader_masks"]
+    rows = []
+    for reader, mask in enumerate(readers):
+        _, table = measure_nodules(mask > 0, spacing=volume.spacing)
+        rows.append({"reader": reader, "diameter_mm": round(float(table["diameter_mm"].max()), 1), "equivalent_diameter_mm": round(float(table["equivalent_diameter_mm"].max()), 1)})
+    return rows
+
+
+def plot_contours(volume, segmenters: dict, path: Path, *, margin: int = 50) -> None:
+    """The nodule's middle slices: the four readers (cyan), the 50 % consensus (yellow), each model (red)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from skimage import measure
+
+    from nodulekit.inference import lung_mask
+    from nodulekit.plots import save_figure
+
+    record = next(iter(volume.meta["nodule_masks"].values()))
+    offset, readers = record["offset"], record["reader_masks"]
+    z_centre, y, x = (int(round(v)) for v in volume.nodules.iloc[0][["z", "y", "x"]])
+    slices = [z_centre - 2, z_centre, z_centre + 2]
+    box = (slice(y - margin, y + margin), slice(x - margin, x + margin))
+    lung = lung_mask(volume.hu, spacing=volume.spacing, progress=False)
+    fig, axes = plt.subplots(len(segmenters), len(slices), figsize=(3.2 * len(slices), 3.3 * len(segmenters)), squeeze=False)
+    for row, (label, segmenter) in enumerate(segmenters.items()):
+        probabilities = segmenter.predict(volume.hu[slices], region=lung[slices], progress=False)
+        for column, z in enumerate(slices):
+            ax = axes[row, column]
+            ax.imshow(np.clip(volume.hu[z][box], -1000, 400), cmap="gray")
+            k = z - offset[0]
+            for reader in readers[:, k] if 0 <= k < readers.shape[1] else []:
+                full = np.zeros(volume.hu.shape[1:], np.float32)
+                full[offset[1] : offset[1] + reader.shape[0], offset[2] : offset[2] + reader.shape[1]] = reader
+                for c in measure.find_contours(full[box], 0.5):
+                    ax.plot(c[:, 1], c[:, 0], color="c", linestyle=":", linewidth=0.8)
+            for mask, color in ((volume.mask[z].astype(np.float32), "yellow"), (probabilities[column], "red")):
+                for c in measure.find_contours(mask[box], 0.5):
+                    ax.plot(c[:, 1], c[:, 0], color=color, linewidth=1)
+            ax.set_title(f"{label}, slice {z}", fontsize=8)
+            ax.axis("off")
+    fig.suptitle("LIDC-IDRI-0001: readers (cyan, dotted), 50 % consensus (yellow), model (red)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, "S4", "whole_scan_lidc0001", folder=path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="experiments/results")
     parser.add_argument("--recipe", default="bn_aug_window", choices=sorted(RECIPES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--figures", default="figures", help="where the contour figure (figS4) goes")
     args = parser.parse_args(argv)
 
     import pandas as pd
@@ -108,14 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     shipped = load_pretrained(tta=False).segmenter
     windowed = Segmenter(model, recipe.pipeline(), window=64, units="uint8", mode="full")
     rows = []
-    for label, segmenter in (("shipped (centre crops)", shipped), (f"{args.recipe} (jittered windows)", windowed)):
+    for label, segmenter in (("shipped (all 191 patients, 0001 included)", shipped), (f"{args.recipe} (jittered windows)", windowed)):
         for mode in ("full", "sliding"):
             for threshold in (0.5, 0.7, 0.9):
                 rows.append(score(segmenter, volume, label=label, mode=mode, threshold=threshold))
                 print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
-    write_json(out / f"whole_scan_{args.recipe}.json", {"scan": patient, "rows": rows})
+    readers = reader_sizes(volume)
+    print("readers:", readers)
+    write_json(out / f"whole_scan_{args.recipe}.json", {"scan": patient, "rows": rows, "readers": readers})
+    plot_contours(volume, {"shipped": shipped, args.recipe: windowed}, Path(args.figures))
     return 0
 
 

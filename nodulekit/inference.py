@@ -79,6 +79,9 @@ logger = logging.getLogger(__name__)
 #: Inference modes of :meth:`Segmenter.predict`.
 MODES = ("sliding", "full")
 
+#: Allowed ``Segmenter.precision`` values.
+INFERENCE_PRECISIONS = ("auto", "float32", "mixed_bfloat16", None)
+
 #: Columns of the nodule table returned by :func:`measure_nodules`.
 NODULE_COLUMNS = (
     "nodule_id",  # 1 = largest by volume
@@ -389,6 +392,12 @@ class Segmenter:
         Default sliding-window overlap, in [0, 1).
     metadata : dict, optional
         Free-form provenance (architecture, run folder, training data), saved with the segmenter.
+    precision : {"auto", "float32", "mixed_bfloat16"}
+        Arithmetic of the forward pass of a float32 Keras model. ``"auto"`` (default): bfloat16
+        on CPUs with native bfloat16 (AVX512-BF16/AMX) and no GPU, float32 elsewhere; the weights
+        stay as trained and the final sigmoid stays float32. Measured in ``benchmarks/``: 1.8x the
+        model's throughput; on 512 real LIDC crops with the shipped model the probabilities
+        differ from float32 by 6e-5 on average and 0.005 % of the pixels change side of 0.5.
 
     Examples
     --------
@@ -409,7 +418,10 @@ class Segmenter:
         mode: str = "full",
         overlap: float = 0.5,
         metadata: dict | None = None,
+        precision: str | None = "auto",
     ) -> None:
+        if precision not in INFERENCE_PRECISIONS:
+            raise InvalidParameterError(f"precision must be one of {INFERENCE_PRECISIONS}, got {precision!r}")
         if int(window) < 16 or int(window) % 16:
             raise InvalidParameterError(f"window must be a multiple of 16 (>= 16), got {window!r}")
         if not 0 < float(threshold) < 1:
@@ -426,6 +438,7 @@ class Segmenter:
         self.mode = mode
         self.overlap = float(overlap)
         self.metadata = dict(metadata or {})
+        self.precision = precision
         self._functions: dict[str, Callable] = {}
         self._last_counts: dict[str, Any] = {}
         self._before_zscore, self._after_zscore, self._has_zscore = _split_pipeline(pipeline)
@@ -469,7 +482,7 @@ class Segmenter:
             fully_convolutional = True  # e.g. a model exported for 512x512 slices, used on windows
         key = "full" if fully_convolutional else "window"
         if key not in self._functions:
-            self._functions[key] = _make_forward(self.model, fully_convolutional=fully_convolutional)
+            self._functions[key] = _make_forward(self.model, fully_convolutional=fully_convolutional, precision=self.precision)
         out = self._functions[key](batch[..., None])
         return np.asarray(out, dtype=np.float32).reshape(batch.shape)
 
@@ -716,6 +729,7 @@ class Segmenter:
             "mode": mode,
             "window": self.window,
             "overlap": self.overlap if overlap is None else float(overlap),
+            "precision": _inference_policy(self.precision),
             "threshold": threshold,
             "lung_mask": lung is not None,
             "connect_slices": connect,
@@ -834,6 +848,7 @@ class Segmenter:
             "threshold": self.threshold,
             "mode": self.mode,
             "overlap": self.overlap,
+            "precision": self.precision,
             "metadata": self.metadata,
             "nodulekit_version": __version__,
         }
@@ -859,7 +874,7 @@ def _grow_to_multiple(box, shape, multiple: int):
     return tuple(int(v) for v in out)
 
 
-def _make_forward(model: Any, *, fully_convolutional: bool) -> Callable[[np.ndarray], np.ndarray]:
+def _make_forward(model: Any, *, fully_convolutional: bool, precision: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """A fast batch predictor: a traced ``tf.function`` for Keras models (one trace per input shape)."""
     try:
         import keras
@@ -871,6 +886,7 @@ def _make_forward(model: Any, *, fully_convolutional: bool) -> Callable[[np.ndar
 
     if fully_convolutional:
         model = _without_fixed_size(model)
+    model = _with_policy(model, _inference_policy(precision))
 
     @tf.function(jit_compile=False)
     def forward(batch):
@@ -908,6 +924,53 @@ def _without_fixed_size(model: Any) -> Any:
             "use mode='sliding'"
         ) from exc
     return rebuilt
+
+
+def _inference_policy(precision: str | None) -> str:
+    """``"mixed_bfloat16"`` or ``"float32"`` for a Segmenter ``precision``."""
+    if precision in (None, "float32"):
+        return "float32"
+    if precision == "mixed_bfloat16":
+        return precision
+    import tensorflow as tf
+
+    from .training.distributed import cpu_supports_bfloat16
+
+    return "mixed_bfloat16" if cpu_supports_bfloat16() and not tf.config.list_physical_devices("GPU") else "float32"
+
+
+def _with_policy(model: Any, policy: str, *, keep_float32: Sequence[str] = ("mask",)) -> Any:
+    """The same Functional model (same weights) with every layer but the final sigmoid in ``policy``.
+
+    A model that is not a float32 Functional model (already mixed, subclassed, ...) is returned
+    unchanged.
+    """
+    import keras
+
+    if policy == "float32" or not isinstance(model, keras.Model) or not hasattr(model, "get_config"):
+        return model
+    try:
+        config = model.get_config()
+        layers = config["layers"]
+        if any(_policy_name(layer["config"].get("dtype")) not in (None, "float32") for layer in layers):
+            return model  # trained in mixed precision already: run it as it is
+        for layer in layers:
+            if layer["class_name"] != "InputLayer" and layer["config"].get("name") not in keep_float32:
+                layer["config"]["dtype"] = policy
+        clone = model.__class__.from_config(config)
+        clone.set_weights(model.get_weights())
+    except Exception as exc:  # noqa: BLE001 - any model Keras cannot rebuild runs in float32
+        logger.info("model %r runs in float32 (cannot rebuild it in %s: %s)", getattr(model, "name", "?"), policy, exc)
+        return model
+    return clone
+
+
+def _policy_name(dtype: Any) -> str | None:
+    if dtype is None or isinstance(dtype, str):
+        return dtype
+    if isinstance(dtype, dict):  # Keras 3 serialises a DTypePolicy as {"class_name": ..., "config": {"name": ...}}
+        return dtype.get("config", {}).get("name")
+    return getattr(dtype, "name", None)
 
 
 def _pipeline_steps(pipeline: Any) -> list:
@@ -1167,7 +1230,7 @@ def load_segmenter(path: str | os.PathLike, **overrides: Any) -> Segmenter:
     pipeline = _load_pipeline(pipeline_file) if pipeline_file is not None and Path(pipeline_file).is_file() else None
     if pipeline is None:
         logger.info("%s: no preprocessing.json found; using the paper's per-image z-score", path)
-    options = {k: settings[k] for k in ("window", "units", "threshold", "mode", "overlap", "metadata") if k in settings}
+    options = {k: settings[k] for k in ("window", "units", "threshold", "mode", "overlap", "metadata", "precision") if k in settings}
     if "window" not in options:
         side = tuple(model.input_shape)[1]
         options["window"] = int(side) if side else 64
@@ -1239,8 +1302,10 @@ def match_nodules(result: SegmentationResult, truth: np.ndarray) -> pd.DataFrame
         One row per ground-truth nodule (components found as in :func:`measure_nodules`):
         ``truth_id``, its ``diameter_mm``, ``volume_mm3``, ``centroid_z/y/x``; ``found`` (a
         predicted nodule overlaps it), ``matched_ids`` (the overlapping ``nodule_id``\\ s),
-        ``dice`` (between the truth component and the union of the overlapping nodules) and
-        ``found_diameter_mm`` (longest axial diameter of the largest overlapping nodule).
+        ``dice`` (between the truth component and the union of the overlapping nodules), and of
+        the largest overlapping nodule ``found_diameter_mm`` (longest axial diameter),
+        ``found_equivalent_diameter_mm`` and ``found_volume_mm3``; the truth's own
+        ``equivalent_diameter_mm`` beside them.
     """
     truth = np.asarray(truth) > 0
     if truth.ndim == 2:
@@ -1275,6 +1340,9 @@ def match_nodules(result: SegmentationResult, truth: np.ndarray) -> pd.DataFrame
                 "dice": float(dice),
                 "found_diameter_mm": float(found.loc[biggest, "diameter_mm"]) if biggest is not None else float("nan"),
                 "found_diameter_px": float(found.loc[biggest, "diameter_px"]) if biggest is not None else float("nan"),
+                "equivalent_diameter_mm": record.equivalent_diameter_mm,
+                "found_equivalent_diameter_mm": float(found.loc[biggest, "equivalent_diameter_mm"]) if biggest is not None else float("nan"),
+                "found_volume_mm3": float(found.loc[biggest, "volume_mm3"]) if biggest is not None else float("nan"),
             }
         )
     return pd.DataFrame(rows)

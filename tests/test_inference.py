@@ -119,7 +119,7 @@ def _hu_pipeline():
 
 def _bright_segmenter(**options):
     """Nodule where HU > -300 (sigmoid(50 * (w - 0.7)) on the lung window): exact, no training."""
-    return Segmenter(_pixel_model(50.0, -35.0), _hu_pipeline(), **options)
+    return Segmenter(_pixel_model(50.0, -35.0), _hu_pipeline(), **{"precision": "float32", **options})  # exact arithmetic
 
 
 def test_sliding_and_full_agree_exactly_for_a_pixelwise_model():
@@ -139,10 +139,24 @@ def test_sliding_and_full_agree_exactly_for_a_pixelwise_model():
     assert segmenter._last_counts["windows"] < 2 * 9  # only windows touching the region ran
 
 
+def test_bfloat16_inference_keeps_float32_weights_and_output():
+    from nodulekit.models import build_unet
+
+    model = build_unet((64, 64, 1), filters=(4, 8, 16, 32, 64), batch_norm=True)
+    images = np.random.default_rng(3).normal(size=(4, 64, 64)).astype(np.float32)
+    exact = Segmenter(model, None, precision="float32").predict(images, mode="sliding", progress=False)
+    half = Segmenter(model, None, precision="mixed_bfloat16")
+    fast = half.predict(images, mode="sliding", progress=False)
+    assert fast.dtype == np.float32 and np.abs(fast - exact).mean() < 0.01  # bfloat16 has 8 mantissa bits
+    assert model.dtype_policy.name == "float32"  # the caller's model is not changed
+    with pytest.raises(InvalidParameterError, match="precision"):
+        Segmenter(model, None, precision="float8")
+
+
 def test_full_mode_uses_local_normalisation_like_the_training_crop():
     from nodulekit.preprocessing import paper_pipeline
 
-    segmenter = Segmenter(_pixel_model(1.0, 0.0), paper_pipeline(median=False), window=16)
+    segmenter = Segmenter(_pixel_model(1.0, 0.0), paper_pipeline(median=False), window=16, precision="float32")
     image = np.random.default_rng(2).normal(size=(1, 48, 48)).astype(np.float32) * 100 + 500
     image[0, :, 24:] += 1000  # very different halves: a global z-score would shift each half
     logits = np.log(segmenter.predict(image, mode="full", progress=False)) - np.log1p(-segmenter.predict(image, mode="full", progress=False))
