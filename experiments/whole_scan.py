@@ -113,8 +113,11 @@ def plot_contours(volume, segmenters: dict, path: Path, *, margin: int = 50) -> 
 
     record = next(iter(volume.meta["nodule_masks"].values()))
     offset, readers = record["offset"], record["reader_masks"]
-    z_centre, y, x = (int(round(v)) for v in volume.nodules.iloc[0][["z", "y", "x"]])
-    slices = [z_centre - 2, z_centre, z_centre + 2]
+    from skimage.measure import regionprops
+
+    _, y, x = (int(round(v)) for v in volume.nodules.iloc[0][["z", "y", "x"]])
+    widest = max(range(len(volume.mask)), key=lambda z: max((r.feret_diameter_max for r in regionprops(volume.mask[z].astype(int))), default=0))
+    slices = [widest - 2, widest, widest + 2]  # the consensus's longest axial diameter is on the middle one
     box = (slice(y - margin, y + margin), slice(x - margin, x + margin))
     lung = lung_mask(volume.hu, spacing=volume.spacing, progress=False)
     fig, axes = plt.subplots(len(segmenters), len(slices), figsize=(3.2 * len(slices), 3.3 * len(segmenters)), squeeze=False)
@@ -147,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default="bn_aug_window", choices=sorted(RECIPES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--figures", default="figures", help="where the contour figure (figS4) goes")
+    parser.add_argument("--figure-only", action="store_true", help="only redraw the contour figure")
     args = parser.parse_args(argv)
 
     import pandas as pd
@@ -163,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     model, recipe = train(args.release, patient, args.recipe, out, args.seed)
     shipped = load_pretrained(tta=False).segmenter
     windowed = Segmenter(model, recipe.pipeline(), window=64, units="uint8", mode="full")
+    if args.figure_only:
+        plot_contours(volume, {"shipped": shipped, args.recipe: windowed}, Path(args.figures))
+        return 0
     rows = []
     for label, segmenter in (("shipped (all 191 patients, 0001 included)", shipped), (f"{args.recipe} (jittered windows)", windowed)):
         for mode in ("full", "sliding"):
