@@ -1,6 +1,6 @@
 # nodulekit — the two commands of the README, plus a few helpers.
 #   make test       install into .venv (once) and run every test, notebooks included (QUICK mode)
-#   make reproduce  install into .venv (once) and run the whole study (notebooks 01-05, full size)
+#   make reproduce  install into .venv (once) and run the whole study (notebooks 01-06, full size; 06 needs ../shared/data)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

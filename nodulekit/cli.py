@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     export.set_defaults(func=_export)
 
-    rep = sub.add_parser("reproduce", help="run the notebook series 01-05 (the whole study)", epilog=_EPILOG)
+    rep = sub.add_parser("reproduce", help="run the notebook series 01-06 (the whole study; 06 only with the LIDC data)", epilog=_EPILOG)
     rep.add_argument("--run-dir", default="runs/reproduce", help="where results and figures go")
     rep.add_argument("--notebooks", default="notebooks", help="folder of the numbered notebooks")
     rep.add_argument("--quick", action="store_true", help="QUICK mode: tiny data and few epochs")

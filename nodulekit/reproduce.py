@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -11,7 +12,15 @@ from tqdm.auto import tqdm
 
 from .errors import MissingDataError
 
-__all__ = ["run_notebooks", "find_notebooks", "missing_requirements"]
+__all__ = ["run_notebooks", "find_notebooks", "missing_requirements", "strip_runtime_logs"]
+
+#: Lines of TensorFlow's C++ runtime log (absl: ``I0000 00:00:...``, ``E0000 ...``), its
+#: initialisation notice and tf.function retracing notices: written to stderr by TensorFlow, not
+#: by the notebook, and different on every machine, so the committed notebooks leave them out.
+RUNTIME_LOG = re.compile(
+    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ .*|WARNING: All log messages before absl::InitializeLog\(\) is called.*"
+    r"|WARNING:tensorflow:.*triggered tf\.function retracing.*)$"
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +48,32 @@ def missing_requirements(path: str | os.PathLike) -> list[str]:
     override = os.environ.get(meta.get("requires_env", ""), "") if meta.get("requires_env") else ""
     wanted = [override] if override else [str(path.parent / p) for p in meta.get("requires", [])]
     return [p for p in wanted if not Path(p).exists()]
+
+
+def strip_runtime_logs(nb) -> int:
+    """Remove TensorFlow's runtime log lines (:data:`RUNTIME_LOG`) from a notebook's stderr outputs.
+
+    Outputs left empty are dropped; everything the notebook itself prints or displays is kept.
+    Returns the number of lines removed.
+    """
+    removed = 0
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        kept = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                text = output.get("text", "")
+                text = "".join(text) if isinstance(text, list) else text
+                lines = text.splitlines(keepends=True)
+                clean = [line for line in lines if not RUNTIME_LOG.match(line.rstrip("\n"))]
+                removed += len(lines) - len(clean)
+                if not "".join(clean).strip():
+                    continue
+                output["text"] = "".join(clean)
+            kept.append(output)
+        cell["outputs"] = kept
+    return removed
 
 
 def run_notebooks(
@@ -72,6 +107,7 @@ def run_notebooks(
         start = time.perf_counter()
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        strip_runtime_logs(nb)
         target = path if in_place else out_dir / path.name
         nbformat.write(nb, target)
         logger.info("%s done in %.0f s -> %s", path.name, time.perf_counter() - start, target)

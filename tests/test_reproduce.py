@@ -1,0 +1,62 @@
+"""The notebook runner: which notebooks run, which are skipped and why, what is written."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+from nodulekit.errors import MissingDataError
+from nodulekit.reproduce import find_notebooks, missing_requirements, strip_runtime_logs
+
+
+def _write(path, metadata=None):
+    nb = new_notebook(cells=[new_code_cell("print(1)")])
+    nb.metadata.update(metadata or {})
+    nbformat.write(nb, path)
+    return path
+
+
+def test_find_notebooks_in_order_and_complains_when_there_are_none(tmp_path):
+    for name in ("02_b.ipynb", "01_a.ipynb", "notes.ipynb"):
+        _write(tmp_path / name)
+    assert [p.name for p in find_notebooks(tmp_path)] == ["01_a.ipynb", "02_b.ipynb"]
+    with pytest.raises(MissingDataError, match="no numbered notebooks"):
+        find_notebooks(tmp_path / "empty")
+
+
+def test_missing_requirements_reads_the_notebook_metadata(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    plain = _write(tmp_path / "01_plain.ipynb")
+    present = _write(tmp_path / "02_present.ipynb", {"nodulekit": {"requires": ["data"]}})
+    absent = _write(tmp_path / "03_absent.ipynb", {"nodulekit": {"requires": ["data", "nowhere"], "requires_env": "NK_TEST_DATA"}})
+    assert missing_requirements(plain) == missing_requirements(present) == []
+    assert missing_requirements(absent) == [str(tmp_path / "nowhere")]
+    monkeypatch.setenv("NK_TEST_DATA", str(tmp_path / "data"))  # the variable replaces the default paths
+    assert missing_requirements(absent) == []
+    monkeypatch.setenv("NK_TEST_DATA", str(tmp_path / "elsewhere"))
+    assert missing_requirements(absent) == [str(tmp_path / "elsewhere")]
+
+
+def test_the_real_data_notebook_declares_its_data():
+    meta = json.loads(open("notebooks/06_real_ct.ipynb", encoding="utf-8").read())["metadata"]["nodulekit"]
+    assert meta["requires"] == ["../../shared/data/lidc/LIDC-IDRI-slices"] and meta["requires_env"] == "NODULEKIT_LIDC_DIR"
+
+
+def test_strip_runtime_logs_keeps_what_the_notebook_prints():
+    noise = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1795769646.261386   19409 port.cc:153] oneDNN custom operations are on.\n"
+        "E0000 00:00:1795769818.747430   19433 node_def_util.cc:682] NodeDef mentions attribute\n"
+    )
+    cell = new_code_cell("x")
+    cell.outputs = [
+        new_output("stream", name="stderr", text=noise),
+        new_output("stream", name="stderr", text=noise + "a real warning\n"),
+        new_output("stream", name="stdout", text="I0000 00:00:1.0 printed by the notebook itself\n"),
+    ]
+    nb = new_notebook(cells=[cell])
+    assert strip_runtime_logs(nb) == 6
+    assert [o.get("text") for o in nb.cells[0].outputs] == ["a real warning\n", "I0000 00:00:1.0 printed by the notebook itself\n"]
