@@ -2,7 +2,7 @@
 
 * :func:`plot_recipe_comparison` — per-nodule Dice of every recipe (mean ± sd over patient-grouped
   folds, each fold a dot), beside the published LIDC-IDRI anchors and nodulekit's target.
-* :func:`plot_dice_by_size` — per-nodule Dice against the nodule's size: where a model fails.
+* :func:`plot_dice_by_size` — per-nodule Dice against the nodule's size.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def plot_recipe_comparison(
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
     ax.set_xlabel(metric.replace("_", " "))
-    ax.legend(loc="lower left", fontsize=7, frameon=True)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     ax.set_title("Real LIDC-IDRI crops, patient-grouped cross-validation")
     fig.tight_layout()
     return fig
@@ -122,6 +122,6 @@ def plot_dice_by_size(per_nodule: pd.DataFrame, sizes: pd.Series, *, ax=None):
     ax.set_ylabel("per-nodule Dice")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8, markerscale=2)
-    ax.set_title("Where the models fail: small nodules")
+    ax.set_title("Per-nodule Dice against nodule size")
     fig.tight_layout()
     return fig
