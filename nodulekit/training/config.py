@@ -64,7 +64,11 @@ class TrainConfig:
         Channel widths, top to bottom (paper: 16, 32, 64, 128, 256).
     model_options : dict
         Further keyword options of :func:`nodulekit.models.build_model` (``batch_norm``, ``dropout``,
-        ``l2``, ``upsampling``).
+        ``l2``, ``upsampling``). Default ``{"batch_norm": True}``, a change to the paper's model:
+        without it whole folds of the paper's protocol stay at the all-background prediction from
+        the first epoch (measured: 2 of 4 U-Net folds on the default synthetic data at lr 1e-4,
+        batch 8, in float32 and bfloat16 alike; 0 of 4 with batch norm; on real LIDC-IDRI the
+        paper's U-Net collapsed on 2 of 4 folds). ``{}`` is the paper's model exactly.
     output_bias : "prior", float or None
         Initial logit of the final sigmoid. ``"prior"`` (default) starts every unit at the
         foreground fraction of its training masks (:func:`nodulekit.losses.initial_output_bias`),
@@ -121,7 +125,7 @@ class TrainConfig:
     fp_weight: float = 0.3
     gamma: float = 0.75
     filters: tuple[int, ...] = (16, 32, 64, 128, 256)
-    model_options: dict = field(default_factory=dict)
+    model_options: dict = field(default_factory=lambda: {"batch_norm": True})
     output_bias: str | float | None = "prior"
     augment: bool = True
     augmentation: Augmentation = field(default_factory=Augmentation)
