@@ -22,6 +22,9 @@ RUNTIME_LOG = re.compile(
     r"|WARNING:tensorflow:.*triggered tf\.function retracing.*)$"
 )
 
+#: Matplotlib backend of the notebook kernels: figures shown inline, saved into the notebook.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
 logger = logging.getLogger(__name__)
 
 
@@ -97,6 +100,9 @@ def run_notebooks(
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ["NODULEKIT_RUN_DIR"] = str(run_dir)
     os.environ["NODULEKIT_QUICK"] = "1" if quick else "0"
+    # The kernels inherit this environment: a non-interactive MPLBACKEND (the Makefile's Agg, set
+    # for the tests) would leave the executed notebooks without their figures.
+    os.environ["MPLBACKEND"] = INLINE_BACKEND
     done = []
     notebooks = find_notebooks(folder)
     for path in tqdm(notebooks, desc="notebooks", unit="nb"):

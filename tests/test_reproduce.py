@@ -60,3 +60,22 @@ def test_strip_runtime_logs_keeps_what_the_notebook_prints():
     nb = new_notebook(cells=[cell])
     assert strip_runtime_logs(nb) == 6
     assert [o.get("text") for o in nb.cells[0].outputs] == ["a real warning\n", "I0000 00:00:1.0 printed by the notebook itself\n"]
+
+
+def test_run_notebooks_keeps_figures_and_skips_what_lacks_data(tmp_path, monkeypatch, capsys):
+    """Executed notebooks carry their figures even under the Makefile's MPLBACKEND=Agg."""
+    from nodulekit.reproduce import run_notebooks
+
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    for var in ("NODULEKIT_RUN_DIR", "NODULEKIT_QUICK"):
+        monkeypatch.setenv(var, "")  # restored after the test (run_notebooks sets them)
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    plot = new_notebook(cells=[new_code_cell("import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0])\nplt.show()")])
+    nbformat.write(plot, folder / "01_plot.ipynb")
+    _write(folder / "02_needs_data.ipynb", {"nodulekit": {"requires": ["nowhere"]}})
+    done = run_notebooks(tmp_path / "run", folder=folder, quick=True)
+    assert [p.name for p in done] == ["01_plot.ipynb"]
+    executed = nbformat.read(done[0], as_version=4)
+    assert any("image/png" in output.get("data", {}) for output in executed.cells[0].outputs)
+    assert "skipping 02_needs_data.ipynb" in capsys.readouterr().out
