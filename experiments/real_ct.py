@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -26,8 +27,37 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: The recipes compared, and how each fold model is scored, live in the package (notebook 06 uses them too).
-from nodulekit.evaluation import REAL_CT_RECIPES as RECIPES  # noqa: E402
-from nodulekit.evaluation import VARIANTS  # noqa: E402
+from nodulekit.evaluation import REAL_CT_RECIPES, VARIANTS  # noqa: E402
+
+_BN_AUG = REAL_CT_RECIPES["bn_aug"]
+_WIDE = {**_BN_AUG["model_options"], "filters": [32, 64, 128, 256, 512]}
+_BALANCED = {"fn_weight": 0.5, "fp_weight": 0.5, "gamma": 0.75}
+
+#: Candidates searched beyond the package's recipes (each a change to ``bn_aug``); one enters
+#: ``REAL_CT_RECIPES`` only when patient-grouped CV says it helps.
+CANDIDATES: dict[str, dict] = {
+    "bn_aug_ep60": {**_BN_AUG, "epochs": 60},
+    "bn_aug_lr3e4_ep60": {**_BN_AUG, "learning_rate": 3e-4, "epochs": 60},
+    "bn_aug_balanced": {**_BN_AUG, "loss_options": _BALANCED},
+    "bn_aug_balanced_ep60": {**_BN_AUG, "loss_options": _BALANCED, "epochs": 60},
+    "bn_aug_bce_dice": {**_BN_AUG, "loss": "bce_dice", "loss_options": {}},
+    "bn_aug_wide": {**_BN_AUG, "model_options": _WIDE},
+    "bn_aug_wide_balanced_ep60": {**_BN_AUG, "model_options": _WIDE, "loss_options": _BALANCED, "epochs": 60},
+}
+RECIPES: dict[str, dict] = {**REAL_CT_RECIPES, **CANDIDATES}
+
+#: Scored as well in the search: the same TTA + post-processing at other thresholds (chosen on the
+#: test folds, so an optimistic look at whether precision and recall are balanced, not a result).
+SEARCH_VARIANTS = {**VARIANTS, **{f"tta_pp_t{t}": {"tta": True, "postprocess": True, "threshold": t} for t in (0.3, 0.4, 0.6, 0.7)}}
+
+
+def _recipe(name: str, epochs: int = 0, **changes):
+    """``name`` from :data:`RECIPES` as a Recipe (``epochs`` > 0 overrides its training length)."""
+    from nodulekit import evaluation as ev
+
+    if name not in RECIPES:
+        raise SystemExit(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    return ev.PAPER_RECIPE.replace(name=name, **{**RECIPES[name], **({"epochs": epochs} if epochs else {}), **changes})
 
 
 def _load(data: str):
@@ -46,20 +76,21 @@ def _unit(data: str, name: str, fold: int, n_folds: int, out: str, seed: int, pr
     from nodulekit import evaluation as ev
     from nodulekit.training.distributed import precision_policy
 
-    recipe = ev.real_ct_recipe(name, **({"epochs": epochs} if epochs else {}))
+    recipe = _recipe(name, epochs)
+    variants = VARIANTS if name in REAL_CT_RECIPES else SEARCH_VARIANTS
     start = time.perf_counter()
     with precision_policy(precision):
-        table = ev.cross_validate(_load(data), recipe, n_folds=n_folds, folds=[fold], seed=seed, cache_dir=out, progress=False)
+        table = ev.cross_validate(_load(data), recipe, n_folds=n_folds, folds=[fold], seed=seed, variants=variants, cache_dir=out, progress=False)
     scores = table.set_index("variant")["nodule_dice"]
     return f"cv_{name}_fold{fold}: nodule Dice {scores['plain']:.3f} / TTA+PP {scores['tta_pp']:.3f} ({time.perf_counter() - start:.0f} s)"
 
 
-def _final(data: str, name: str, out: str, seed: int) -> str:
+def _final(data: str, name: str, out: str, seed: int, epochs: int = 0) -> str:
     from nodulekit import evaluation as ev
     from nodulekit.utils import write_json
 
     crops = _load(data)
-    recipe = ev.PAPER_RECIPE.replace(name=name, **RECIPES[name], **VARIANTS["tta_pp"])
+    recipe = _recipe(name, epochs, **VARIANTS["tta_pp"])
     images = recipe.pipeline().apply(crops.images)
     model, history = ev.train_recipe(images, crops.masks, crops.groups, recipe, seed=seed)
     _save_weights_only(model, Path(out) / f"pretrained_{name}.keras")
@@ -67,13 +98,13 @@ def _final(data: str, name: str, out: str, seed: int) -> str:
     return f"final model of {name} saved"
 
 
-def _synthetic(data: str, name: str, out: str, seed: int, n_crops: int) -> str:
+def _synthetic(data: str, name: str, out: str, seed: int, n_crops: int, epochs: int = 0) -> str:
     from nodulekit import evaluation as ev
     from nodulekit import phantom
     from nodulekit.utils import write_json
 
     real = _load(data)
-    recipe = ev.PAPER_RECIPE.replace(name=f"synthetic_{name}", **RECIPES[name])
+    recipe = _recipe(name, epochs, name=f"synthetic_{name}")
     synthetic = phantom.generate_crops(n_crops, size=64, seed=seed)
     pipeline = recipe.pipeline()
     model, history = ev.train_recipe(pipeline.apply(synthetic.images), synthetic.masks, synthetic.groups, recipe, seed=seed)
@@ -105,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="units run at once (processes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--final", default="", help="also train these recipes (comma-separated) on all patients and save them")
+    parser.add_argument(
+        "--final-best", action="store_true", help="after the CV, train the recipe of the best TTA+PP nodule Dice (all folds done, default width) on all patients"
+    )
     parser.add_argument("--synthetic", default="", help="also train this recipe on synthetic crops only")
     parser.add_argument("--synthetic-crops", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=0, help="override every recipe's epochs (for a quick check)")
@@ -113,15 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    if args.epochs:
-        for options in RECIPES.values():  # --final and --synthetic read RECIPES directly
-            options["epochs"] = args.epochs
     tasks = []
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    # spawn, not fork: a forked JAX/CUDA process can deadlock (the parent has imported Keras).
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for name in filter(None, args.final.split(",")):
-            tasks.append(pool.submit(_final, args.data, name, args.out, args.seed))
+            tasks.append(pool.submit(_final, args.data, name, args.out, args.seed, args.epochs))
         if args.synthetic:
-            tasks.append(pool.submit(_synthetic, args.data, args.synthetic, args.out, args.seed, args.synthetic_crops))
+            tasks.append(pool.submit(_synthetic, args.data, args.synthetic, args.out, args.seed, args.synthetic_crops, args.epochs))
         for fold in (int(f) for f in args.folds.split(",")):  # fold-major: every recipe gets fold 0 first
             for name in filter(None, args.recipes.split(",")):
                 tasks.append(pool.submit(_unit, args.data, name, fold, args.n_folds, args.out, args.seed, args.precision, args.epochs))
@@ -130,8 +162,29 @@ def main(argv: list[str] | None = None) -> int:
                 print(task.result(), flush=True)
             except Exception as exc:  # one failed unit must not stop the others
                 print(f"unit failed: {type(exc).__name__}: {exc}", flush=True)
-    print(json.dumps(summarise(args.out), indent=1))
+    summary = summarise(args.out)
+    print(json.dumps(summary, indent=1))
+    if args.final_best:
+        best = best_recipe(args.out, n_folds=args.n_folds)
+        print(f"best recipe: {best}; training it on all patients", flush=True)
+        print(_final(args.data, best, args.out, args.seed, args.epochs), flush=True)
     return 0
+
+
+def best_recipe(folder: str, *, n_folds: int = 4, variant: str = "tta_pp") -> str:
+    """The recipe in ``folder`` with the best mean ``variant`` nodule Dice over all ``n_folds`` folds
+    (recipes of the default width only: the shipped model stays a few MB)."""
+    import numpy as np
+
+    scores: dict = {}
+    for path in sorted(Path(folder).glob("cv_*.json")):
+        result = json.loads(path.read_text())
+        if result.get("recipe_fields", {}).get("model_options", {}).get("filters") is None:
+            scores.setdefault(result["recipe"], []).append(result[variant]["nodule_dice"])
+    complete = {name: float(np.mean(v)) for name, v in scores.items() if len(v) == n_folds}
+    if not complete:
+        raise SystemExit(f"no recipe with all {n_folds} folds in {folder}")
+    return max(complete, key=complete.get)
 
 
 def summarise(folder: str) -> dict:
@@ -141,7 +194,7 @@ def summarise(folder: str) -> dict:
     table: dict = {}
     for path in sorted(Path(folder).glob("cv_*.json")):
         result = json.loads(path.read_text())
-        for variant in VARIANTS:
+        for variant in (v for v in SEARCH_VARIANTS if v in result):
             key = f"{result['recipe']}/{variant}"
             for metric in ("nodule_dice", "slice_dice"):
                 table.setdefault(key, {}).setdefault(metric, []).append(result[variant][metric])
