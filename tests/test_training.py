@@ -354,6 +354,22 @@ def test_command_line_resumes_a_finished_run(tiny_run, tmp_path, capsys):
     assert code == 1 and "another configuration" in capsys.readouterr().err
 
 
+def test_command_line_crop_size_crops_the_masks_too(tmp_path, capsys):
+    """--crop-size on larger crops (the LIDC release is 128x128): the masks follow the images."""
+    import dataclasses
+
+    crops = tiny_crops(n=24)
+    pad = [(0, 0), (16, 16), (16, 16)]
+    large = dataclasses.replace(crops, images=np.pad(crops.images, pad, mode="edge"), masks=np.pad(crops.masks, pad))
+    data = large.save(tmp_path / "crops64.npz")
+    config = TrainConfig(**{**TINY, "learning_rates": (1e-3,), "epochs": 1}).save(tmp_path / "config.json")
+    run_dir = tmp_path / "run"
+    code = main(["--run-dir", str(run_dir), "--data", str(data), "--crop-size", "32", "--config", str(config), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert (run_dir / "results" / "folds.csv").is_file()
+    assert json.loads((run_dir / "data.json").read_text())["crop_shape"] == [32, 32]
+
+
 # ------------------------------------------------------------------------------------------------
 # Plots
 

@@ -7,6 +7,7 @@ reproducibility).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -93,6 +94,7 @@ class _Protocol:
             raise TrainingError(f"crops must be a CropSet, got {type(crops).__name__}")
         crops = _limit_crops(crops, self.config.max_crops, self.config.seed)
         self.pipeline = pipeline if pipeline is not None else paper_pipeline()
+        crops = _crop_like(crops, self.pipeline)
         self.images = self.pipeline.apply(crops.images)
         multiple = 2 ** (len(self.config.filters) - 1)
         rows, columns = self.images.shape[1:]
@@ -660,6 +662,26 @@ def train_command(args: argparse.Namespace) -> int:
     print(table.to_string())
     print(f"results in {Path(args.run_dir) / 'results'}")
     return 0
+
+
+def _crop_like(crops: CropSet, pipeline) -> CropSet:
+    """``crops`` with the pipeline's centre crops applied to images and masks alike.
+
+    A pipeline that centre-crops (e.g. ``paper_pipeline(crop_size=64)`` on the LIDC release's
+    128x128 crops) changes the image size; the masks must follow, and the raw crops kept for the
+    figures too. The pipeline's own crop is then a no-op.
+    """
+    from ..preprocessing import CenterCrop
+
+    steps = [step for step in pipeline.steps if isinstance(step, CenterCrop)]
+    if not steps:
+        return crops
+    images, masks, readers = crops.images, crops.masks, crops.reader_masks
+    for step in steps:
+        images, masks = step(images), step(masks)
+        if readers is not None:  # (n, readers, rows, columns): crop as channels-last
+            readers = np.moveaxis(step(np.moveaxis(readers, 1, -1)), -1, 1)
+    return dataclasses.replace(crops, images=images, masks=masks, reader_masks=readers)
 
 
 def _read_data(path: str) -> CropSet:
