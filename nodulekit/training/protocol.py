@@ -206,6 +206,12 @@ class _Protocol:
         if not self.is_chief:
             shutil.rmtree(self.write_dir, ignore_errors=True)
 
+    def __enter__(self) -> "_Protocol":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
 
 # ------------------------------------------------------------------------------------------------
 # Public API
@@ -235,12 +241,9 @@ def grid_search(
     pandas.DataFrame
         The grid table (see :func:`run_protocol`).
     """
-    protocol = _Protocol(crops, run_dir=run_dir, config=config, pipeline=pipeline, strategy=strategy, progress=progress)
-    try:
+    with _Protocol(crops, run_dir=run_dir, config=config, pipeline=pipeline, strategy=strategy, progress=progress) as protocol:
         protocol.bar.total = len(protocol.grid_specs()) * protocol.config.trial_epochs
         return _grid_table([protocol.run_unit(spec) for spec in protocol.grid_specs()])
-    finally:
-        protocol.close()
 
 
 def select_hyperparameters(grid: pd.DataFrame, *, metric: str = "val_dice") -> pd.DataFrame:
@@ -300,12 +303,9 @@ def cross_validate(
     pandas.DataFrame
         The folds table (see :func:`run_protocol`).
     """
-    protocol = _Protocol(crops, run_dir=run_dir, config=config, pipeline=pipeline, strategy=strategy, progress=progress)
-    try:
+    with _Protocol(crops, run_dir=run_dir, config=config, pipeline=pipeline, strategy=strategy, progress=progress) as protocol:
         protocol.bar.total = len(_as_choice(selection)) * protocol.config.n_folds * protocol.config.epochs
         return _folds_table([protocol.run_unit(spec) for spec in _cv_specs(protocol, selection)])
-    finally:
-        protocol.close()
 
 
 def run_protocol(
@@ -378,10 +378,9 @@ def run_protocol(
        60/20/20 split, 4-fold cross-validation, 30 epochs, lowest validation loss kept).
     """
     start = time.perf_counter()
-    protocol = _Protocol(
+    with _Protocol(
         crops, run_dir=run_dir, config=config, pipeline=pipeline, strategy=strategy, progress=progress, verbose=verbose
-    )
-    try:
+    ) as protocol:
         grid_records = [protocol.run_unit(spec) for spec in protocol.grid_specs()]
         grid = _grid_table(grid_records)
         selection = select_hyperparameters(grid, metric=protocol.config.selection_metric)
@@ -404,8 +403,6 @@ def run_protocol(
         if protocol.is_chief:
             _save_results(protocol, results, seconds=time.perf_counter() - start, records=fold_records)
         return results
-    finally:
-        protocol.close()
 
 
 def summarize_folds(folds: pd.DataFrame, *, metrics: Sequence[str] = SUMMARY_METRICS) -> pd.DataFrame:
