@@ -10,7 +10,7 @@ scores on all real crops.
 
 ``--data`` is a CropSet ``.npz`` of the LIDC PNG release at 64x64 with 50 % consensus masks
 (``read_lidc_release(root, crop_size=64).save(path)``) or the release folder itself. Works on any
-Keras backend (``KERAS_BACKEND=jax`` on a GPU machine without TensorFlow).
+Keras backend (``KERAS_BACKEND=jax`` on a GPU machine without TensorFlow; ``experiments/gpu_search.sh``).
 """
 
 from __future__ import annotations
