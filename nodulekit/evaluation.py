@@ -62,6 +62,7 @@ __all__ = [
     "cross_validate",
     "synthetic_to_real",
     "summarise_cv",
+    "reader_agreement",
 ]
 
 logger = logging.getLogger(__name__)
@@ -702,3 +703,56 @@ def summarise_cv(table: pd.DataFrame, *, metrics_shown: Sequence[str] = ("nodule
         out[metric] = [f"{m:.3f} ± {d:.3f}" for m, d in zip(mean, sd)]
         out[f"{metric}_mean"] = mean
     return out
+
+
+def reader_agreement(crops: CropSet, *, level: float = 0.5) -> pd.DataFrame:
+    """Each radiologist scored like a model: against the consensus of the other radiologists.
+
+    The human reference for per-nodule Dice. For every nodule and every reader who marked it, the
+    reader's mask is compared with the ``level`` consensus of the *other* readers who marked it
+    (:func:`nodulekit.readers.consensus_mask`; at 0.5 that is 2 of 3, 1 of 2 or the single other
+    reader), as 3-D Dice pooled over the nodule's slices (:func:`nodulekit.metrics.per_nodule_dice`).
+    Nodules marked by one reader only have no one to compare with and are left out.
+
+    Parameters
+    ----------
+    crops : CropSet
+        Crops with ``reader_masks`` (e.g. :func:`nodulekit.readers.read_lidc_release`).
+    level : float
+        Consensus level of the other readers.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (nodule, marking reader): ``nodule_id``, ``reader``, ``other_readers`` (how many
+        the consensus pools) and ``dice``. ``df.groupby("nodule_id").dice.mean().mean()`` is the
+        per-nodule mean comparable with a model's ``nodule_dice`` (which is scored against the
+        consensus of all the readers, one more than each reader here is).
+
+    Raises
+    ------
+    InvalidParameterError
+        When ``crops`` has no per-reader masks.
+    """
+    from .readers import consensus_mask
+
+    if crops.reader_masks is None:
+        raise InvalidParameterError("reader_agreement needs crops with per-reader masks (CropSet.reader_masks)")
+    readers = crops.reader_masks.astype(bool)  # (n, readers, rows, columns)
+    ids = crops.table["nodule_id"].to_numpy()
+    drew = pd.DataFrame(readers.any(axis=(2, 3)), columns=range(readers.shape[1])).groupby(ids, sort=False).any()
+    marked = drew.loc[ids].to_numpy()  # (n, readers): the reader marked this crop's nodule somewhere
+    rows = []
+    for reader in range(readers.shape[1]):
+        others = [k for k in range(readers.shape[1]) if k != reader]
+        n_others = marked[:, others].sum(axis=1)
+        keep = marked[:, reader] & (n_others > 0)
+        if not keep.any():
+            continue
+        truth = consensus_mask(readers[keep][:, others], level=level, n_readers=n_others[keep])
+        scores = metrics.per_nodule_dice(truth, readers[keep, reader], ids[keep], empty="exclude")
+        scores["other_readers"] = drew.loc[scores["nodule_id"], others].sum(axis=1).to_numpy()
+        rows.append(scores.assign(reader=reader)[["nodule_id", "reader", "other_readers", "dice"]])
+    if not rows:
+        return pd.DataFrame(columns=["nodule_id", "reader", "other_readers", "dice"])
+    return pd.concat(rows, ignore_index=True)

@@ -98,7 +98,8 @@ def run_notebooks(
     run_dir = Path(run_dir).resolve()
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["NODULEKIT_RUN_DIR"] = str(run_dir)
+    # Relative to the notebooks (the kernels' working folder): no machine's path in the outputs.
+    os.environ["NODULEKIT_RUN_DIR"] = os.path.relpath(run_dir, Path(folder).resolve())
     os.environ["NODULEKIT_QUICK"] = "1" if quick else "0"
     # The kernels inherit this environment: a non-interactive MPLBACKEND (the Makefile's Agg, set
     # for the tests) would leave the executed notebooks without their figures.

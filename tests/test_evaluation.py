@@ -133,3 +133,42 @@ def test_window_training_cuts_shifted_windows_from_larger_crops():
         ev.AugmentedSequence(images, masks, batch_size=6, augment=False, window=64, jitter=33)
     with pytest.raises(InvalidParameterError, match="window"):
         ev.AugmentedSequence(images, masks, batch_size=6, augment=False, jitter=4)
+
+
+def test_reader_agreement_scores_each_reader_against_the_others():
+    square = np.zeros((8, 8), np.uint8)
+    square[2:6, 2:6] = 1
+    elsewhere = np.zeros((8, 8), np.uint8)
+    elsewhere[0:2, 0:2] = 1
+    empty = np.zeros((8, 8), np.uint8)
+    readers = np.stack(
+        [
+            [square, square, square, empty],  # nodule P0, slice 1: three readers agree, one did not mark it
+            [square, square, empty, empty],  # nodule P0, slice 2: reader 2 stops a slice early
+            [square, empty, empty, empty],  # nodule P1: one reader only, nobody to compare with
+            [square, elsewhere, empty, empty],  # nodule P2: two readers who disagree completely
+        ]
+    )
+    crops = _crops(readers.max(axis=1), [0, 0, 1, 2])
+    crops.reader_masks = readers
+    table = ev.reader_agreement(crops).set_index(["nodule_id", "reader"])
+    assert sorted(table.index) == [("P0/n", 0), ("P0/n", 1), ("P0/n", 2), ("P2/n", 0), ("P2/n", 1)]
+    assert table.loc[("P0/n", 2), "other_readers"] == 2
+    # Readers 0 and 1 against the others (2 of them, 50 %: 1 of 2 suffices): the union = both slices.
+    assert table.loc[("P0/n", 0), "dice"] == pytest.approx(1.0)
+    # Reader 2 drew 16 px of the 32 in the others' consensus.
+    assert table.loc[("P0/n", 2), "dice"] == pytest.approx(2 * 16 / (16 + 32))
+    assert (table.loc["P2/n", "dice"] == 0).all()
+    with pytest.raises(InvalidParameterError, match="per-reader masks"):
+        ev.reader_agreement(_crops(readers.max(axis=1), [0, 0, 1, 2]))
+
+
+def test_reader_agreement_on_lidc_matches_the_published_range(lidc_slices_dir):
+    """Radiologists against each other on the real dev crops (the human reference of notebook 06)."""
+    from nodulekit.readers import read_lidc_release
+
+    crops = read_lidc_release(lidc_slices_dir, crop_size=64, patients=40, progress=False)
+    table = ev.reader_agreement(crops)
+    per_nodule = table.groupby("nodule_id")["dice"].mean()
+    assert per_nodule.size > 50 and table["other_readers"].between(1, 3).all()
+    assert 0.7 < per_nodule.mean() < 0.9  # published inter-reader agreement on LIDC: about 0.8
