@@ -38,7 +38,6 @@ _BALANCED = {"fn_weight": 0.5, "fp_weight": 0.5, "gamma": 0.75}
 CANDIDATES: dict[str, dict] = {
     "bn_aug_ep60": {**_BN_AUG, "epochs": 60},
     "bn_aug_lr3e4_ep60": {**_BN_AUG, "learning_rate": 3e-4, "epochs": 60},
-    "bn_aug_balanced": {**_BN_AUG, "loss_options": _BALANCED},
     "bn_aug_balanced_ep60": {**_BN_AUG, "loss_options": _BALANCED, "epochs": 60},
     "bn_aug_bce_dice": {**_BN_AUG, "loss": "bce_dice", "loss_options": {}},
     "bn_aug_wide": {**_BN_AUG, "model_options": _WIDE},
