@@ -137,7 +137,8 @@ class WindowHU(Step):
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         low = self.center - self.width / 2
-        return np.clip((np.asarray(images, np.float32) - low) / self.width, 0.0, 1.0).astype(np.float32)
+        # In float64: a width that float32 rounds to 0 (or a far-out centre) must not make NaNs.
+        return np.clip((np.asarray(images, np.float64) - low) / self.width, 0.0, 1.0).astype(np.float32)
 
     def get_config(self) -> dict[str, Any]:
         return {"center": self.center, "width": self.width}

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
@@ -329,6 +329,8 @@ _steps = st.lists(
 
 @FUZZ
 @given(images=_images(), steps=_steps)
+# Found by CI: a width that float32 rounds to 0 made 0/0.
+@example(images=np.zeros((1, 1), np.uint8), steps=[{"name": "window_hu", "params": {"center": 0.0, "width": 7.271390084624545e-277}}])
 def test_pipeline_on_random_arrays(images, steps):
     from nodulekit.preprocessing import Pipeline
 
