@@ -605,7 +605,7 @@ def cross_validate(
         path = None if cache_dir is None else Path(cache_dir) / f"cv_{recipe.name}_fold{fold}.json"
         if path is not None and path.is_file():
             result = read_json(path)
-            _check_cached(result, recipe, n_folds=n_folds, seed=seed, variants=variants, path=path)
+            _check_cached(result, result["recipe_fields"], recipe, variants=variants, path=path, n_folds=int(n_folds), seed=int(seed))
         else:
             images = recipe.pipeline().apply(crops.images) if images is None else images
             result = run_fold(crops, recipe, fold, n_folds=n_folds, seed=seed, variants=variants, images=images)
@@ -623,19 +623,26 @@ def cross_validate(
     return table
 
 
-def _check_cached(result: dict, recipe: Recipe, *, n_folds: int, seed: int, variants: dict, path: Path) -> None:
+def _check_cached(record: dict, fields: dict, recipe: Recipe, *, variants: dict, path: Path, **settings: Any) -> None:
+    """Refuse a cached record made with other recipe ``fields``, other ``settings`` or without ``variants``.
+
+    ``settings`` (e.g. ``n_folds=4, seed=0``) are compared with the record's values of the same
+    names; a record from before a setting was stored is taken to have the current value.
+    """
+
     def plain(r: Recipe) -> dict:  # as JSON stores it (tuples become lists)
         return json.loads(json.dumps(r.to_dict()))
 
-    cached, current = plain(Recipe.from_dict(result["recipe_fields"])), plain(recipe)  # new fields: defaults
+    cached, current = plain(Recipe.from_dict(fields)), plain(recipe)  # new fields: defaults
     if cached != current:
         changed = sorted(k for k, v in current.items() if cached.get(k) != v)
-        raise RunFolderError(f"cached fold was trained with other recipe fields ({', '.join(changed)}); delete it to retrain", path=path)
-    if (result.get("n_folds", n_folds), result.get("seed", seed)) != (n_folds, seed):
-        raise RunFolderError(f"cached fold was made with n_folds={result.get('n_folds')}, seed={result.get('seed')}", path=path)
-    missing = [v for v in variants if v not in result]
+        raise RunFolderError(f"cached result was made with other recipe fields ({', '.join(changed)}); delete it to redo it", path=path)
+    other = {name: record[name] for name, value in settings.items() if record.get(name, value) != value}
+    if other:
+        raise RunFolderError(f"cached result was made with {', '.join(f'{k}={v}' for k, v in other.items())}", path=path)
+    missing = [v for v in variants if v not in record]
     if missing:
-        raise RunFolderError(f"cached fold lacks the variants {missing}", path=path)
+        raise RunFolderError(f"cached result lacks the variants {missing}", path=path)
 
 
 def synthetic_to_real(
@@ -678,9 +685,7 @@ def synthetic_to_real(
     path = None if cache is None else Path(cache)
     if path is not None and path.is_file():
         result = read_json(path)
-        _check_cached({**result, "recipe_fields": result["recipe"]}, recipe, n_folds=0, seed=seed, variants=variants, path=path)
-        if int(result["n_synthetic"]) != int(n_synthetic):
-            raise RunFolderError(f"cached result was made with n_synthetic={result['n_synthetic']}", path=path)
+        _check_cached(result, result["recipe"], recipe, variants=variants, path=path, n_synthetic=int(n_synthetic), seed=int(seed))
     else:
         pipeline = recipe.pipeline()
         synthetic = phantom.generate_crops(int(n_synthetic), size=real.images.shape[1], seed=seed)

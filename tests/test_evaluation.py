@@ -8,7 +8,7 @@ import pytest
 
 from nodulekit import CropSet
 from nodulekit import evaluation as ev
-from nodulekit.errors import InvalidParameterError
+from nodulekit.errors import InvalidParameterError, RunFolderError
 
 
 def _crops(masks, nodules):
@@ -93,7 +93,6 @@ def test_augmented_sequence_keeps_images_and_masks_aligned():
 
 
 def test_cross_validate_runs_end_to_end_and_resumes_from_its_cache(tmp_path):
-    from nodulekit.errors import RunFolderError
     from nodulekit.phantom import generate_crops
 
     crops = generate_crops(60, size=64, seed=0)
@@ -111,8 +110,13 @@ def test_cross_validate_runs_end_to_end_and_resumes_from_its_cache(tmp_path):
     pd.testing.assert_frame_equal(again, table, check_like=True)
     with pytest.raises(RunFolderError, match="epochs"):
         ev.cross_validate(crops, recipe.replace(epochs=2), n_folds=2, folds=[0], cache_dir=tmp_path, progress=False)
-    with pytest.raises(RunFolderError, match="n_folds"):
+    with pytest.raises(RunFolderError, match="n_folds=2"):
         ev.cross_validate(crops, recipe, n_folds=3, folds=[0], cache_dir=tmp_path, progress=False)
+    with pytest.raises(RunFolderError, match="seed=0"):
+        ev.cross_validate(crops, recipe, n_folds=2, folds=[0], seed=1, cache_dir=tmp_path, progress=False)
+    with pytest.raises(RunFolderError, match="lacks the variants"):
+        variants = {**ev.VARIANTS, "tta_only": {"tta": True, "postprocess": False}}
+        ev.cross_validate(crops, recipe, n_folds=2, folds=[0], variants=variants, cache_dir=tmp_path, progress=False)
     summary = ev.summarise_cv(table)
     assert summary.loc[("tiny", "plain"), "folds"] == 1 and "±" in summary.loc[("tiny", "tta_pp"), "nodule_dice"]
 
@@ -172,3 +176,22 @@ def test_reader_agreement_on_lidc_matches_the_published_range(lidc_slices_dir):
     per_nodule = table.groupby("nodule_id")["dice"].mean()
     assert per_nodule.size > 50 and table["other_readers"].between(1, 3).all()
     assert 0.7 < per_nodule.mean() < 0.9  # published inter-reader agreement on LIDC: about 0.8
+
+
+def test_synthetic_to_real_trains_on_the_generator_and_caches(tmp_path):
+    rng = np.random.default_rng(1)
+    masks = np.zeros((4, 64, 64), np.uint8)
+    masks[:, 28:36, 28:36] = 1
+    real = _crops(masks, [0, 0, 1, 1])
+    real.images[:] = rng.normal(80, 10, real.images.shape) + 100 * masks
+    recipe = ev.PAPER_RECIPE.replace(name="tiny_synthetic", epochs=1, model_options={"filters": (4, 8, 16, 32, 64), "batch_norm": True})
+    cache = tmp_path / "synthetic.json"
+    table = ev.synthetic_to_real(real, recipe, n_synthetic=16, cache=cache)
+    assert list(table["variant"]) == ["plain", "tta_pp"] and (table["n_synthetic"] == 16).all()
+    assert table["nodule_dice"].between(0, 1).all() and cache.is_file()
+    again = ev.synthetic_to_real(real, recipe, n_synthetic=16, cache=cache)  # read back, not retrained
+    pd.testing.assert_frame_equal(again, table, check_like=True)
+    with pytest.raises(RunFolderError, match="n_synthetic=16"):
+        ev.synthetic_to_real(real, recipe, n_synthetic=32, cache=cache)
+    with pytest.raises(RunFolderError, match="recipe fields"):
+        ev.synthetic_to_real(real, recipe.replace(epochs=2), n_synthetic=16, cache=cache)
