@@ -195,3 +195,19 @@ def test_synthetic_to_real_trains_on_the_generator_and_caches(tmp_path):
         ev.synthetic_to_real(real, recipe, n_synthetic=32, cache=cache)
     with pytest.raises(RunFolderError, match="recipe fields"):
         ev.synthetic_to_real(real, recipe.replace(epochs=2), n_synthetic=16, cache=cache)
+
+
+def test_recipe_comparison_figure_draws_every_anchor():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from nodulekit.plots.real_ct import PUBLISHED_ANCHORS, plot_recipe_comparison
+
+    table = pd.DataFrame(
+        [{"recipe": r, "variant": v, "fold": f, "nodule_dice": 0.7 + 0.01 * f} for r in ("a", "b") for v in ("plain", "tta_pp") for f in range(4)]
+    )
+    anchors = {**PUBLISHED_ANCHORS, "radiologists vs each other, measured here": 0.784}
+    fig = plot_recipe_comparison(table, anchors=anchors, target=0.85)
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert len(labels) == len(anchors) + 1 and "radiologists vs each other, measured here: 0.784" in labels
+    assert len(fig.axes[0].patches) == 4  # one bar per recipe and variant

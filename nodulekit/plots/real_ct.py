@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Mapping
 
 import numpy as np
@@ -20,7 +21,7 @@ __all__ = ["PUBLISHED_ANCHORS", "plot_recipe_comparison", "plot_dice_by_size"]
 PUBLISHED_ANCHORS: dict[str, float] = {
     "Wang et al. 2017 (CF-CNN)": 0.8215,
     "Cao et al. (DB-ResNet)": 0.8274,
-    "radiologists vs each other": 0.84,
+    "radiologists vs each other (published)": 0.84,
 }
 
 _VARIANT_STYLE = {"plain": ("as trained", "tab:blue"), "tta_pp": ("+ TTA + central component", "tab:green")}
@@ -76,7 +77,7 @@ def plot_recipe_comparison(
         ax.plot(values, np.full(len(values), position), "o", color=color, markersize=3.5)
         text = f"{mean:.3f} ± {spread:.3f} (n={len(values)})" if len(values) > 1 else f"{mean:.3f}"
         ax.text(0.01, position, f"{recipe} · {label}: {text}", va="center", fontsize=8)
-    for (name, value), style in zip(anchors.items(), ("--", "-.", ":")):
+    for (name, value), style in zip(anchors.items(), itertools.cycle(("--", "-.", ":", (0, (6, 2, 1, 2, 1, 2))))):
         ax.axvline(value, color="0.35", linestyle=style, linewidth=1, label=f"{name}: {value:.3f}")
     if target is not None:
         ax.axvline(target, color="tab:red", linewidth=1.2, label=f"nodulekit target: {target:.2f}")
