@@ -54,19 +54,7 @@ def _recipe(name: str, epochs: int = 0, **changes):
     """``name`` from :data:`RECIPES` as a Recipe (``epochs`` > 0 overrides its training length)."""
     from nodulekit import evaluation as ev
 
-    if name not in RECIPES:
-        raise SystemExit(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
-    return ev.PAPER_RECIPE.replace(name=name, **{**RECIPES[name], **({"epochs": epochs} if epochs else {}), **changes})
-
-
-def _load(data: str):
-    from nodulekit.dataset import CropSet
-
-    if Path(data).is_dir():
-        from nodulekit.readers import read_lidc_release
-
-        return read_lidc_release(data, crop_size=64, progress=False)
-    return CropSet.load(data)
+    return ev.real_ct_recipe(name, recipes=RECIPES, **({"epochs": epochs} if epochs else {}), **changes)
 
 
 def _unit(data: str, name: str, fold: int, n_folds: int, out: str, seed: int, precision: str = "float32", epochs: int = 0) -> str:

@@ -454,6 +454,8 @@ def score_predictions(crops: CropSet, binary: np.ndarray) -> dict[str, Any]:
 #: plus central-component post-processing (the same trained weights both times).
 VARIANTS: dict[str, dict[str, bool]] = {"plain": {"tta": False, "postprocess": False}, "tta_pp": {"tta": True, "postprocess": True}}
 
+_BN_AUG: dict[str, Any] = {"architecture": "attention_unet", "model_options": {"output_bias": "prior", "batch_norm": True}, "augment": True, "epochs": 20, "batch_size": 32}
+
 #: The recipes compared on the LIDC-IDRI dev set (notebook 06, ``experiments/real_ct.py``); each
 #: is a change to :data:`PAPER_RECIPE`, kept only when patient-grouped CV says it helps.
 REAL_CT_RECIPES: dict[str, dict[str, Any]] = {
@@ -465,26 +467,21 @@ REAL_CT_RECIPES: dict[str, dict[str, Any]] = {
     "paper_unet_prior": {"model_options": {"output_bias": "prior"}},
     "paper_attention_unet_prior": {"architecture": "attention_unet", "model_options": {"output_bias": "prior"}},
     # nodulekit's best so far (the shipped model): + batch norm, prior bias, augmentation, batch 32.
-    "bn_aug": {"architecture": "attention_unet", "model_options": {"output_bias": "prior", "batch_norm": True}, "augment": True, "epochs": 20, "batch_size": 32},
-    "bn_aug_unet": {"architecture": "unet", "model_options": {"output_bias": "prior", "batch_norm": True}, "augment": True, "epochs": 20, "batch_size": 32},
+    "bn_aug": _BN_AUG,
+    "bn_aug_unet": {**_BN_AUG, "architecture": "unet"},
     # bn_aug with balanced focal Tversky weights (precision trails recall with 0.7 / 0.3): measured,
     # not kept (per-nodule Dice -0.003 plain, +0.004 with TTA + post-processing, paired over folds).
-    "bn_aug_balanced": {
-        "architecture": "attention_unet",
-        "model_options": {"output_bias": "prior", "batch_norm": True},
-        "augment": True,
-        "epochs": 20,
-        "batch_size": 32,
-        "loss_options": {"fn_weight": 0.5, "fp_weight": 0.5, "gamma": 0.75},
-    },
+    "bn_aug_balanced": {**_BN_AUG, "loss_options": {"fn_weight": 0.5, "fp_weight": 0.5, "gamma": 0.75}},
 }
 
 
-def real_ct_recipe(recipe: str, **changes: Any) -> Recipe:
-    """The :data:`REAL_CT_RECIPES` entry ``recipe`` as a :class:`Recipe` (with further changes, e.g. ``name=``)."""
-    if recipe not in REAL_CT_RECIPES:
-        raise InvalidParameterError(f"unknown recipe {recipe!r}; known: {', '.join(REAL_CT_RECIPES)}")
-    return PAPER_RECIPE.replace(**{"name": recipe, **REAL_CT_RECIPES[recipe], **changes})
+def real_ct_recipe(recipe: str, *, recipes: dict[str, dict[str, Any]] | None = None, **changes: Any) -> Recipe:
+    """The entry ``recipe`` of ``recipes`` (default :data:`REAL_CT_RECIPES`) as a :class:`Recipe`,
+    with further changes (e.g. ``name=``, ``epochs=``)."""
+    recipes = REAL_CT_RECIPES if recipes is None else recipes
+    if recipe not in recipes:
+        raise InvalidParameterError(f"unknown recipe {recipe!r}; known: {', '.join(recipes)}")
+    return PAPER_RECIPE.replace(**{"name": recipe, **recipes[recipe], **changes})
 
 
 def run_fold(
