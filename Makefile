@@ -11,7 +11,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: install test test-fast reproduce bench lint clean
+.PHONY: install test test-fast reproduce bench clean
 
 install: $(STAMP)
 

@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -717,6 +717,39 @@ def summarise_cv(table: pd.DataFrame, *, metrics_shown: Sequence[str] = ("nodule
     return out
 
 
+def reader_versus_others(readers: np.ndarray, nodule_ids: np.ndarray, *, level: float = 0.5) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Each reader's crops and the ``level`` consensus of the other readers who marked the same nodule.
+
+    Parameters
+    ----------
+    readers : ndarray of bool, shape (n, readers, rows, columns)
+        Per-reader masks of ``n`` crops (a reader who did not mark the nodule has empty masks).
+    nodule_ids : ndarray, shape (n,)
+        The nodule each crop belongs to.
+    level : float
+        Consensus level of the other readers (:func:`nodulekit.readers.consensus_mask`).
+
+    Yields
+    ------
+    reader : int
+    keep : ndarray of bool, shape (n,)
+        The crops of the nodules this reader marked and at least one other reader marked too.
+    others : ndarray of bool, shape (keep.sum(), rows, columns)
+        The other readers' consensus on those crops, the reference ``readers[keep, reader]`` is
+        compared with.
+    """
+    from .readers import consensus_mask
+
+    drew = pd.DataFrame(readers.any(axis=(2, 3))).groupby(nodule_ids, sort=False).any()
+    marked = drew.loc[nodule_ids].to_numpy()  # (n, readers): the reader marked this crop's nodule somewhere
+    for reader in range(readers.shape[1]):
+        rest = [k for k in range(readers.shape[1]) if k != reader]
+        n_others = marked[:, rest].sum(axis=1)
+        keep = marked[:, reader] & (n_others > 0)
+        if keep.any():
+            yield reader, keep, consensus_mask(readers[keep][:, rest], level=level, n_readers=n_others[keep]).astype(bool)
+
+
 def reader_agreement(crops: CropSet, *, level: float = 0.5) -> pd.DataFrame:
     """Each radiologist scored like a model: against the consensus of the other radiologists.
 
@@ -746,24 +779,15 @@ def reader_agreement(crops: CropSet, *, level: float = 0.5) -> pd.DataFrame:
     InvalidParameterError
         When ``crops`` has no per-reader masks.
     """
-    from .readers import consensus_mask
-
     if crops.reader_masks is None:
         raise InvalidParameterError("reader_agreement needs crops with per-reader masks (CropSet.reader_masks)")
     readers = crops.reader_masks.astype(bool)  # (n, readers, rows, columns)
     ids = crops.table["nodule_id"].to_numpy()
-    drew = pd.DataFrame(readers.any(axis=(2, 3)), columns=range(readers.shape[1])).groupby(ids, sort=False).any()
-    marked = drew.loc[ids].to_numpy()  # (n, readers): the reader marked this crop's nodule somewhere
     rows = []
-    for reader in range(readers.shape[1]):
-        others = [k for k in range(readers.shape[1]) if k != reader]
-        n_others = marked[:, others].sum(axis=1)
-        keep = marked[:, reader] & (n_others > 0)
-        if not keep.any():
-            continue
-        truth = consensus_mask(readers[keep][:, others], level=level, n_readers=n_others[keep])
-        scores = metrics.per_nodule_dice(truth, readers[keep, reader], ids[keep], empty="exclude")
-        scores["other_readers"] = drew.loc[scores["nodule_id"], others].sum(axis=1).to_numpy()
+    for reader, keep, others in reader_versus_others(readers, ids, level=level):
+        scores = metrics.per_nodule_dice(others, readers[keep, reader], ids[keep], empty="exclude")
+        drew = pd.DataFrame(readers[keep].any(axis=(2, 3))).groupby(ids[keep], sort=False).any()
+        scores["other_readers"] = drew.loc[scores["nodule_id"]].drop(columns=reader).sum(axis=1).to_numpy()
         rows.append(scores.assign(reader=reader)[["nodule_id", "reader", "other_readers", "dice"]])
     if not rows:
         return pd.DataFrame(columns=["nodule_id", "reader", "other_readers", "dice"])

@@ -167,6 +167,24 @@ def test_reader_agreement_scores_each_reader_against_the_others():
         ev.reader_agreement(_crops(readers.max(axis=1), [0, 0, 1, 2]))
 
 
+def test_reader_versus_others_yields_the_other_readers_consensus():
+    square = np.zeros((6, 6), bool)
+    square[1:5, 1:5] = True
+    corner = np.zeros((6, 6), bool)
+    corner[1:3, 1:3] = True
+    empty = np.zeros((6, 6), bool)
+    readers = np.stack([[square, corner, corner], [square, empty, empty]])  # one crop of nodule "a", one of "b"
+    ids = np.array(["a", "b"])
+    pairs = {reader: (keep, others) for reader, keep, others in ev.reader_versus_others(readers, ids)}
+    assert sorted(pairs) == [0, 1, 2]  # nodule "b" has one reader: nobody to compare with
+    keep, others = pairs[0]
+    assert keep.tolist() == [True, False]
+    np.testing.assert_array_equal(others[0], corner)  # readers 1 and 2 agree on the corner
+    keep, others = pairs[1]
+    np.testing.assert_array_equal(others[0], square | corner)  # 1 of 2 others suffices at 50 %
+    assert not list(ev.reader_versus_others(readers[1:], ids[1:]))
+
+
 def test_reader_agreement_on_lidc_matches_the_published_range(lidc_slices_dir):
     """Radiologists against each other on the real dev crops (the human reference of notebook 06)."""
     from nodulekit.readers import read_lidc_release
