@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from nodulekit.utils import write_json
 
     patient = Path(args.scan).name
-    get_loss = ev.losses_module.get_loss
-    ev.losses_module.get_loss = lambda name, **kw: FocalTverskyClDice() if name == "focal_tversky_cldice" else get_loss(name, **kw)
+    ev.losses_module.LOSSES["focal_tversky_cldice"] = FocalTverskyClDice  # for this run only
     recipe = ev.real_ct_recipe("bn_aug", name="bn_aug_cldice", loss="focal_tversky_cldice", loss_options={})
     crops = read_lidc_release(args.release, crop_size=64, progress=False)
     crops = crops.subset(np.flatnonzero(crops.groups.astype(str) != patient))

@@ -60,10 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     scored = CropSet(images, center_crop(crops.masks, images.shape[1:3]), crops.table.reset_index(drop=True), units="zscore")
     rows = []
     for path in models:
-        predict = ev.model_predictor(load_model(path))
-        plain = predict(images)
-        tta = ev.postprocess(ev.dihedral_tta(predict, images))
-        for variant, binary in (("plain", (plain >= 0.5).astype(np.uint8)), ("tta_pp", tta)):
+        model = load_model(path)
+        for variant, change in ev.VARIANTS.items():  # as notebook 06 scores its recipes
+            _, binary = ev.predict_recipe(model, images, ev.PAPER_RECIPE.replace(**change))
             scores = ev.score_predictions(scored, binary)
             rows.append({"architecture": path.parts[-3], "fold": path.parts[-2], "variant": variant, **{k: scores[k] for k in ("nodule_dice", "slice_dice", "slice_precision", "slice_recall", "n_nodules", "n_slices")}})
             print(rows[-1], flush=True)

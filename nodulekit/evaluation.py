@@ -783,11 +783,11 @@ def reader_agreement(crops: CropSet, *, level: float = 0.5) -> pd.DataFrame:
         raise InvalidParameterError("reader_agreement needs crops with per-reader masks (CropSet.reader_masks)")
     readers = crops.reader_masks.astype(bool)  # (n, readers, rows, columns)
     ids = crops.table["nodule_id"].to_numpy()
+    n_marked = pd.DataFrame(readers.any(axis=(2, 3))).groupby(ids, sort=False).any().sum(axis=1)  # readers per nodule
     rows = []
     for reader, keep, others in reader_versus_others(readers, ids, level=level):
         scores = metrics.per_nodule_dice(others, readers[keep, reader], ids[keep], empty="exclude")
-        drew = pd.DataFrame(readers[keep].any(axis=(2, 3))).groupby(ids[keep], sort=False).any()
-        scores["other_readers"] = drew.loc[scores["nodule_id"]].drop(columns=reader).sum(axis=1).to_numpy()
+        scores["other_readers"] = n_marked.loc[scores["nodule_id"]].to_numpy() - 1  # this reader marked it too
         rows.append(scores.assign(reader=reader)[["nodule_id", "reader", "other_readers", "dice"]])
     if not rows:
         return pd.DataFrame(columns=["nodule_id", "reader", "other_readers", "dice"])
