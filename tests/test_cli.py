@@ -398,3 +398,60 @@ def test_help_lists_the_shipped_models(command, capsys):
     assert "a shipped model's name (available: lidc_attention_unet; alias 'pretrained' = lidc_attention_unet)" in text
     assert "run folder" in text and ".keras file" in text
 
+
+# --------------------------------------------------------------------------------------------------
+# Logging (issue 22): the library configures nothing; the CLI prints each record once
+
+
+def _python(code: str, *arguments) -> subprocess.CompletedProcess:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code, *map(str, arguments)], capture_output=True, text=True, timeout=600)
+
+
+def test_importing_nodulekit_adds_no_handler_to_the_root_logger():
+    code = (
+        "import logging\n"
+        "import nodulekit, nodulekit.cli, nodulekit.export, nodulekit.inference, nodulekit.training\n"
+        "print(len(logging.getLogger().handlers), [type(h).__name__ for h in logging.getLogger('nodulekit').handlers])\n"
+    )
+    out = _python(code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[0] == "0 ['NullHandler']"
+
+
+def test_cli_prints_each_log_line_once(tmp_path, models):
+    # TensorFlow's SavedModel export logs through logging's module functions, which give the root
+    # logger a bare handler when it has none: the record then came out twice (issue 22).
+    code = "import sys\nfrom nodulekit.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    out = _python(code, "export", models["bright"], "--out", tmp_path / "out", "--formats", "keras,savedmodel", "--check")
+    assert out.returncode == EXIT_OK, out.stderr[-2000:]
+    records = [line for line in out.stderr.splitlines() if "nodulekit.export" in line]
+    assert [line.split(" ", 1)[1] for line in records] == [
+        "INFO nodulekit.export: keras export: max |difference| vs Keras 0.00e+00",
+        "INFO nodulekit.export: savedmodel export: max |difference| vs Keras 0.00e+00",
+    ]
+
+
+def test_configure_logging_keeps_one_handler():
+    import logging
+
+    from nodulekit.utils import configure_logging
+
+    def ours(handler) -> bool:
+        return getattr(handler, "_nodulekit", False)
+
+    root, package = logging.getLogger(), logging.getLogger("nodulekit")
+    before = (list(root.handlers), root.level, package.level)  # pytest's own handlers are there too
+    try:
+        configure_logging()
+        configure_logging(logging.DEBUG)
+        assert len([h for h in root.handlers if ours(h)]) == 1
+        assert [h for h in root.handlers if not ours(h)] == [h for h in before[0] if not ours(h)]
+        assert package.level == logging.DEBUG and root.level == logging.WARNING
+        assert [type(h).__name__ for h in package.handlers] == ["NullHandler"]
+    finally:
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+        package.setLevel(before[2])
