@@ -2,9 +2,9 @@
 
 Subcommands::
 
-    nodulekit segment INPUT --model MODEL --out DIR   find, outline and measure nodules
+    nodulekit segment INPUT [--model MODEL] --out DIR find, outline and measure nodules
     nodulekit train --run-dir DIR [...]               the paper's protocol (grid search + k-fold CV)
-    nodulekit evaluate DATA --model MODEL             Dice, IoU, precision, recall on labelled crops
+    nodulekit evaluate DATA [--model MODEL]           Dice, IoU, precision, recall on labelled crops
     nodulekit export MODEL --out DIR                  .keras, TensorFlow SavedModel, ONNX
     nodulekit reproduce [--quick]                     run the notebook series (the whole study)
 
@@ -13,12 +13,14 @@ Exit codes (every subcommand):
 * 0 — success;
 * 1 — nodulekit refused or failed: bad or unreadable input, unloadable model, unwritable output
   (a one-line message on stderr; nothing half-written is left behind);
-* 2 — usage error: unknown option, missing argument, no ``--model`` (argparse's convention);
+* 2 — usage error: unknown option, missing argument (argparse's convention);
 * 130 — interrupted (Ctrl-C).
 
-Weights cannot be downloaded at run time: ``--model pretrained`` uses the model shipped inside the
-package (:mod:`nodulekit.pretrained`); ``nodulekit train --run-dir DIR`` makes a model, and
-``--model DIR`` (the run folder) uses its ``best.keras`` with the preprocessing it was trained with.
+MODEL, wherever a command takes one, is anything :func:`nodulekit.model_names.resolve_model`
+accepts: a shipped model's name (``lidc_attention_unet``, alias ``pretrained``: the model inside the
+package, :mod:`nodulekit.pretrained`, and the default of ``segment`` and ``evaluate``), a run folder
+of ``nodulekit train`` (its ``best.keras`` with the preprocessing it was trained with), a ``.keras``
+file, or a folder written by ``nodulekit export``. Weights are never downloaded.
 """
 
 from __future__ import annotations
@@ -38,23 +40,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .errors import DataFormatError, MissingDataError, NodulekitError, RunFolderError
+from .model_names import DEFAULT_MODEL, accepted_forms
 from .utils import configure_logging
 
-__all__ = ["main", "build_parser", "load_input", "LoadedInput", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "NO_MODEL_MESSAGE"]
+__all__ = ["main", "build_parser", "load_input", "LoadedInput", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE"]
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-#: What ``segment``/``evaluate`` say when no model is given.
-NO_MODEL_MESSAGE = (
-    "no model given (--model). nodulekit cannot download weights; use the model shipped with the package\n"
-    "  nodulekit segment INPUT --model pretrained --out DIR      (LIDC-trained Attention U-Net, see its model card)\n"
-    "or train one with\n"
-    "  nodulekit train --run-dir runs/my-model [--data DATA] [--quick]\n"
-    "then pass the run folder (or its best.keras, or a folder written by `nodulekit export`):\n"
-    "  nodulekit segment INPUT --model runs/my-model --out DIR"
-)
 
 _EPILOG = "exit codes: 0 success, 1 error (message on stderr, no partial output), 2 usage error, 130 interrupted"
 
@@ -67,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    model_help = f"the model: {accepted_forms()}"
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     seg = sub.add_parser(
@@ -83,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
     )
     seg.add_argument("input", help="image file, image folder, DICOM folder, .mhd/.nii file, CropSet .npz or LIDC PNG release")
-    seg.add_argument("--model", "-m", help="run folder of `nodulekit train`, a .keras file, or an exported/saved segmenter folder")
+    seg.add_argument("--model", "-m", help=f"{model_help} (default: {DEFAULT_MODEL})")
     seg.add_argument("--out", "-o", required=True, help="output folder (written atomically)")
     seg.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     seg.add_argument("--mode", choices=["sliding", "full"], help="sliding windows (training conditions) or whole slices (default: the model's)")
@@ -120,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
     )
     evaluate.add_argument("data", help="CropSet .npz, LIDC PNG release, images/+masks/ folder, or 'phantom'")
-    evaluate.add_argument("--model", "-m", help="run folder, .keras file or segmenter folder")
+    evaluate.add_argument("--model", "-m", help=f"{model_help} (default: {DEFAULT_MODEL})")
     evaluate.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
     evaluate.add_argument("--patients", type=int, help="only the first N patients (LIDC release)")
     evaluate.add_argument("--n", type=int, default=64, help="number of synthetic crops for 'phantom' (default 64)")
@@ -138,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=_EPILOG,
     )
-    export.add_argument("model", help="run folder, .keras file or segmenter folder")
+    export.add_argument("model", help=model_help)
     export.add_argument("--out", "-o", required=True, help="output folder (written atomically)")
     export.add_argument("--formats", default="keras,savedmodel,onnx", help="comma-separated subset of keras,savedmodel,onnx")
     export.add_argument("--size", default="model", help="input height x width: 'model' (as trained), e.g. 512x512, or 'any'")
@@ -346,18 +340,14 @@ class _UsageError(Exception):
     """A usage problem found after parsing (exit code 2)."""
 
 
-def _need_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace):
     from .inference import load_segmenter
 
-    if not args.model:
-        raise _UsageError(NO_MODEL_MESSAGE)
-    model = args.model
-    if model == "pretrained" or model.startswith("pretrained:"):  # a model shipped inside the package
-        from .pretrained import PRETRAINED_DIR
-
-        model = PRETRAINED_DIR / (model.partition(":")[2] or "lidc_attention_unet")
+    if args.model is None:
+        logger.info("no --model given: using the shipped model %s (see its MODEL_CARD.md)", DEFAULT_MODEL)
+        args.model = DEFAULT_MODEL
     return load_segmenter(
-        model,
+        args.model,
         threshold=getattr(args, "threshold", None),
         mode=getattr(args, "mode", None),
         overlap=getattr(args, "overlap", None),
@@ -370,7 +360,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .inference import write_segmentation
     from .utils import write_json
 
-    segmenter = _need_model(args)
+    segmenter = _load_model(args)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:  # fail before the long part
         raise RunFolderError("output exists; choose another --out or pass --overwrite", path=out)
@@ -470,7 +460,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .dataset import CropSet
     from .utils import write_json
 
-    segmenter = _need_model(args)
+    segmenter = _load_model(args)
     if args.data == "phantom":
         from .phantom import generate_crops
 

@@ -1186,14 +1186,17 @@ def _as_stack(data: Any, spacing: Sequence[float] | None) -> tuple[np.ndarray, t
     return array, values, units, True
 
 
-def load_segmenter(path: str | os.PathLike, **overrides: Any) -> Segmenter:
-    """Load a :class:`Segmenter` from a saved segmenter folder, a training run folder or a ``.keras`` file.
+def load_segmenter(path: str | os.PathLike | None = None, **overrides: Any) -> Segmenter:
+    """Load a :class:`Segmenter` from a shipped model's name, a saved segmenter folder, a training run folder or a ``.keras`` file.
 
     Parameters
     ----------
-    path : path
-        * a folder written by :meth:`Segmenter.save` (``model.keras`` + ``preprocessing.json`` +
-          ``segmenter.json``);
+    path : str, path or None
+        Anything :func:`nodulekit.model_names.resolve_model` accepts:
+
+        * the name of a shipped model (``lidc_attention_unet``, alias ``pretrained``; ``None``: the default);
+        * a folder written by :meth:`Segmenter.save` or ``nodulekit export`` (``model.keras`` +
+          ``preprocessing.json`` + ``segmenter.json``);
         * a run folder written by :func:`nodulekit.training.run_protocol` (its best checkpoint and
           the preprocessing pipeline it recorded);
         * a ``.keras`` file; a ``preprocessing.json`` beside it is used when present, else the
@@ -1208,13 +1211,13 @@ def load_segmenter(path: str | os.PathLike, **overrides: Any) -> Segmenter:
     Raises
     ------
     MissingDataError
-        When ``path`` does not exist or holds no model.
+        When ``path`` is neither a shipped model's name nor an existing file or folder, or holds no model.
     ModelFileError
         When the model file cannot be loaded.
     """
-    path = Path(path)
-    if not path.exists():
-        raise MissingDataError("no such model file or folder", path=path)
+    from .model_names import resolve_model
+
+    path = resolve_model(path)
     settings: dict = {}
     if path.is_dir():
         if (path / _SETTINGS_FILE).is_file():
@@ -1270,11 +1273,9 @@ def _from_run_folder(folder: Path) -> tuple[Path, Path | None, dict]:
     """(model file, pipeline file, settings) of a training run folder."""
     candidates = sorted(folder.rglob("*.keras"))
     if not candidates:
-        raise MissingDataError(
-            "no .keras model in this folder; train one with `nodulekit train --run-dir DIR` "
-            "(pretrained weights cannot be downloaded)",
-            path=folder,
-        )
+        from .model_names import accepted_forms
+
+        raise MissingDataError(f"no .keras model in this folder; a model is {accepted_forms()}", path=folder)
     preferred = [p for p in candidates if p.stem in ("best", "model", "final")] or candidates
     model_file = min(preferred, key=lambda p: (len(p.relative_to(folder).parts), str(p)))
     pipelines = sorted(folder.rglob(_PIPELINE_FILE))

@@ -117,11 +117,26 @@ def _json_default(value: Any) -> Any:
 
 
 def configure_logging(level: int | str = logging.INFO) -> None:
-    """Send nodulekit's log records to stderr with a short format (for scripts and the CLI)."""
-    root = logging.getLogger("nodulekit")
-    if not any(getattr(h, "_nodulekit", False) for h in root.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        handler._nodulekit = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.setLevel(level)
+    """Print log records on stderr, each once, through one handler (for scripts and the CLI).
+
+    Importing nodulekit configures nothing (its logger has only a ``NullHandler``); an application
+    calls this once. It puts one handler on the root logger (replacing the one an earlier call put
+    there), so records from nodulekit and warnings from other libraries share one format. With a
+    handler on the root logger, a library that logs through the ``logging`` module's functions
+    (TensorFlow's SavedModel export does) no longer makes Python add a second, bare handler.
+
+    Parameters
+    ----------
+    level : int or str
+        Level of nodulekit's own records (``logging.INFO``, ``"DEBUG"``, ...). Other libraries'
+        records are shown from ``WARNING`` up.
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_nodulekit", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler._nodulekit = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("nodulekit").setLevel(level)

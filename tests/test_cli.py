@@ -217,14 +217,6 @@ def test_segment_with_a_unet_file_and_a_run_folder(tmp_path, models):
 # Errors, exit codes, atomic output
 
 
-def test_segment_without_model_says_how_to_get_one(tmp_path, capsys):
-    source = _png(tmp_path / "one.png", _crop_png()[0])
-    assert _run("segment", source, "--out", tmp_path / "out") == EXIT_USAGE
-    message = capsys.readouterr().err
-    assert "nodulekit train --run-dir" in message and "cannot download" in message
-    assert not (tmp_path / "out").exists()
-
-
 def test_segment_errors_leave_nothing_behind(tmp_path, models, capsys, monkeypatch):
     from nodulekit import cli
     from nodulekit.errors import RunFolderError
@@ -296,7 +288,6 @@ def test_evaluate_on_labelled_crops(tmp_path, models, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["n_crops"] == 2 and report["dice"] > 0.9
     assert json.loads(capsys.readouterr().out)["n_crops"] == 2
-    assert _run("evaluate", folder) == EXIT_USAGE
     assert _run("evaluate", "phantom", "--n", "6", "--model", models["bright"], "--no-progress") == EXIT_OK
     report = json.loads(capsys.readouterr().out)
     assert report["n_crops"] == 6 and 0.0 <= report["dice"] <= 1.0
@@ -311,3 +302,156 @@ def test_export_command_writes_checked_formats(tmp_path, models, capsys):
     assert (out / "preprocessing.json").is_file() and (out / "segmenter.json").is_file()
     summary = _segment(_png(tmp_path / "one.png", _crop_png()[0]), tmp_path / "seg", out)  # export folder = model
     assert summary["n_nodules"] == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# One model name everywhere (issue 22): every command and loader resolves MODEL the same way
+
+
+def test_segment_and_evaluate_default_to_the_shipped_model(tmp_path, capsys):
+    from nodulekit.model_names import DEFAULT_MODEL, SHIPPED_DIR
+
+    image, mask = _crop_png()
+    assert _run("segment", _png(tmp_path / "one.png", image), "--out", tmp_path / "out", "--no-progress") == EXIT_OK
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["model"] == DEFAULT_MODEL and summary["n_images"] == 1
+    assert summary["segmenter"]["metadata"]["source"] == str(SHIPPED_DIR / DEFAULT_MODEL)
+    capsys.readouterr()
+    folder = tmp_path / "paper_format"
+    _png(folder / "images" / "x.png", image)
+    _png(folder / "masks" / "x.png", mask)
+    assert _run("evaluate", folder, "--no-progress") == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["n_crops"] == 1
+
+
+@pytest.mark.parametrize("form", ["name", "alias", "run folder", "keras file", "exported folder"])
+def test_every_model_form_loads_through_one_resolver(form, tmp_path, models):
+    from nodulekit.inference import load_segmenter
+    from nodulekit.model_names import DEFAULT_MODEL, SHIPPED_DIR, resolve_model
+    from nodulekit.pretrained import load_pretrained
+
+    if form in ("name", "alias"):
+        model, expected_source = {"name": DEFAULT_MODEL, "alias": "pretrained"}[form], SHIPPED_DIR / DEFAULT_MODEL
+    elif form == "exported folder":
+        assert _run("export", models["bright"], "--out", tmp_path / "exported", "--formats", "keras") == EXIT_OK
+        model = expected_source = tmp_path / "exported"
+    else:
+        model = expected_source = models["run" if form == "run folder" else "unet"]
+    assert resolve_model(str(model)) == expected_source
+    segmenter = load_segmenter(str(model))
+    assert segmenter.metadata["source"] == str(expected_source)
+    assert load_pretrained(str(model), tta=False).segmenter.metadata["source"] == str(expected_source)
+    out = tmp_path / "again"
+    assert _run("export", model, "--out", out, "--formats", "keras") == EXIT_OK
+    assert load_segmenter(out).model.count_params() == segmenter.model.count_params()
+
+
+@pytest.mark.parametrize("command", ["segment", "evaluate", "export"])
+def test_unknown_model_lists_the_accepted_forms(command, tmp_path, capsys):
+    from nodulekit.errors import MissingDataError
+    from nodulekit.inference import load_segmenter
+    from nodulekit.model_names import shipped_models
+    from nodulekit.pretrained import load_pretrained
+
+    source = _png(tmp_path / "one.png", _crop_png()[0])
+    arguments = {
+        "segment": ["segment", source, "--model", "no_such_model", "--out", tmp_path / "out"],
+        "evaluate": ["evaluate", "phantom", "--model", "no_such_model"],
+        "export": ["export", "no_such_model", "--out", tmp_path / "out"],
+    }[command]
+    assert _run(*arguments) == EXIT_ERROR
+    message = capsys.readouterr().err
+    assert message.startswith(f"nodulekit {command}: error: no_such_model: no such model")
+    for form in [*shipped_models(), "'pretrained'", "run folder", ".keras file", "nodulekit export"]:
+        assert form in message
+    assert not (tmp_path / "out").exists()
+    for loader in (load_segmenter, load_pretrained):
+        with pytest.raises(MissingDataError, match=r"a shipped model's name \(available: lidc_attention_unet"):
+            loader("no_such_model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingDataError, match=r"no \.keras model in this folder; a model is a shipped model's name"):
+        load_segmenter(tmp_path / "empty")
+
+
+def test_a_shipped_name_is_a_name_and_a_path_is_a_path(tmp_path, monkeypatch):
+    from nodulekit.errors import InvalidParameterError
+    from nodulekit.model_names import DEFAULT_MODEL, SHIPPED_DIR, resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / DEFAULT_MODEL).mkdir()  # a local folder that carries the shipped model's name
+    assert resolve_model(DEFAULT_MODEL) == SHIPPED_DIR / DEFAULT_MODEL
+    assert resolve_model(f"./{DEFAULT_MODEL}") == Path(f"./{DEFAULT_MODEL}")
+    assert resolve_model(Path(DEFAULT_MODEL)) == Path(DEFAULT_MODEL)
+    assert resolve_model(None) == SHIPPED_DIR / DEFAULT_MODEL
+    for bad in ("", "  ", 3):
+        with pytest.raises(InvalidParameterError, match="a shipped model's name"):
+            resolve_model(bad)
+
+
+@pytest.mark.parametrize("command", ["segment", "evaluate", "export"])
+def test_help_lists_the_shipped_models(command, capsys):
+    from nodulekit.model_names import shipped_models
+
+    assert shipped_models() == ["lidc_attention_unet"]
+    assert _run(command, "--help") == EXIT_OK
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    assert "a shipped model's name (available: lidc_attention_unet; alias 'pretrained' = lidc_attention_unet)" in text
+    assert "run folder" in text and ".keras file" in text
+
+
+# --------------------------------------------------------------------------------------------------
+# Logging (issue 22): the library configures nothing; the CLI prints each record once
+
+
+def _python(code: str, *arguments) -> subprocess.CompletedProcess:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code, *map(str, arguments)], capture_output=True, text=True, timeout=600)
+
+
+def test_importing_nodulekit_adds_no_handler_to_the_root_logger():
+    code = (
+        "import logging\n"
+        "import nodulekit, nodulekit.cli, nodulekit.export, nodulekit.inference, nodulekit.training\n"
+        "print(len(logging.getLogger().handlers), [type(h).__name__ for h in logging.getLogger('nodulekit').handlers])\n"
+    )
+    out = _python(code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[0] == "0 ['NullHandler']"
+
+
+def test_cli_prints_each_log_line_once(tmp_path, models):
+    # TensorFlow's SavedModel export logs through logging's module functions, which give the root
+    # logger a bare handler when it has none: the record then came out twice (issue 22).
+    code = "import sys\nfrom nodulekit.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    out = _python(code, "export", models["bright"], "--out", tmp_path / "out", "--formats", "keras,savedmodel", "--check")
+    assert out.returncode == EXIT_OK, out.stderr[-2000:]
+    records = [line for line in out.stderr.splitlines() if "nodulekit.export" in line]
+    assert [line.split(" ", 1)[1] for line in records] == [
+        "INFO nodulekit.export: keras export: max |difference| vs Keras 0.00e+00",
+        "INFO nodulekit.export: savedmodel export: max |difference| vs Keras 0.00e+00",
+    ]
+
+
+def test_configure_logging_keeps_one_handler():
+    import logging
+
+    from nodulekit.utils import configure_logging
+
+    def ours(handler) -> bool:
+        return getattr(handler, "_nodulekit", False)
+
+    root, package = logging.getLogger(), logging.getLogger("nodulekit")
+    before = (list(root.handlers), root.level, package.level)  # pytest's own handlers are there too
+    try:
+        configure_logging()
+        configure_logging(logging.DEBUG)
+        assert len([h for h in root.handlers if ours(h)]) == 1
+        assert [h for h in root.handlers if not ours(h)] == [h for h in before[0] if not ours(h)]
+        assert package.level == logging.DEBUG and root.level == logging.WARNING
+        assert [type(h).__name__ for h in package.handlers] == ["NullHandler"]
+    finally:
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+        package.setLevel(before[2])

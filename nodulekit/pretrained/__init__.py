@@ -9,21 +9,16 @@ CC BY 3.0 (Armato et al., Med. Phys. 38:915-931, 2011; Clark et al., J Digit Ima
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 
 import numpy as np
 
-from ..errors import InvalidParameterError, MissingDataError
+from ..errors import InvalidParameterError
+from ..model_names import SHIPPED_DIR as PRETRAINED_DIR
+from ..model_names import resolve_model
+from ..model_names import shipped_models as available_models
 
 __all__ = ["load_pretrained", "PretrainedModel", "available_models", "PRETRAINED_DIR"]
-
-#: Where the shipped models live (inside the installed package).
-PRETRAINED_DIR = Path(__file__).resolve().parent
-
-
-def available_models() -> list[str]:
-    """Names of the shipped models (folders holding a ``segmenter.json``)."""
-    return sorted(p.parent.name for p in PRETRAINED_DIR.glob("*/segmenter.json"))
 
 
 class PretrainedModel:
@@ -100,13 +95,15 @@ class PretrainedModel:
         return self.segmenter.segment(*args, **kwargs)
 
 
-def load_pretrained(name: str = "lidc_attention_unet", *, tta: bool = True, **overrides) -> PretrainedModel:
-    """Load a model shipped with nodulekit.
+def load_pretrained(name: str | os.PathLike = "lidc_attention_unet", *, tta: bool = True, **overrides) -> PretrainedModel:
+    """Load a model shipped with nodulekit (or any other model, with the same interface).
 
     Parameters
     ----------
-    name : str
-        One of :func:`available_models` (default: the Attention U-Net trained on LIDC-IDRI).
+    name : str or path
+        One of :func:`available_models` (default: the Attention U-Net trained on LIDC-IDRI) or the
+        alias ``"pretrained"``; or, like every model argument in nodulekit, a run folder, a
+        ``.keras`` file or an exported folder (:func:`nodulekit.model_names.resolve_model`).
     tta : bool
         Test-time augmentation in :meth:`PretrainedModel.predict`.
     **overrides
@@ -116,6 +113,12 @@ def load_pretrained(name: str = "lidc_attention_unet", *, tta: bool = True, **ov
     -------
     PretrainedModel
 
+    Raises
+    ------
+    MissingDataError
+        When ``name`` is neither a shipped model nor an existing file or folder (the message lists
+        the available names and the accepted forms).
+
     Examples
     --------
     >>> model = load_pretrained()  # doctest: +SKIP
@@ -123,9 +126,7 @@ def load_pretrained(name: str = "lidc_attention_unet", *, tta: bool = True, **ov
     """
     from ..inference import load_segmenter
 
-    folder = PRETRAINED_DIR / name
-    if not (folder / "segmenter.json").is_file():
-        raise MissingDataError(f"no shipped model {name!r}; available: {available_models()}", path=folder)
-    card_file = folder / "card.json"
-    card = json.loads(card_file.read_text()) if card_file.is_file() else {"name": name}
-    return PretrainedModel(load_segmenter(folder, **overrides), card, tta=tta)
+    source = resolve_model(name)
+    card_file = source / "card.json"
+    card = json.loads(card_file.read_text()) if card_file.is_file() else {"name": source.name}
+    return PretrainedModel(load_segmenter(source, **overrides), card, tta=tta)
