@@ -26,7 +26,10 @@ The output ends with exactly two lines that scripts can read::
     attention_unet train vs MONAI: 2.71x
     attention_unet infer vs MONAI: 2.84x
 
-(images/s of nodulekit's default build over MONAI's AttentionUnet, this run; ``n/a`` without MONAI).
+(images/s of nodulekit's default build over MONAI's AttentionUnet at the same precision, this run:
+MONAI with bfloat16 autocast when nodulekit's default resolves to bfloat16, MONAI in float32 when it
+resolves to float32; ``n/a`` without MONAI). Just before them, the float32 pair (nodulekit's default
+build forced to float32 against MONAI in float32) in the same format with ``, float32``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from throughput import ARCHITECTURES, INFER_BATCH, PROPOSED, TRAIN_BATCH  # noqa
 IMPLEMENTATION_LABELS = {
     "reference": "reference: Keras, NumPy fit",
     "nodulekit": "nodulekit default",
+    "nodulekit_float32": "nodulekit default, float32",
     "proposed": "nodulekit + proposed",
     "monai": "MONAI (PyTorch)",
     "monai_autocast": "MONAI, autocast",
@@ -398,6 +402,8 @@ def format_models(results: dict[str, dict], *, repeats: int, train_steps: int, i
         pairs = [
             ("nodulekit default / reference", "nodulekit", "reference"),
             ("nodulekit default / MONAI", "nodulekit", "monai"),
+            ("nodulekit default / MONAI autocast", "nodulekit", "monai_autocast"),
+            ("nodulekit float32 / MONAI", "nodulekit_float32", "monai"),
             ("nodulekit + proposed / reference", "proposed", "reference"),
             ("nodulekit + proposed / MONAI", "proposed", "monai"),
             ("nodulekit + proposed / MONAI autocast", "proposed", "monai_autocast"),
@@ -447,10 +453,36 @@ def format_e2e(results: dict[str, dict], *, quick: bool) -> list[str]:
     return lines
 
 
+#: The MONAI row at the same precision as a nodulekit row (autocast runs bfloat16 on a CPU, float16 on a GPU).
+SAME_PRECISION_MONAI = {"float32": "monai", "mixed_bfloat16": "monai_autocast", "mixed_float16": "monai_autocast"}
+
+
+def same_precision_monai(results: dict[str, dict], row: str) -> str | None:
+    """The MONAI row of ``row``'s architecture that runs at ``row``'s precision (None when not measured)."""
+    architecture = row.split(".")[0]
+    monai = SAME_PRECISION_MONAI.get(str(results.get(row, {}).get("precision")))
+    return f"{architecture}.{monai}" if monai and f"{architecture}.{monai}" in results else None
+
+
 def final_lines(results: dict[str, dict]) -> list[str]:
-    train = paired_ratio(results, "attention_unet.nodulekit", "attention_unet.monai", "train")
-    infer = paired_ratio(results, "attention_unet.nodulekit", "attention_unet.monai", "infer")
-    return [f"attention_unet train vs MONAI: {_ratio(train)}", f"attention_unet infer vs MONAI: {_ratio(infer)}"]
+    """The closing lines: nodulekit's default against MONAI at the same precision (like for like).
+
+    The last two lines keep their fixed format for scripts (``attention_unet train vs MONAI: N.NNx``);
+    they pit nodulekit's default build (bfloat16 on a CPU with native bf16) against MONAI with autocast
+    to that precision, or against MONAI in float32 when the default resolves to float32. The float32
+    pair (both in float32) is printed just before them.
+    """
+    lines = []
+    for row, label in (("attention_unet.nodulekit_float32", ", float32"), ("attention_unet.nodulekit", "")):
+        if label and row not in results:
+            continue
+        monai = same_precision_monai(results, row)
+        train = paired_ratio(results, row, monai, "train") if monai else None
+        infer = paired_ratio(results, row, monai, "infer") if monai else None
+        precision = results.get(row, {}).get("precision", "?")
+        lines.append(f"# {row} ({precision}) against {monai or 'no MONAI row at that precision'}")
+        lines += [f"attention_unet train vs MONAI{label}: {_ratio(train)}", f"attention_unet infer vs MONAI{label}: {_ratio(infer)}"]
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ import numpy as np
 __all__ = ["IMPLEMENTATIONS", "ARCHITECTURES", "PROPOSED", "synthetic_crops", "make_bench", "main"]
 
 #: Row implementations, in table order.
-IMPLEMENTATIONS = ("reference", "nodulekit", "proposed", "monai")
+IMPLEMENTATIONS = ("reference", "nodulekit", "nodulekit_float32", "proposed", "monai")
 
 #: Architectures, in table order.
 ARCHITECTURES = ("unet", "attention_unet")
@@ -149,8 +149,8 @@ class KerasBench:
 
         if implementation == "reference":
             self._setup_reference()
-        elif implementation in ("nodulekit", "proposed"):
-            self._setup_nodulekit(proposed=implementation == "proposed")
+        elif implementation in ("nodulekit", "nodulekit_float32", "proposed"):
+            self._setup_nodulekit(proposed=implementation == "proposed", float32=implementation == "nodulekit_float32")
         else:
             raise ValueError(f"not a Keras implementation: {implementation!r}")
 
@@ -175,7 +175,7 @@ class KerasBench:
         self._train = lambda repeat: self.model.fit(self.x, self.y, batch_size=TRAIN_BATCH, epochs=1, shuffle=True, verbose=0)
         self._infer = lambda repeat: self.model.predict(self.xi, batch_size=INFER_BATCH, verbose=0)
 
-    def _setup_nodulekit(self, *, proposed: bool) -> None:
+    def _setup_nodulekit(self, *, proposed: bool, float32: bool = False) -> None:
         import keras
 
         from nodulekit.losses import get_loss
@@ -185,6 +185,8 @@ class KerasBench:
         config = TrainConfig()
         if proposed and PROPOSED["mixed_precision"] is not None:
             config = config.replace(mixed_precision=PROPOSED["mixed_precision"])
+        if float32:  # the default build at MONAI's default precision: the like-for-like float32 pair
+            config = config.replace(mixed_precision="float32")
         self.precision = _resolve_precision(config.mixed_precision)
         if self.tensorflow and config.deterministic:
             import tensorflow as tf
