@@ -750,8 +750,8 @@ def reader_versus_others(readers: np.ndarray, nodule_ids: np.ndarray, *, level: 
             yield reader, keep, consensus_mask(readers[keep][:, rest], level=level, n_readers=n_others[keep]).astype(bool)
 
 
-def reader_agreement(crops: CropSet, *, level: float = 0.5) -> pd.DataFrame:
-    """Each radiologist scored like a model: against the consensus of the other radiologists.
+def reader_agreement(crops: CropSet, predicted: np.ndarray | None = None, *, level: float = 0.5) -> pd.DataFrame:
+    """Each radiologist scored like a model, against the consensus of the other radiologists; and a model scored the same way.
 
     The human reference for per-nodule Dice. For every nodule and every reader who marked it, the
     reader's mask is compared with the ``level`` consensus of the *other* readers who marked it
@@ -759,10 +759,18 @@ def reader_agreement(crops: CropSet, *, level: float = 0.5) -> pd.DataFrame:
     reader), as 3-D Dice pooled over the nodule's slices (:func:`nodulekit.metrics.per_nodule_dice`).
     Nodules marked by one reader only have no one to compare with and are left out.
 
+    With ``predicted``, the model's masks are scored against exactly the same references: for each
+    (nodule, left-out reader) row, ``model_dice`` compares the model with the consensus of the readers
+    other than that one, the reference that reader's ``dice`` faces. ``model_dice - dice`` is then a
+    paired, like-for-like comparison of the model with a radiologist (a model scored against the
+    consensus of *all* readers faces one more reader than each radiologist does, an easier reference).
+
     Parameters
     ----------
     crops : CropSet
         Crops with ``reader_masks`` (e.g. :func:`nodulekit.readers.read_lidc_release`).
+    predicted : ndarray, shape (n, rows, columns), optional
+        A model's binary masks of the same crops (nonzero = nodule).
     level : float
         Consensus level of the other readers.
 
@@ -770,25 +778,30 @@ def reader_agreement(crops: CropSet, *, level: float = 0.5) -> pd.DataFrame:
     -------
     pandas.DataFrame
         One row per (nodule, marking reader): ``nodule_id``, ``reader``, ``other_readers`` (how many
-        the consensus pools) and ``dice``. ``df.groupby("nodule_id").dice.mean().mean()`` is the
-        per-nodule mean comparable with a model's ``nodule_dice`` (which is scored against the
-        consensus of all the readers, one more than each reader here is).
+        the consensus pools), ``dice`` and, with ``predicted``, ``model_dice``. Per-nodule means
+        (``df.groupby("nodule_id")[["dice", "model_dice"]].mean()``) weigh every nodule once.
 
     Raises
     ------
     InvalidParameterError
-        When ``crops`` has no per-reader masks.
+        When ``crops`` has no per-reader masks, or ``predicted`` does not match the crops' shape.
     """
     if crops.reader_masks is None:
         raise InvalidParameterError("reader_agreement needs crops with per-reader masks (CropSet.reader_masks)")
+    if predicted is not None and np.shape(predicted) != crops.masks.shape:
+        raise InvalidParameterError(f"predicted masks have shape {np.shape(predicted)}, the crops' masks {crops.masks.shape}")
     readers = crops.reader_masks.astype(bool)  # (n, readers, rows, columns)
     ids = crops.table["nodule_id"].to_numpy()
     n_marked = pd.DataFrame(readers.any(axis=(2, 3))).groupby(ids, sort=False).any().sum(axis=1)  # readers per nodule
+    columns = ["nodule_id", "reader", "other_readers", "dice"] + ([] if predicted is None else ["model_dice"])
     rows = []
     for reader, keep, others in reader_versus_others(readers, ids, level=level):
         scores = metrics.per_nodule_dice(others, readers[keep, reader], ids[keep], empty="exclude")
         scores["other_readers"] = n_marked.loc[scores["nodule_id"]].to_numpy() - 1  # this reader marked it too
-        rows.append(scores.assign(reader=reader)[["nodule_id", "reader", "other_readers", "dice"]])
+        if predicted is not None:
+            model = metrics.per_nodule_dice(others, np.asarray(predicted)[keep] != 0, ids[keep], empty="exclude")
+            scores["model_dice"] = model.set_index("nodule_id")["dice"].reindex(scores["nodule_id"]).to_numpy()
+        rows.append(scores.assign(reader=reader)[columns])
     if not rows:
-        return pd.DataFrame(columns=["nodule_id", "reader", "other_readers", "dice"])
+        return pd.DataFrame(columns=columns)
     return pd.concat(rows, ignore_index=True)

@@ -229,3 +229,26 @@ def test_recipe_comparison_figure_draws_every_anchor():
     labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
     assert len(labels) == len(anchors) + 1 and "radiologists vs each other, measured here: 0.784" in labels
     assert len(fig.axes[0].patches) == 4  # one bar per recipe and variant
+
+
+def test_reader_agreement_scores_a_model_against_the_same_references():
+    """A model is scored exactly as each radiologist is: against the consensus of the other readers."""
+    square = np.zeros((8, 8), np.uint8)
+    square[2:6, 2:6] = 1
+    half = np.zeros((8, 8), np.uint8)
+    half[2:6, 2:4] = 1
+    empty = np.zeros((8, 8), np.uint8)
+    readers = np.stack([[square, square, half], [square, empty, empty]])  # nodule P0 (3 readers), P1 (1 reader)
+    crops = _crops(readers.max(axis=1), [0, 1])
+    crops.reader_masks = readers
+    model = np.stack([half, square])  # the model draws the left half of P0
+    table = ev.reader_agreement(crops, model).set_index("reader")
+    assert list(table.columns) == ["nodule_id", "other_readers", "dice", "model_dice"]
+    assert table["nodule_id"].tolist() == ["P0/n"] * 3  # P1 has one reader: no reference, for anyone
+    # Reader 0 left out: the others (square, half) at 50 % = their union = the square (16 px).
+    assert table.loc[0, "dice"] == pytest.approx(1.0)
+    assert table.loc[0, "model_dice"] == pytest.approx(2 * 8 / (8 + 16))
+    # Reader 2 left out: the others agree on the square; reader 2 and the model both drew its half.
+    assert table.loc[2, "dice"] == pytest.approx(table.loc[2, "model_dice"]) == pytest.approx(2 * 8 / (8 + 16))
+    with pytest.raises(InvalidParameterError, match="shape"):
+        ev.reader_agreement(crops, model[:1])
