@@ -13,6 +13,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .errors import InvalidParameterError
+
 __all__ = [
     "set_seed",
     "as_rng",
@@ -37,8 +39,6 @@ def set_seed(seed: int = 0, *, deterministic_ops: bool = False) -> None:
         Also ask TensorFlow for deterministic kernels (slower; bit-identical reruns on one machine).
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        from .errors import InvalidParameterError
-
         raise InvalidParameterError(f"seed must be a non-negative integer, got {seed!r}")
     os.environ["PYTHONHASHSEED"] = str(int(seed))
     random.seed(int(seed))

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ..dataset import CropSet, Volume
 from ..errors import DataFormatError, InvalidParameterError, MissingDataError
-from ._common import IMAGE_EXTENSIONS, check_inside, consensus_mask, read_image
+from ..crops import consensus_mask
+from ._common import IMAGE_EXTENSIONS, check_inside, read_image
 from .dicom import find_dicom_files, read_dicom_series
 from .lidc_xml import parse_lidc_xml, polygon_mask, read_lidc_xml
 from .luna import read_luna16, sphere_mask

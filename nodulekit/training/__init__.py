@@ -71,9 +71,10 @@ Limits worth knowing
 
 from __future__ import annotations
 
+from ..precision import precision_policy, resolve_precision
 from .config import TrainConfig
 from .data import Augmentation, augment_pair, make_dataset
-from .distributed import make_strategy, precision_policy, resolve_precision, tune_grid_distributed, worker_role
+from .distributed import make_strategy, worker_role
 from .protocol import (
     RESULT_TABLES,
     SUMMARY_METRICS,
@@ -84,6 +85,7 @@ from .protocol import (
     run_protocol,
     select_hyperparameters,
     summarize_folds,
+    tune_grid_distributed,
 )
 from .units import UnitData, UnitSpec, check_writable, load_finished, train_unit
 

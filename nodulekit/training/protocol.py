@@ -26,10 +26,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..dataset import CropSet
-from ..errors import InvalidParameterError, NodulekitError, TrainingError
-from ..utils import atomic_write, read_json, set_seed, write_json
+from ..phantom import generate_crops
+from ..errors import InvalidParameterError, MissingDataError, NodulekitError, TrainingError
+from ..precision import resolve_precision
+from ..preprocessing import CenterCrop, paper_pipeline
+from ..readers import read_any
+from ..splits import patient_kfold, patient_split
+from ..utils import atomic_write, configure_logging, read_json, set_seed, write_json
 from .config import TrainConfig
-from .distributed import resolve_precision, worker_role
+from .distributed import make_strategy, worker_role
 from .units import HISTORY_KEYS, UnitData, UnitSpec, check_writable, train_unit
 
 __all__ = [
@@ -71,9 +76,6 @@ class _Protocol:
         progress: bool = True,
         verbose: int = 0,
     ):
-        from ..preprocessing import paper_pipeline
-        from ..splits import patient_kfold, patient_split
-
         self.config = config if config is not None else TrainConfig()
         self.strategy = strategy
         self.verbose = verbose
@@ -87,8 +89,6 @@ class _Protocol:
         set_seed(self.config.seed, deterministic_ops=self.config.deterministic)
 
         if crops is None:
-            from ..phantom import generate_crops
-
             crops = generate_crops(self.config.synthetic_crops, seed=self.config.seed)
         if not isinstance(crops, CropSet):
             raise TrainingError(f"crops must be a CropSet, got {type(crops).__name__}")
@@ -443,8 +443,6 @@ def load_results(run_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
     MissingDataError
         If the run has no results yet.
     """
-    from ..errors import MissingDataError
-
     folder = Path(run_dir) / "results"
     if not (folder / "results.json").exists():
         raise MissingDataError("no results yet (run_protocol has not finished in this folder)", path=folder)
@@ -586,6 +584,94 @@ def _fingerprint(images: np.ndarray, masks: np.ndarray, groups: np.ndarray) -> s
 
 
 # ------------------------------------------------------------------------------------------------
+# KerasTuner: grid trials across machines
+
+
+def tune_grid_distributed(
+    crops=None,
+    *,
+    run_dir: str | os.PathLike,
+    config=None,
+    pipeline=None,
+) -> dict[str, Any] | None:
+    """Run the grid search with KerasTuner's chief/worker mode; every trial is a nodulekit unit.
+
+    Start the same command on every machine, with a shared ``run_dir`` and the environment
+    variables KerasTuner reads: ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT`` (the
+    chief's address) and ``KERASTUNER_TUNER_ID`` (``"chief"`` on the chief, ``"tuner0"``,
+    ``"tuner1"``, ... on the workers). Without these variables the trials run here, one after the
+    other, through the same code.
+
+    Parameters
+    ----------
+    crops : CropSet, optional
+        As in :func:`~nodulekit.training.run_protocol` (the same on every machine).
+    run_dir : path
+        The run folder, shared by all machines.
+    config : TrainConfig, optional
+    pipeline : Pipeline, optional
+
+    Returns
+    -------
+    dict or None
+        On a worker (or without distribution): ``{"trials": n}`` with the number of trials this
+        process trained. On the chief: ``None`` once every trial is finished; then call
+        :func:`~nodulekit.training.run_protocol` with the same arguments for the selection and
+        the cross-validation.
+
+    Raises
+    ------
+    TrainingError
+        If KerasTuner is not installed (``pip install keras-tuner``).
+
+    References
+    ----------
+    .. [1] T. O'Malley et al., KerasTuner, https://github.com/keras-team/keras-tuner, 2019.
+    """
+    try:
+        import keras_tuner
+    except ImportError as exc:
+        raise TrainingError("distributed grid search needs KerasTuner: pip install keras-tuner") from exc
+    protocol = _Protocol(crops, run_dir=run_dir, config=config, pipeline=pipeline, progress=False)
+    specs = {spec.name: spec for spec in protocol.grid_specs()}
+    hyperparameters = keras_tuner.HyperParameters()
+    hyperparameters.Choice("architecture", list(protocol.config.architectures))
+    hyperparameters.Choice("learning_rate", list(protocol.config.learning_rates))
+    hyperparameters.Choice("batch_size", list(protocol.config.batch_sizes))
+    oracle = keras_tuner.oracles.GridSearchOracle(
+        objective=keras_tuner.Objective(protocol.config.selection_metric, direction="max"),
+        hyperparameters=hyperparameters,
+        tune_new_entries=False,
+        seed=protocol.config.seed,
+        max_retries_per_trial=0,
+        max_consecutive_failed_trials=len(specs) + 1,
+    )
+
+    class GridTuner(keras_tuner.Tuner):
+        trained = 0
+
+        def run_trial(self, trial, *args, **kwargs):
+            values = trial.hyperparameters.values
+            spec = protocol.grid_spec(values["architecture"], values["learning_rate"], values["batch_size"])
+            record = protocol.run_unit(spec)
+            GridTuner.trained += 0 if record.get("skipped") else 1
+            if record["status"] != "ok":
+                raise keras_tuner.errors.FailedTrialError(record["reason"])
+            return {protocol.config.selection_metric: float(record[protocol.config.selection_metric])}
+
+    tuner = GridTuner(
+        oracle=oracle,
+        directory=str(Path(run_dir) / "keras_tuner"),
+        project_name="grid",
+        overwrite=False,
+    )
+    tuner.search()
+    if os.environ.get("KERASTUNER_TUNER_ID", "").startswith("chief") and "KERASTUNER_ORACLE_IP" in os.environ:
+        return None
+    return {"trials": GridTuner.trained}
+
+
+# ------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -618,8 +704,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns 0 on success, 1 on a nodulekit error (message on stderr).
     """
-    from ..utils import configure_logging
-
     args = build_parser().parse_args(argv)
     configure_logging()
     try:
@@ -634,9 +718,6 @@ def train_command(args: argparse.Namespace) -> int:
 
     Raises nodulekit errors (the caller prints them); :func:`main` is the standalone entry.
     """
-    from ..preprocessing import paper_pipeline
-    from .distributed import make_strategy, tune_grid_distributed
-
     config = TrainConfig.load(args.config) if args.config else (TrainConfig.quick() if args.quick else TrainConfig())
     overrides = {
         k: getattr(args, k)
@@ -668,8 +749,6 @@ def _crop_like(crops: CropSet, pipeline) -> CropSet:
     128x128 crops) changes the image size; the masks must follow, and the raw crops kept for the
     figures too. The pipeline's own crop is then a no-op.
     """
-    from ..preprocessing import CenterCrop
-
     steps = [step for step in pipeline.steps if isinstance(step, CenterCrop)]
     if not steps:
         return crops
@@ -684,8 +763,6 @@ def _crop_like(crops: CropSet, pipeline) -> CropSet:
 def _read_data(path: str) -> CropSet:
     if str(path).endswith(".npz"):
         return CropSet.load(path)
-    from ..readers import read_any
-
     data = read_any(path)
     if not isinstance(data, CropSet):
         raise TrainingError(f"training needs crops (a CropSet), but {path} holds a {type(data).__name__}")

@@ -32,9 +32,12 @@ import numpy as np
 import pandas as pd
 
 from ..errors import RunFolderError
+from ..precision import precision_policy
+from ..safety import load_model
 from ..utils import atomic_write, read_json, write_json
 from .config import TrainConfig
 from .data import make_dataset
+from .distributed import prepare_model_for_strategy
 
 __all__ = ["UnitSpec", "UnitData", "train_unit", "load_finished", "check_writable", "file_sha256", "unit_seed"]
 
@@ -224,7 +227,6 @@ def train_unit(
     from ..losses import get_loss, initial_output_bias
     from ..metrics import DiceCoefficient
     from ..models import build_model
-    from .distributed import precision_policy, prepare_model_for_strategy
 
     folder = Path(folder)
     source = Path(read_from) if read_from is not None else folder
@@ -425,8 +427,6 @@ def _evaluate(checkpoint: Path, data: UnitData, config: TrainConfig) -> dict[str
     import keras
 
     from ..metrics import background_accuracy, segmentation_report
-
-    from ..safety import load_model
 
     model = load_model(checkpoint)
     scores: dict[str, float] = {}
