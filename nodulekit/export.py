@@ -30,7 +30,6 @@ a fixed size instead (the plain U-Net, with transposed-convolution up-sampling, 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -42,7 +41,7 @@ from .errors import InvalidParameterError, MissingDataError, ModelFileError
 from .inference import Segmenter, load_segmenter, without_fixed_size
 from .postprocess import first_output
 from .safety import load_model
-from .utils import atomic_write, write_json
+from .utils import write_json
 
 __all__ = ["FORMATS", "export_model", "load_exported", "check_export"]
 
@@ -149,7 +148,7 @@ def export_model(
             overlap=segmenter.overlap,
             metadata=segmenter.metadata,
         )
-        _write_segmenter_files(exported, folder)
+        exported.save_settings(folder)
     if check:
         differences = check_export(folder, model=graph_model, formats=formats, seed=seed)
         for name, difference in differences.items():
@@ -242,13 +241,6 @@ def _export_onnx(model: Any, target: Path, signature: Any, opset: int, saved_mod
             temporary.unlink(missing_ok=True)
             raise ModelFileError(_trace_failure("ONNX", model, exc) + f" (from_keras first failed with {first_error})") from exc
     os.replace(temporary, target)
-
-
-def _write_segmenter_files(segmenter: Any, folder: Path) -> None:
-    if segmenter.pipeline is not None:
-        with atomic_write(folder / "preprocessing.json") as handle:
-            json.dump(segmenter.pipeline.get_config(), handle, indent=2)
-    write_json(folder / "segmenter.json", segmenter.settings())
 
 
 def _versions() -> dict[str, str | None]:

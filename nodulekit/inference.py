@@ -829,13 +829,18 @@ class Segmenter:
         temporary = folder / f".{_MODEL_FILE}.tmp.keras"
         self.model.save(temporary)
         os.replace(temporary, folder / _MODEL_FILE)
+        self.save_settings(folder)
+        return folder
+
+    def save_settings(self, folder: str | os.PathLike) -> None:
+        """Write ``preprocessing.json`` (or remove a stale one) and ``segmenter.json`` into ``folder``, atomically."""
+        folder = Path(folder)
         if self.pipeline is not None:
             with atomic_write(folder / _PIPELINE_FILE) as handle:
                 json.dump(self.pipeline.get_config(), handle, indent=2)
         else:
             (folder / _PIPELINE_FILE).unlink(missing_ok=True)
         write_json(folder / _SETTINGS_FILE, self.settings())
-        return folder
 
     def settings(self) -> dict:
         """The segmenter's options as a JSON-serialisable dict (what ``segmenter.json`` holds)."""

@@ -36,6 +36,7 @@ from .errors import DataFormatError, InvalidParameterError, MissingDataError
 from .phantom import generate_crops, generate_slice
 from .preprocessing import Pipeline
 from .risk import load_risk_table, synthetic_risk_table
+from .runfolder import RunFolder
 from .safety import load_model
 from .training import TrainConfig
 from .utils import read_json, write_json
@@ -430,12 +431,12 @@ def load_fold_model(run_dir: str | os.PathLike, architecture: str, fold: int) ->
     MissingDataError
         The fold has not finished (no ``done`` marker or no ``best.keras``).
     """
-    folder = Path(run_dir) / "cv" / architecture / f"fold-{int(fold)}"
-    if not (folder / "done").exists() or not (folder / "best.keras").exists():
+    unit = RunFolder(run_dir).fold(architecture, fold)
+    if not unit.is_finished():
         raise MissingDataError(
-            "fold not finished (no done marker or best.keras); run the cross-validation first", path=folder
+            "fold not finished (no done marker or best.keras); run the cross-validation first", path=unit.path
         )
-    return load_model(folder / "best.keras")
+    return load_model(unit.checkpoint)
 
 
 def held_out_crops(crops: CropSet, *, run_dir: str | os.PathLike) -> CropSet:
@@ -446,7 +447,7 @@ def held_out_crops(crops: CropSet, *, run_dir: str | os.PathLike) -> CropSet:
     MissingDataError
         The run has no ``data.json`` yet, or none of its test patients is in ``crops``.
     """
-    path = Path(run_dir) / "data.json"
+    path = RunFolder(run_dir).data
     if not path.exists():
         raise MissingDataError("run folder lacks data.json; run the protocol first", path=run_dir)
     patients = sorted(read_json(path)["split"]["test"])
@@ -494,13 +495,13 @@ def predict_held_out(crops: CropSet, *, run_dir: str | os.PathLike, batch_size: 
     """
     from .metrics import per_image_scores
 
-    run_dir = Path(run_dir)
-    for name in ("data.json", "preprocessing.json", "config.json"):
-        if not (run_dir / name).exists():
-            raise MissingDataError(f"run folder lacks {name}; run the protocol first", path=run_dir)
-    config = read_json(run_dir / "config.json")
-    test = held_out_crops(crops, run_dir=run_dir)
-    inputs = Pipeline.load(run_dir / "preprocessing.json").apply(test.images)
+    run = RunFolder(run_dir)
+    for path in (run.data, run.preprocessing, run.config):
+        if not path.exists():
+            raise MissingDataError(f"run folder lacks {path.name}; run the protocol first", path=run.root)
+    config = read_json(run.config)
+    test = held_out_crops(crops, run_dir=run.root)
+    inputs = Pipeline.load(run.preprocessing).apply(test.images)
     threshold, empty = float(config.get("threshold", 0.5)), str(config.get("empty", "one"))
     if empty == "separate":
         empty = "exclude"
@@ -508,11 +509,10 @@ def predict_held_out(crops: CropSet, *, run_dir: str | os.PathLike, batch_size: 
         images=test.images, inputs=inputs, masks=test.masks, table=test.table, threshold=threshold, empty=empty
     )
     frames = []
-    for done in sorted((run_dir / "cv").glob("*/fold-*/done")):
-        if read_json(done).get("status") != "ok":
+    for architecture, fold in run.finished_folds():
+        if read_json(run.fold(architecture, fold).done).get("status") != "ok":
             continue
-        architecture, fold = done.parent.parent.name, int(done.parent.name.split("-")[1])
-        model = load_fold_model(run_dir, architecture, fold)
+        model = load_fold_model(run.root, architecture, fold)
         probabilities = np.asarray(model.predict(inputs[..., None], batch_size=batch_size, verbose=0), np.float32)[..., 0]
         result.probabilities[(architecture, fold)] = probabilities
         frame = per_image_scores(test.masks, probabilities, threshold=threshold, empty=empty)
@@ -524,7 +524,7 @@ def predict_held_out(crops: CropSet, *, run_dir: str | os.PathLike, batch_size: 
         frame.insert(0, "architecture", architecture)
         frames.append(frame)
     if not frames:
-        raise MissingDataError("no finished cross-validation fold in the run", path=run_dir / "cv")
+        raise MissingDataError("no finished cross-validation fold in the run", path=run.root / "cv")
     order = {name: k for k, name in enumerate(config.get("architectures", []))}
     result.scores = pd.concat(frames, ignore_index=True).sort_values(
         ["architecture", "fold", "crop"], key=lambda s: s.map(order) if s.name == "architecture" else s

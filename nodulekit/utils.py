@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +21,7 @@ __all__ = [
     "as_rng",
     "is_quick",
     "atomic_write",
+    "copy_atomic",
     "write_json",
     "read_json",
     "configure_logging",
@@ -86,6 +88,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def copy_atomic(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy a file's bytes to ``target`` through :func:`atomic_write` (``target`` is whole or untouched)."""
+    with atomic_write(target, "wb") as handle, open(source, "rb") as original:
+        shutil.copyfileobj(original, handle)
 
 
 def _umask() -> int:

@@ -22,7 +22,7 @@ The protocol (paper sections 2.2-2.3)
 
 Run folder
 ----------
-::
+The paths are owned by :class:`nodulekit.runfolder.RunFolder` (and ``UnitFolder`` for a unit)::
 
     run_dir/
       config.json            TrainConfig of the run (a rerun with another config is refused)
@@ -72,6 +72,7 @@ Limits worth knowing
 from __future__ import annotations
 
 from ..precision import precision_policy, resolve_precision
+from ..safety import check_writable
 from .config import TrainConfig
 from .data import Augmentation, augment_pair, make_dataset
 from .distributed import make_strategy, worker_role
@@ -87,7 +88,7 @@ from .protocol import (
     summarize_folds,
     tune_grid_distributed,
 )
-from .units import UnitData, UnitSpec, check_writable, load_finished, train_unit
+from .units import UnitData, UnitSpec, load_finished, train_unit
 
 __all__ = [
     "TrainConfig",

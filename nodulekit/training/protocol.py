@@ -31,11 +31,12 @@ from ..errors import InvalidParameterError, MissingDataError, NodulekitError, Tr
 from ..precision import resolve_precision
 from ..preprocessing import CenterCrop, paper_pipeline
 from ..readers import read_any
+from ..runfolder import RunFolder
 from ..splits import patient_kfold, patient_split
-from ..utils import atomic_write, configure_logging, read_json, set_seed, write_json
+from ..utils import atomic_write, configure_logging, copy_atomic, read_json, set_seed, write_json
 from .config import TrainConfig
 from .distributed import make_strategy, worker_role
-from .units import HISTORY_KEYS, UnitData, UnitSpec, check_writable, train_unit
+from .units import HISTORY_KEYS, UnitData, UnitSpec, train_unit
 
 __all__ = [
     "run_protocol",
@@ -59,7 +60,6 @@ RESULT_TABLES = ("grid", "selection", "folds", "summary", "histories")
 #: Test metrics summarised as mean ± sd over folds (``test_<name>`` columns of the folds table).
 SUMMARY_METRICS = ("dice", "iou", "precision", "recall", "accuracy", "background_accuracy")
 
-_PIPELINE_FILE = "preprocessing.json"  # the name nodulekit.inference looks for in a run folder
 
 
 class _Protocol:
@@ -79,10 +79,11 @@ class _Protocol:
         self.config = config if config is not None else TrainConfig()
         self.strategy = strategy
         self.verbose = verbose
-        self.run_dir = Path(run_dir)
+        self.run = RunFolder(run_dir)
+        self.run_dir = self.run.root
         self.is_chief, task = worker_role(strategy)
         if self.is_chief:
-            check_writable(self.run_dir)
+            self.run.check_writable()
             self.write_dir = self.run_dir
         else:  # a non-chief worker mirrors the chief into scratch space (see distributed.py)
             self.write_dir = Path(tempfile.mkdtemp(prefix=f"nodulekit-worker-{task}-"))
@@ -124,7 +125,7 @@ class _Protocol:
     # -- run folder ---------------------------------------------------------------------------
     def _check_folder(self) -> None:
         """Refuse a run folder made with another configuration or other data; else record ours."""
-        config_file, data_file = self.run_dir / "config.json", self.run_dir / "data.json"
+        config_file, data_file = self.run.config, self.run.data
         if config_file.exists():
             differences = self.config.result_differences(TrainConfig.load(config_file))
             if differences:
@@ -140,7 +141,7 @@ class _Protocol:
         if not self.is_chief:
             return
         self.config.save(config_file)
-        self.pipeline.save(self.run_dir / _PIPELINE_FILE)
+        self.pipeline.save(self.run.preprocessing)
         write_json(
             data_file,
             {
@@ -193,10 +194,10 @@ class _Protocol:
         return train_unit(
             spec,
             self.unit_data(spec),
-            folder=self.write_dir / spec.name,
+            folder=RunFolder(self.write_dir).unit(spec.name).path,
             config=self.config,
             strategy=self.strategy,
-            read_from=None if self.is_chief else self.run_dir / spec.name,
+            read_from=None if self.is_chief else self.run.unit(spec.name).path,
             on_epoch=advance,
             verbose=self.verbose,
         )
@@ -443,10 +444,10 @@ def load_results(run_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
     MissingDataError
         If the run has no results yet.
     """
-    folder = Path(run_dir) / "results"
-    if not (folder / "results.json").exists():
-        raise MissingDataError("no results yet (run_protocol has not finished in this folder)", path=folder)
-    tables = {name: pd.read_csv(folder / f"{name}.csv") for name in RESULT_TABLES}
+    run = RunFolder(run_dir)
+    if not run.results_record.exists():
+        raise MissingDataError("no results yet (run_protocol has not finished in this folder)", path=run.results)
+    tables = {name: pd.read_csv(run.results_table(name)) for name in RESULT_TABLES}
     for table in tables.values():
         if "reason" in table:
             reason = table["reason"].astype(object)
@@ -498,10 +499,9 @@ def _histories(records: list[dict]) -> pd.DataFrame:
 
 
 def _save_results(protocol: _Protocol, results: dict[str, pd.DataFrame], *, seconds: float, records: list[dict]) -> None:
-    folder = protocol.run_dir / "results"
-    folder.mkdir(exist_ok=True)
+    protocol.run.results.mkdir(exist_ok=True)
     for name, table in results.items():
-        with atomic_write(folder / f"{name}.csv") as handle:
+        with atomic_write(protocol.run.results_table(name)) as handle:
             table.to_csv(handle, index=False)
     _publish_best_model(protocol, results["folds"])
     import tensorflow as tf
@@ -520,7 +520,7 @@ def _save_results(protocol: _Protocol, results: dict[str, pd.DataFrame], *, seco
         "cpu_count": os.cpu_count(),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
     }
-    write_json(folder / "results.json", document)
+    write_json(protocol.run.results_record, document)
 
 
 def _publish_best_model(protocol: _Protocol, folds: pd.DataFrame) -> None:
@@ -535,11 +535,10 @@ def _publish_best_model(protocol: _Protocol, folds: pd.DataFrame) -> None:
         return
     architecture = usable.groupby("architecture")["val_dice"].mean().idxmax()
     row = usable[usable["architecture"] == architecture].sort_values("val_dice", ascending=False).iloc[0]
-    source = protocol.run_dir / "cv" / architecture / f"fold-{int(row['fold'])}" / "best.keras"
-    with atomic_write(protocol.run_dir / "best.keras", "wb") as handle, open(source, "rb") as original:
-        shutil.copyfileobj(original, handle)
+    source = protocol.run.fold(architecture, int(row["fold"])).checkpoint
+    copy_atomic(source, protocol.run.best_model)
     write_json(
-        protocol.run_dir / "best.json",
+        protocol.run.best_record,
         {"architecture": architecture, "fold": int(row["fold"]), "source": str(source.relative_to(protocol.run_dir)),
          "val_dice": float(row["val_dice"]), "rule": "highest mean validation Dice over folds, then its best fold"},
     )
@@ -661,7 +660,7 @@ def tune_grid_distributed(
 
     tuner = GridTuner(
         oracle=oracle,
-        directory=str(Path(run_dir) / "keras_tuner"),
+        directory=str(RunFolder(run_dir).keras_tuner),
         project_name="grid",
         overwrite=False,
     )
@@ -738,7 +737,7 @@ def train_command(args: argparse.Namespace) -> int:
     )
     table = results["summary"].pivot(index="architecture", columns="metric", values="text")
     print(table.to_string())
-    print(f"results in {Path(args.run_dir) / 'results'}")
+    print(f"results in {RunFolder(args.run_dir).results}")
     return 0
 
 
