@@ -193,10 +193,7 @@ def load_input(path: str | os.PathLike, *, pixel_spacing: float | None = None) -
     if not path.exists():
         raise MissingDataError("no such file or folder", path=path)
     if path.is_file():
-        name = path.name.lower()
-        if name.endswith((".nii", ".nii.gz")):
-            return _volume_input(_read_nifti(path))
-        if name.endswith(IMAGE_EXTENSIONS):
+        if path.name.lower().endswith(IMAGE_EXTENSIONS):
             return _images_input([path], pixel_spacing)
         data = read_any(path)
     else:
@@ -205,10 +202,7 @@ def load_input(path: str | os.PathLike, *, pixel_spacing: float | None = None) -
             plain = sorted((p for p in (path / "images").iterdir() if p.name.lower().endswith(IMAGE_EXTENSIONS)), key=_natural)
         if plain:
             return _images_input(plain, pixel_spacing)
-        volumes = [p for p in path.iterdir() if p.name.lower().endswith((".nii", ".nii.gz"))]
-        if len(volumes) == 1 and not any(path.glob("*.mhd")):
-            return _volume_input(_read_nifti(volumes[0]))
-        data = read_any(path)
+        data = read_any(path)  # also NIfTI volumes (a file, or a folder with exactly one)
     if isinstance(data, Volume):
         return _volume_input(data)
     return _crops_input(data, pixel_spacing)
@@ -218,22 +212,6 @@ def _natural(path: Path) -> tuple:
     from .readers._common import natural_key
 
     return natural_key(path.name)
-
-
-def _read_nifti(path: Path):
-    import SimpleITK as sitk
-
-    from .dataset import Volume
-
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise DataFormatError(f"unreadable NIfTI file ({exc})", path=path) from exc
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
-    if array.ndim != 3:
-        raise DataFormatError(f"expected a 3-D volume, got shape {array.shape}", path=path)
-    sx, sy, sz = image.GetSpacing()
-    return Volume(array, (sz, sy, sx), meta={"source": str(path)})
 
 
 def _volume_input(volume) -> LoadedInput:

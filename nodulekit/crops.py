@@ -2,7 +2,8 @@
 
 The paper cut its 64x64 crops by hand in Photoshop; nodulekit cuts them from the annotations:
 each crop is centred on a nodule (optionally with random jitter), crops near the image border are
-padded rather than dropped, and nodule-free negative crops can be added.
+padded rather than dropped, and nodule-free negative crops can be added. A crop's mask is the
+consensus of the readers who marked the nodule (:func:`consensus_mask`, also used by the readers).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from scipy import ndimage
 
 from .dataset import TABLE_COLUMNS, CropSet, Volume
 from .errors import DataFormatError, InvalidParameterError
+from .postprocess import label_components
 from .utils import as_rng
 
-__all__ = ["center_crop", "crop_at", "crops_from_volume"]
+__all__ = ["center_crop", "crop_at", "consensus_mask", "crops_from_volume"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,68 @@ def _size_pair(size: int | tuple[int, int], name: str = "size") -> tuple[int, in
     if len(pair) != 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in pair):
         raise InvalidParameterError(f"{name} must be a positive int or a pair of positive ints, got {size!r}")
     return int(pair[0]), int(pair[1])
+
+
+def consensus_mask(
+    reader_masks: np.ndarray,
+    *,
+    level: float | str = 0.5,
+    n_readers: int | np.ndarray | None = None,
+) -> np.ndarray:
+    """Consensus of several readers' masks: a pixel is foreground when enough readers drew it.
+
+    A pixel is foreground when (readers who drew it) / ``n_readers`` >= ``level``, the rule of
+    pylidc's ``consensus(clevel=level)``, where ``n_readers`` counts the readers who marked the
+    nodule at all. With the default 0.5, two of four, two of three, one of two and one of one
+    reader suffice.
+
+    Parameters
+    ----------
+    reader_masks : ndarray, shape (..., readers, rows, columns)
+        Binary masks, one per reader (a reader who did not mark the nodule has an empty mask).
+    level : float in (0, 1] or "union"
+        Fraction of the marking readers that must agree. ``"union"`` marks a pixel any reader drew;
+        ``1.0`` is the intersection of the marking readers.
+    n_readers : int or ndarray of shape (...), optional
+        Readers who marked the nodule. Default: the readers whose mask in ``reader_masks`` is not
+        empty (pass the nodule-wide count when ``reader_masks`` holds one slice of a nodule).
+
+    Returns
+    -------
+    ndarray of uint8, shape (..., rows, columns)
+
+    Raises
+    ------
+    InvalidParameterError
+        ``level`` is outside (0, 1] and not "union", or ``reader_masks`` has fewer than 3 axes.
+
+    References
+    ----------
+    Hancock & Magnan, pylidc (``Annotation`` clustering and ``consensus``), 2016.
+    """
+    masks = np.asarray(reader_masks)
+    if masks.ndim < 3:
+        raise InvalidParameterError(f"reader_masks must have shape (..., readers, rows, columns), got {masks.shape}")
+    if masks.dtype != np.uint8 or (masks.size and masks.max() > 1):
+        masks = (masks > 0).astype(np.uint8)
+    votes = masks.sum(axis=-3, dtype=np.uint8 if masks.shape[-3] < 256 else np.int64)
+    if isinstance(level, str):
+        if level != "union":
+            raise InvalidParameterError(f"consensus level must be a number in (0, 1] or 'union', got {level!r}")
+        return (votes >= 1).astype(np.uint8)
+    level = float(level)
+    if not 0.0 < level <= 1.0:
+        raise InvalidParameterError(f"consensus level must be in (0, 1] or 'union', got {level}")
+    if n_readers is None:
+        n_readers = masks.any(axis=(-2, -1)).sum(axis=-1)
+    n_readers = np.asarray(n_readers, dtype=np.int64)
+    # Fewest votes v with v / n >= level, computed with the same float division as pylidc's
+    # ``mean >= clevel``; no reader -> no foreground.
+    needed = np.full(n_readers.shape, np.iinfo(np.int64).max, np.int64)
+    for count in np.unique(n_readers):
+        if count > 0:
+            needed[n_readers == count] = next(v for v in range(1, count + 1) if v / count >= level)
+    return (votes >= needed[..., None, None]).astype(np.uint8)
 
 
 def crop_at(
@@ -216,8 +280,6 @@ def crops_from_volume(
     DataFormatError
         The nodule table lacks finite voxel centres, or the volume holds NaN/infinite values.
     """
-    from .readers._common import consensus_mask  # readers import crops: import here, not at the top
-
     height, width = _size_pair(size)
     if not isinstance(jitter, (int, np.integer)) or isinstance(jitter, bool) or jitter < 0:
         raise InvalidParameterError(f"jitter must be a non-negative int (pixels), got {jitter!r}")
@@ -238,7 +300,7 @@ def crops_from_volume(
     pad_value = float(hu.min()) if pad_value is None else float(pad_value)
     patient = str(volume.meta.get("patient_id") or "unknown")
     source = str(volume.meta.get("source", "volume"))
-    labels = ndimage.label(mask)[0] if mask.any() else None
+    labels = label_components(mask, connectivity=1)[0] if mask.any() else None  # 6-connected nodules
     nodules = _nodule_table(volume, labels)
     per_reader = volume.meta.get("nodule_masks") or {}
     n_sessions = max((int(v["reader_masks"].shape[0]) for v in per_reader.values()), default=0)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataFormatError, InvalidParameterError
+from .utils import atomic_write
 
 __all__ = ["CropSet", "Volume", "TABLE_COLUMNS", "UNITS"]
 
@@ -144,8 +145,6 @@ class CropSet:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save to one ``.npz`` file (arrays plus the table as JSON; no pickle), atomically."""
-        from .utils import atomic_write
-
         path = Path(path)
         arrays = {"images": self.images, "masks": self.masks}
         if self.reader_masks is not None:

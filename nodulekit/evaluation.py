@@ -31,7 +31,6 @@ from typing import Any, Callable, Iterator, Sequence
 import keras
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 from tqdm.auto import tqdm
 
 from . import losses as losses_module
@@ -39,7 +38,11 @@ from . import metrics
 from .dataset import CropSet
 from .errors import InvalidParameterError, RunFolderError
 from .models import build_model
-from .preprocessing import Pipeline
+from .phantom import generate_crops
+from .postprocess import dihedral, dihedral_tta, first_output, postprocess
+from .postprocess import keep_central_component  # noqa: F401  (evaluation.keep_central_component, as before)
+from .preprocessing import Pipeline, zscore_windows
+from .readers import consensus_mask
 from .splits import patient_kfold, patient_split
 from .utils import as_rng, read_json, set_seed, write_json
 
@@ -48,10 +51,7 @@ __all__ = [
     "PAPER_RECIPE",
     "AugmentedSequence",
     "centre_windows",
-    "dihedral_tta",
     "model_predictor",
-    "keep_central_component",
-    "postprocess",
     "train_recipe",
     "predict_recipe",
     "score_predictions",
@@ -207,7 +207,7 @@ class AugmentedSequence(keras.utils.PyDataset):
             x, y = x.copy(), y.copy()
             for i in range(len(take)):
                 k, flip = self.rng.integers(4), self.rng.integers(2)
-                x[i], y[i] = _dihedral(x[i], k, flip), _dihedral(y[i], k, flip)
+                x[i], y[i] = dihedral(x[i], k, flip), dihedral(y[i], k, flip)
             gain = 1.0 + 0.1 * self.rng.standard_normal((len(take), 1, 1, 1))
             shift = 0.1 * self.rng.standard_normal((len(take), 1, 1, 1))
             x = (x * gain + shift).astype(np.float32)
@@ -241,12 +241,6 @@ def centre_windows(images: np.ndarray, window: int) -> np.ndarray:
     return images[:, top : top + window, left : left + window]
 
 
-def _zscore_windows(x: np.ndarray) -> np.ndarray:
-    mean = x.mean(axis=(1, 2, 3), keepdims=True)
-    std = x.std(axis=(1, 2, 3), keepdims=True)
-    return ((x - mean) / np.maximum(std, 1e-6)).astype(np.float32)
-
-
 def _random_windows(x: np.ndarray, y: np.ndarray, window: int, jitter: int, rng: np.random.Generator):
     """One randomly shifted window per image, z-scored (as a whole-slice local z-score sees it)."""
     top, left = (x.shape[1] - window) // 2, (x.shape[2] - window) // 2
@@ -256,37 +250,7 @@ def _random_windows(x: np.ndarray, y: np.ndarray, window: int, jitter: int, rng:
     for i, (dr, dc) in enumerate(shifts):
         r, c = top + dr, left + dc
         xs[i], ys[i] = x[i, r : r + window, c : c + window], y[i, r : r + window, c : c + window]
-    return _zscore_windows(xs), ys
-
-
-def _dihedral(image: np.ndarray, k: int, flip: int) -> np.ndarray:
-    out = np.rot90(image, k, axes=(0, 1))
-    return out[:, ::-1] if flip else out
-
-
-def dihedral_tta(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
-    """Mean probability over the 8 flips/rotations of each image (each mapped back before averaging).
-
-    Parameters
-    ----------
-    predict : callable
-        Maps square images ``(n, h, w)`` to probabilities ``(n, h, w)`` (e.g. :func:`model_predictor`).
-    images : ndarray, shape (n, h, w)
-        Square images, preprocessed or raw as ``predict`` expects (flips commute with the
-        per-image steps of the paper's pipeline).
-
-    Returns
-    -------
-    ndarray of float32, shape (n, h, w)
-    """
-    images = np.asarray(images, dtype=np.float32)
-    total = np.zeros(images.shape, dtype=np.float64)
-    for k in range(4):
-        for flip in range(2):
-            view = np.ascontiguousarray(np.stack([_dihedral(im, k, flip) for im in images]))
-            pred = np.asarray(predict(view))
-            total += np.rot90(pred[:, :, ::-1] if flip else pred, -k, axes=(1, 2))
-    return (total / 8.0).astype(np.float32)
+    return zscore_windows(xs), ys
 
 
 def model_predictor(model: keras.Model, *, batch_size: int = 128) -> Callable[[np.ndarray], np.ndarray]:
@@ -294,51 +258,9 @@ def model_predictor(model: keras.Model, *, batch_size: int = 128) -> Callable[[n
 
     def predict(images: np.ndarray) -> np.ndarray:
         batch = np.asarray(images, np.float32)[..., np.newaxis]
-        return _first_output(model.predict(batch, batch_size=batch_size, verbose=0))[..., 0]
+        return first_output(model.predict(batch, batch_size=batch_size, verbose=0))[..., 0]
 
     return predict
-
-
-def _first_output(prediction):
-    return prediction[0] if isinstance(prediction, (list, tuple)) else prediction
-
-
-# --------------------------------------------------------------------------------------------------
-# Post-processing
-
-
-def keep_central_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the 8-connected component at the image centre, or the one nearest to it; fill its holes.
-
-    Parameters
-    ----------
-    mask : ndarray of bool, shape (h, w)
-
-    Returns
-    -------
-    ndarray of bool, shape (h, w)
-        Empty when ``mask`` is empty.
-    """
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
-    if count == 0:
-        return np.zeros_like(mask, dtype=bool)
-    h, w = mask.shape
-    centre = ((h - 1) / 2.0, (w - 1) / 2.0)
-    if count > 1:
-        rows, cols = np.nonzero(labels)
-        distance = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2
-        best = np.zeros(count + 1) + np.inf
-        np.minimum.at(best, labels[rows, cols], distance)
-        keep = labels == int(np.argmin(best))
-    else:
-        keep = labels == 1
-    return ndimage.binary_fill_holes(keep)
-
-
-def postprocess(probabilities: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
-    """Binarise and apply :func:`keep_central_component` to every crop; returns uint8 (n, h, w)."""
-    binary = np.asarray(probabilities) >= threshold
-    return np.stack([keep_central_component(m) for m in binary]).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -397,7 +319,7 @@ def train_recipe(
     if len(val_idx):
         val_images, val_masks = images[val_idx][..., np.newaxis], masks[val_idx][..., np.newaxis].astype(np.float32)
         if recipe.window is not None:
-            val_images, val_masks = _zscore_windows(centre_windows(val_images, recipe.window)), centre_windows(val_masks, recipe.window)
+            val_images, val_masks = zscore_windows(centre_windows(val_images, recipe.window)), centre_windows(val_masks, recipe.window)
         validation = (val_images, val_masks)
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.epochs + 1, restore_best_weights=True))
     history = model.fit(train, epochs=recipe.epochs, validation_data=validation, callbacks=callbacks, verbose=verbose)
@@ -676,8 +598,6 @@ def synthetic_to_real(
         One row per variant: ``recipe``, ``variant``, ``n_synthetic`` and the
         :func:`score_predictions` scores on ``real``.
     """
-    from . import phantom
-
     variants = VARIANTS if variants is None else variants
     path = None if cache is None else Path(cache)
     if path is not None and path.is_file():
@@ -685,7 +605,7 @@ def synthetic_to_real(
         _check_cached(result, result["recipe"], recipe, variants=variants, path=path, n_synthetic=int(n_synthetic), seed=int(seed))
     else:
         pipeline = recipe.pipeline()
-        synthetic = phantom.generate_crops(int(n_synthetic), size=real.images.shape[1], seed=seed)
+        synthetic = generate_crops(int(n_synthetic), size=real.images.shape[1], seed=seed)
         start = time.perf_counter()
         model, history = train_recipe(pipeline.apply(synthetic.images), synthetic.masks, synthetic.groups, recipe, seed=seed)
         result = {"recipe": recipe.to_dict(), "n_synthetic": int(n_synthetic), "seed": int(seed), "train_seconds": time.perf_counter() - start, "history": history.to_dict(orient="list")}
@@ -738,8 +658,6 @@ def reader_versus_others(readers: np.ndarray, nodule_ids: np.ndarray, *, level: 
         The other readers' consensus on those crops, the reference ``readers[keep, reader]`` is
         compared with.
     """
-    from .readers import consensus_mask
-
     drew = pd.DataFrame(readers.any(axis=(2, 3))).groupby(nodule_ids, sort=False).any()
     marked = drew.loc[nodule_ids].to_numpy()  # (n, readers): the reader marked this crop's nodule somewhere
     for reader in range(readers.shape[1]):

@@ -30,7 +30,6 @@ a fixed size instead (the plain U-Net, with transposed-convolution up-sampling, 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -39,6 +38,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import InvalidParameterError, MissingDataError, ModelFileError
+from .inference import Segmenter, load_segmenter, without_fixed_size
+from .postprocess import first_output
+from .safety import load_model
+from .utils import write_json
 
 __all__ = ["FORMATS", "export_model", "load_exported", "check_export"]
 
@@ -98,9 +101,6 @@ def export_model(
     """
     import keras
 
-    from .inference import Segmenter, _without_fixed_size, load_segmenter
-    from .utils import write_json
-
     formats = tuple(str(f).lower() for f in formats)
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
@@ -116,7 +116,7 @@ def export_model(
         model = segmenter.model
     if not isinstance(model, keras.Model):
         raise ModelFileError(f"can only export a Keras model, got {type(model).__name__}")
-    graph_model = _resized(model, spatial_shape, _without_fixed_size)
+    graph_model = _resized(model, spatial_shape, without_fixed_size)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict[str, Any]] = {}
@@ -148,7 +148,7 @@ def export_model(
             overlap=segmenter.overlap,
             metadata=segmenter.metadata,
         )
-        _write_segmenter_files(exported, folder)
+        exported.save_settings(folder)
     if check:
         differences = check_export(folder, model=graph_model, formats=formats, seed=seed)
         for name, difference in differences.items():
@@ -243,15 +243,6 @@ def _export_onnx(model: Any, target: Path, signature: Any, opset: int, saved_mod
     os.replace(temporary, target)
 
 
-def _write_segmenter_files(segmenter: Any, folder: Path) -> None:
-    from .utils import atomic_write, write_json
-
-    if segmenter.pipeline is not None:
-        with atomic_write(folder / "preprocessing.json") as handle:
-            json.dump(segmenter.pipeline.get_config(), handle, indent=2)
-    write_json(folder / "segmenter.json", segmenter.settings())
-
-
 def _versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in ("tensorflow", "tf2onnx", "onnx", "onnxruntime"):
@@ -302,10 +293,8 @@ def load_exported(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]
         except Exception as exc:  # noqa: BLE001
             raise ModelFileError(f"not a TensorFlow SavedModel with a serving_default signature ({exc})", path=path) from exc
         return lambda batch: next(iter(function(tf.constant(np.asarray(batch, np.float32))).values())).numpy()
-    from .inference import _first_output, _load_keras
-
-    model = _load_keras(path)
-    return lambda batch: np.asarray(_first_output(model(np.asarray(batch, np.float32), training=False)))
+    model = load_model(path)
+    return lambda batch: np.asarray(first_output(model(np.asarray(batch, np.float32), training=False)))
 
 
 def check_export(
@@ -339,9 +328,7 @@ def check_export(
     """
     folder = Path(folder)
     if model is None:
-        from .inference import _load_keras
-
-        model = _load_keras(folder / FORMATS["keras"])
+        model = load_model(folder / FORMATS["keras"])
     formats = [f for f in (formats or FORMATS) if (folder / FORMATS[f]).exists()]
     if images is None:
         rows, columns = (side or 64 for side in model.input_shape[1:3])
@@ -349,9 +336,7 @@ def check_export(
     images = np.asarray(images, np.float32)
     if images.ndim == 3:
         images = images[..., None]
-    from .inference import _first_output
-
-    reference = np.asarray(_first_output(model(images, training=False)))
+    reference = np.asarray(first_output(model(images, training=False)))
     out = {}
     for name in formats:
         predicted = load_exported(folder / FORMATS[name])(images)

@@ -56,8 +56,16 @@ import pandas as pd
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from ._version import __version__
+from .crops import center_crop
 from .dataset import CropSet, Volume
 from .errors import DataFormatError, InvalidParameterError, MissingDataError, ModelFileError
+from .overlay import overlay_rgb
+from .postprocess import fill_holes, first_output, keep_largest_components, label_components, remove_small_objects
+from .precision import resolve_precision
+from .preprocessing import Pipeline, zscore_windows
+from .safety import load_model
+from .utils import atomic_write, write_json
 
 __all__ = [
     "MODES",
@@ -70,6 +78,7 @@ __all__ = [
     "local_zscore",
     "measure_nodules",
     "load_segmenter",
+    "without_fixed_size",
     "match_nodules",
     "write_segmentation",
 ]
@@ -196,14 +205,7 @@ def lung_mask(
     air = volume < float(threshold)
     for index in range(len(air)):
         air[index] = clear_border(air[index])
-    structure = ndimage.generate_binary_structure(3, 1)
-    labels, count = ndimage.label(air, structure=structure)
-    mask = np.zeros_like(air)
-    if count:
-        sizes = np.bincount(labels.ravel())[1:]
-        order = np.argsort(sizes)[::-1][: int(keep)]
-        chosen = [k + 1 for k in order if sizes[k] >= float(min_fraction) * sizes[order[0]]]
-        mask = np.isin(labels, chosen)
+    mask = keep_largest_components(air, connectivity=1, keep=int(keep), min_fraction=float(min_fraction))
     for index in tqdm(range(len(mask)), desc="lung mask", unit="slice", disable=not progress):
         if mask[index].any():
             mask[index] = _close_fill_dilate(mask[index], pixel, float(closing_mm), float(margin_mm))
@@ -212,7 +214,7 @@ def lung_mask(
 
 def _close_fill_dilate(mask2d: np.ndarray, pixel: tuple[float, float], closing_mm: float, margin_mm: float) -> np.ndarray:
     """Close and fill each lung of a slice on its own (so the mediastinum between them stays out), then dilate."""
-    labels, count = ndimage.label(mask2d)
+    labels, count = label_components(mask2d, connectivity=1)
     out = np.zeros_like(mask2d)
     for found, number in zip(ndimage.find_objects(labels), range(1, count + 1)):
         pad = int(np.ceil(closing_mm / min(pixel))) + 2
@@ -232,7 +234,7 @@ def _close_fill(mask2d: np.ndarray, pixel: tuple[float, float], closing_mm: floa
         dilated = ndimage.distance_transform_edt(~padded, sampling=pixel) <= closing_mm
         closed = ndimage.distance_transform_edt(dilated, sampling=pixel) > closing_mm
         mask2d = closed[pad:-pad, pad:-pad] | mask2d
-    return ndimage.binary_fill_holes(mask2d)
+    return fill_holes(mask2d)
 
 
 def _pixel_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, float]:
@@ -453,7 +455,7 @@ class Segmenter:
         """Apply the training pipeline to training-size windows, as to training crops."""
         windows = np.asarray(windows, dtype=np.float32)
         if self.pipeline is None:
-            return _zscore(windows)
+            return zscore_windows(windows)
         return np.asarray(self.pipeline.apply(windows), dtype=np.float32)
 
     def preprocess_slices(self, slices: np.ndarray) -> np.ndarray:
@@ -729,7 +731,7 @@ class Segmenter:
             "mode": mode,
             "window": self.window,
             "overlap": self.overlap if overlap is None else float(overlap),
-            "precision": _inference_policy(self.precision),
+            "precision": resolve_precision(self.precision, inference=True),
             "threshold": threshold,
             "lung_mask": lung is not None,
             "connect_slices": connect,
@@ -795,8 +797,7 @@ class Segmenter:
         dict
             :func:`nodulekit.metrics.segmentation_report` plus ``n_crops`` and ``threshold``.
         """
-        from .crops import center_crop
-        from .metrics import segmentation_report
+        from .metrics import segmentation_report  # Keras: imported on first use
 
         threshold = self.threshold if threshold is None else float(threshold)
         probabilities = self.predict_crops(crops.images, batch_size=batch_size, progress=progress)
@@ -821,8 +822,6 @@ class Segmenter:
         """
         import keras
 
-        from .utils import atomic_write, write_json
-
         folder = Path(folder)
         if not isinstance(self.model, keras.Model):
             raise ModelFileError("only a Keras model can be saved in a segmenter folder", path=folder)
@@ -830,18 +829,21 @@ class Segmenter:
         temporary = folder / f".{_MODEL_FILE}.tmp.keras"
         self.model.save(temporary)
         os.replace(temporary, folder / _MODEL_FILE)
+        self.save_settings(folder)
+        return folder
+
+    def save_settings(self, folder: str | os.PathLike) -> None:
+        """Write ``preprocessing.json`` (or remove a stale one) and ``segmenter.json`` into ``folder``, atomically."""
+        folder = Path(folder)
         if self.pipeline is not None:
             with atomic_write(folder / _PIPELINE_FILE) as handle:
                 json.dump(self.pipeline.get_config(), handle, indent=2)
         else:
             (folder / _PIPELINE_FILE).unlink(missing_ok=True)
         write_json(folder / _SETTINGS_FILE, self.settings())
-        return folder
 
     def settings(self) -> dict:
         """The segmenter's options as a JSON-serialisable dict (what ``segmenter.json`` holds)."""
-        from . import __version__
-
         return {
             "window": self.window,
             "units": self.units,
@@ -852,13 +854,6 @@ class Segmenter:
             "metadata": self.metadata,
             "nodulekit_version": __version__,
         }
-
-
-def _zscore(images: np.ndarray, epsilon: float = 1e-6) -> np.ndarray:
-    axes = tuple(range(1, images.ndim))
-    mean = images.mean(axis=axes, keepdims=True)
-    std = images.std(axis=axes, keepdims=True)
-    return ((images - mean) / (std + epsilon)).astype(np.float32)
 
 
 def _grow_to_multiple(box, shape, multiple: int):
@@ -881,29 +876,21 @@ def _make_forward(model: Any, *, fully_convolutional: bool, precision: str | Non
     except ImportError:  # pragma: no cover - TensorFlow is a hard dependency
         keras = None
     if keras is None or not isinstance(model, keras.Model):
-        return lambda batch: _first_output(model(batch))
+        return lambda batch: first_output(model(batch))
     import tensorflow as tf
 
     if fully_convolutional:
-        model = _without_fixed_size(model)
-    model = _with_policy(model, _inference_policy(precision))
+        model = without_fixed_size(model)
+    model = _with_policy(model, resolve_precision(precision, inference=True))
 
     @tf.function(jit_compile=False)
     def forward(batch):
-        return _first_output(model(batch, training=False))
+        return first_output(model(batch, training=False))
 
     return lambda batch: forward(tf.constant(batch)).numpy()
 
 
-def _first_output(out: Any) -> Any:
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    if isinstance(out, (list, tuple)):
-        out = out[0]
-    return out
-
-
-def _without_fixed_size(model: Any) -> Any:
+def without_fixed_size(model: Any) -> Any:
     """The same Functional model (same weights) with free height and width, so it takes whole slices."""
     import keras
 
@@ -924,19 +911,6 @@ def _without_fixed_size(model: Any) -> Any:
             "use mode='sliding'"
         ) from exc
     return rebuilt
-
-
-def _inference_policy(precision: str | None) -> str:
-    """``"mixed_bfloat16"`` or ``"float32"`` for a Segmenter ``precision``."""
-    if precision in (None, "float32"):
-        return "float32"
-    if precision == "mixed_bfloat16":
-        return precision
-    import tensorflow as tf
-
-    from .training.distributed import cpu_supports_bfloat16
-
-    return "mixed_bfloat16" if cpu_supports_bfloat16() and not tf.config.list_physical_devices("GPU") else "float32"
 
 
 def _with_policy(model: Any, policy: str, *, keep_float32: Sequence[str] = ("mask",)) -> Any:
@@ -1090,18 +1064,16 @@ def measure_nodules(
                 raise InvalidParameterError(f"{name} shape {array.shape} differs from mask shape {mask.shape}")
             extras[name] = array
 
-    structure = np.ones((3, 3, 3), bool)
-    if not connect_slices:
-        structure[0] = structure[2] = False
-    labels, count = ndimage.label(mask, structure=structure)
+    # 26-connected across slices, or 8-connected within each image of a stack
+    if int(min_voxels) > 1:
+        mask = remove_small_objects(mask, min_size=int(min_voxels), connectivity=3, within_slices=not connect_slices)
+    labels, count = label_components(mask, connectivity=3, within_slices=not connect_slices)
     slice_mm, row_mm, column_mm = values
     pixel_known = np.isfinite(row_mm) and np.isfinite(column_mm)
     pixel = (row_mm, column_mm) if pixel_known else (1.0, 1.0)
     rows = []
     for region in regionprops(labels):
         coords = region.coords
-        if len(coords) < int(min_voxels):
-            continue
         z0, z1 = int(coords[:, 0].min()), int(coords[:, 0].max())
         per_slice = np.bincount(coords[:, 0] - z0)
         largest = z0 + int(np.argmax(per_slice))
@@ -1229,7 +1201,7 @@ def load_segmenter(path: str | os.PathLike | None = None, **overrides: Any) -> S
     else:
         model_file = path
         pipeline_file = path.with_name(_PIPELINE_FILE)
-    model = _load_keras(model_file)
+    model = load_model(model_file)  # nodulekit's losses and metrics register as Keras loads
     pipeline = _load_pipeline(pipeline_file) if pipeline_file is not None and Path(pipeline_file).is_file() else None
     if pipeline is None:
         logger.info("%s: no preprocessing.json found; using the paper's per-image z-score", path)
@@ -1242,13 +1214,6 @@ def load_segmenter(path: str | os.PathLike | None = None, **overrides: Any) -> S
     return Segmenter(model, pipeline, **options)
 
 
-def _load_keras(model_file: Path) -> Any:
-    from . import losses  # noqa: F401  (registers the custom losses/metrics a checkpoint may name)
-    from .safety import load_model
-
-    return load_model(model_file)
-
-
 def _check_finite(array: np.ndarray, what: str) -> None:
     if not np.isfinite(array).all():
         raise DataFormatError(
@@ -1258,8 +1223,6 @@ def _check_finite(array: np.ndarray, what: str) -> None:
 
 
 def _load_pipeline(pipeline_file: Path) -> Any:
-    from .preprocessing import Pipeline
-
     try:
         config = json.loads(Path(pipeline_file).read_text())
         if isinstance(config, dict) and "pipeline" in config and "steps" not in config:
@@ -1391,8 +1354,6 @@ def write_segmentation(
         summary the command line writes.
     """
     from PIL import Image
-
-    from .plots.inference import overlay_rgb
 
     if overlays not in ("nodules", "all", "none"):
         raise InvalidParameterError(f"overlays must be 'nodules', 'all' or 'none', got {overlays!r}")

@@ -37,6 +37,7 @@ from keras import ops
 from scipy import ndimage
 
 from .errors import InvalidParameterError
+from .postprocess import label_components
 
 __all__ = [
     "dice",
@@ -381,13 +382,12 @@ def detection_scores(
         raise InvalidParameterError(f"connectivity must be 1 or 2, got {connectivity!r}")
     truth, pred = _binarise(y_true, y_prob, threshold)
     truth, pred = _as_slices(truth), _as_slices(pred)
-    structure = ndimage.generate_binary_structure(2, connectivity)
     n_true = n_detected = n_pred = n_false = 0
     detected_slice = np.zeros(len(truth), bool)
     has_truth = np.zeros(len(truth), bool)
     for i, (t, p) in enumerate(zip(truth, pred)):
-        true_labels, true_count = ndimage.label(t, structure)
-        pred_labels, pred_count = ndimage.label(p, structure)
+        true_labels, true_count = label_components(t, connectivity=connectivity)
+        pred_labels, pred_count = label_components(p, connectivity=connectivity)
         hit_true = np.unique(true_labels[p & (true_labels > 0)])
         hit_pred = np.unique(pred_labels[t & (pred_labels > 0)])
         n_true += true_count

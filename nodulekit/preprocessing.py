@@ -27,7 +27,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .crops import _size_pair
+from .crops import center_crop as _center_crop
 from .errors import DataFormatError, InvalidParameterError
+from .utils import write_json
 
 __all__ = [
     "Pipeline",
@@ -36,6 +39,7 @@ __all__ = [
     "to_grayscale",
     "window_hu",
     "zscore",
+    "zscore_windows",
     "median_filter",
     "equalize_histogram",
     "center_crop",
@@ -204,6 +208,30 @@ class ZScore(Step):
         return {"per_image": self.per_image, "mean": self.mean, "std": self.std, "epsilon": self.epsilon}
 
 
+def zscore_windows(windows: np.ndarray, *, epsilon: float = 1e-6) -> np.ndarray:
+    """Z-score each training-size window by its own statistics, in float32.
+
+    The window z-score of window training (``evaluation.AugmentedSequence``) and of a segmenter
+    without a pipeline (``inference.Segmenter.preprocess_windows``); :func:`zscore` is the
+    pipeline step (statistics in float64, ``epsilon`` added).
+
+    Parameters
+    ----------
+    windows : ndarray, shape (n, rows, columns[, channels])
+    epsilon : float
+        Floor of the standard deviation (a constant window becomes all zeros).
+
+    Returns
+    -------
+    ndarray of float32, shape like ``windows``
+    """
+    windows = np.asarray(windows, dtype=np.float32)
+    axes = tuple(range(1, windows.ndim))
+    mean = windows.mean(axis=axes, keepdims=True)
+    std = windows.std(axis=axes, keepdims=True)
+    return ((windows - mean) / np.maximum(std, epsilon)).astype(np.float32)
+
+
 @_register
 class MedianFilter(Step):
     """Median filter of ``size`` x ``size`` pixels on each image (scikit-image, border 'nearest').
@@ -307,17 +335,13 @@ class CenterCrop(Step):
     name = "center_crop"
 
     def __init__(self, size: int | Sequence[int] = 64):
-        from .crops import _size_pair
-
         self.size = _size_pair(size)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        from .crops import center_crop as crop
-
         images = np.asarray(images)
         if images.ndim == 4:  # channels last: crop rows and columns
-            return np.moveaxis(crop(np.moveaxis(images, -1, 1), self.size), 1, -1)
-        return crop(images, self.size)
+            return np.moveaxis(_center_crop(np.moveaxis(images, -1, 1), self.size), 1, -1)
+        return _center_crop(images, self.size)
 
     def get_config(self) -> dict[str, Any]:
         return {"size": list(self.size)}
@@ -439,8 +463,6 @@ class Pipeline:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the config as JSON (atomically)."""
-        from .utils import write_json
-
         write_json(path, self.get_config())
         return Path(path)
 

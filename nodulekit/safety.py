@@ -268,7 +268,7 @@ def check_writable(folder: str | os.PathLike, *, min_free_mb: float = 50.0) -> P
             os.fsync(handle.fileno())
     except OSError as exc:
         reason = _REASONS.get(exc.errno, exc.strerror or str(exc))
-        raise RunFolderError(f"cannot write to this folder: {reason}", path=folder) from exc
+        raise RunFolderError(f"not writable: cannot write to this folder ({reason})", path=folder) from exc
     finally:
         if probe is not None:
             try:

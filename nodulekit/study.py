@@ -29,13 +29,20 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
+from . import readers
+from .crops import center_crop, crops_from_volume
 from .dataset import CropSet, Volume
 from .errors import DataFormatError, InvalidParameterError, MissingDataError
+from .phantom import generate_crops, generate_slice
+from .preprocessing import Pipeline
+from .risk import load_risk_table, synthetic_risk_table
+from .runfolder import RunFolder
+from .safety import load_model
+from .training import TrainConfig
+from .utils import read_json, write_json
 
-if TYPE_CHECKING:  # these load TensorFlow: imported only inside the functions that need them
+if TYPE_CHECKING:  # Keras loads TensorFlow: imported only inside the functions that need it
     import keras
-
-    from .training import TrainConfig
 
 __all__ = [
     "PAPER_VALUES",
@@ -130,8 +137,6 @@ def study_config(*, quick: bool = False, seed: int = 0, **overrides: Any) -> Tra
     -------
     nodulekit.training.TrainConfig
     """
-    from .training import TrainConfig
-
     values = {"seed": int(seed), **overrides}
     return TrainConfig.quick(**values) if quick else TrainConfig(**values)
 
@@ -175,27 +180,19 @@ def load_study_data(
         ``data_dir`` holds no nodule crops and no annotated volume.
     """
     if data_dir is None:
-        from .phantom import generate_crops
-
         count = n_synthetic if n_synthetic is not None else study_config(quick=quick, seed=seed).synthetic_crops
         return generate_crops(int(count), size=crop_size, seed=seed)
-    from .readers import read_any
-
     options: dict[str, Any] = {"crop_size": crop_size, "progress": False}
     if quick:
         options["patients"] = QUICK_PATIENTS
-    data = read_any(data_dir, **options)
+    data = readers.read_any(data_dir, **options)
     if isinstance(data, Volume):
-        from .crops import crops_from_volume
-
         if data.mask is None and data.nodules is None:
             raise DataFormatError("the volume has neither a nodule mask nor a nodule table to cut crops from", path=data_dir)
         data = crops_from_volume(data, size=crop_size)
     if not isinstance(data, CropSet) or len(data) == 0:
         raise DataFormatError("no nodule crops found", path=data_dir)
     if data.images.shape[1:] != (crop_size, crop_size):
-        from .crops import center_crop
-
         data = CropSet(
             images=center_crop(data.images, crop_size),
             masks=center_crop(data.masks, crop_size, pad_value=0),
@@ -244,9 +241,7 @@ def example_slice(data_dir: str | os.PathLike | None = None, *, seed: int = 0, n
         One slice (``hu`` of shape (1, rows, columns)) with its nodule mask.
     """
     if data_dir is not None:
-        from .readers import read_any
-
-        volume = read_any(data_dir, patients=1, progress=False)
+        volume = readers.read_any(data_dir, patients=1, progress=False)
         if isinstance(volume, Volume) and volume.mask is not None and volume.mask.any():
             index = int(np.argmax(volume.mask.reshape(len(volume.hu), -1).sum(1)))
             return Volume(
@@ -256,8 +251,6 @@ def example_slice(data_dir: str | os.PathLike | None = None, *, seed: int = 0, n
                 # only what stays true of one slice (per-reader masks and z positions refer to the series)
                 meta={k: volume.meta[k] for k in ("source", "patient_id") if k in volume.meta} | {"slice_index": index},
             )
-    from .phantom import generate_slice
-
     return generate_slice(seed=seed, n_nodules=n_nodules)
 
 
@@ -285,8 +278,6 @@ def paper_style_inputs(
     images : ndarray of uint8, shape (n, size, size, 3)
     masks : ndarray of uint8, shape (n, size, size)
     """
-    from .crops import crops_from_volume
-
     if volume.mask is None or not volume.mask.any():
         raise InvalidParameterError("paper_style_inputs needs a volume with at least one nodule in its mask")
     crops = crops_from_volume(volume, size=size, slices="centre")
@@ -440,14 +431,12 @@ def load_fold_model(run_dir: str | os.PathLike, architecture: str, fold: int) ->
     MissingDataError
         The fold has not finished (no ``done`` marker or no ``best.keras``).
     """
-    from .safety import load_model
-
-    folder = Path(run_dir) / "cv" / architecture / f"fold-{int(fold)}"
-    if not (folder / "done").exists() or not (folder / "best.keras").exists():
+    unit = RunFolder(run_dir).fold(architecture, fold)
+    if not unit.is_finished():
         raise MissingDataError(
-            "fold not finished (no done marker or best.keras); run the cross-validation first", path=folder
+            "fold not finished (no done marker or best.keras); run the cross-validation first", path=unit.path
         )
-    return load_model(folder / "best.keras")
+    return load_model(unit.checkpoint)
 
 
 def held_out_crops(crops: CropSet, *, run_dir: str | os.PathLike) -> CropSet:
@@ -458,9 +447,7 @@ def held_out_crops(crops: CropSet, *, run_dir: str | os.PathLike) -> CropSet:
     MissingDataError
         The run has no ``data.json`` yet, or none of its test patients is in ``crops``.
     """
-    from .utils import read_json
-
-    path = Path(run_dir) / "data.json"
+    path = RunFolder(run_dir).data
     if not path.exists():
         raise MissingDataError("run folder lacks data.json; run the protocol first", path=run_dir)
     patients = sorted(read_json(path)["split"]["test"])
@@ -507,16 +494,14 @@ def predict_held_out(crops: CropSet, *, run_dir: str | os.PathLike, batch_size: 
         test patients is in ``crops``.
     """
     from .metrics import per_image_scores
-    from .preprocessing import Pipeline
-    from .utils import read_json
 
-    run_dir = Path(run_dir)
-    for name in ("data.json", "preprocessing.json", "config.json"):
-        if not (run_dir / name).exists():
-            raise MissingDataError(f"run folder lacks {name}; run the protocol first", path=run_dir)
-    config = read_json(run_dir / "config.json")
-    test = held_out_crops(crops, run_dir=run_dir)
-    inputs = Pipeline.load(run_dir / "preprocessing.json").apply(test.images)
+    run = RunFolder(run_dir)
+    for path in (run.data, run.preprocessing, run.config):
+        if not path.exists():
+            raise MissingDataError(f"run folder lacks {path.name}; run the protocol first", path=run.root)
+    config = read_json(run.config)
+    test = held_out_crops(crops, run_dir=run.root)
+    inputs = Pipeline.load(run.preprocessing).apply(test.images)
     threshold, empty = float(config.get("threshold", 0.5)), str(config.get("empty", "one"))
     if empty == "separate":
         empty = "exclude"
@@ -524,11 +509,10 @@ def predict_held_out(crops: CropSet, *, run_dir: str | os.PathLike, batch_size: 
         images=test.images, inputs=inputs, masks=test.masks, table=test.table, threshold=threshold, empty=empty
     )
     frames = []
-    for done in sorted((run_dir / "cv").glob("*/fold-*/done")):
-        if read_json(done).get("status") != "ok":
+    for architecture, fold in run.finished_folds():
+        if read_json(run.fold(architecture, fold).done).get("status") != "ok":
             continue
-        architecture, fold = done.parent.parent.name, int(done.parent.name.split("-")[1])
-        model = load_fold_model(run_dir, architecture, fold)
+        model = load_fold_model(run.root, architecture, fold)
         probabilities = np.asarray(model.predict(inputs[..., None], batch_size=batch_size, verbose=0), np.float32)[..., 0]
         result.probabilities[(architecture, fold)] = probabilities
         frame = per_image_scores(test.masks, probabilities, threshold=threshold, empty=empty)
@@ -540,7 +524,7 @@ def predict_held_out(crops: CropSet, *, run_dir: str | os.PathLike, batch_size: 
         frame.insert(0, "architecture", architecture)
         frames.append(frame)
     if not frames:
-        raise MissingDataError("no finished cross-validation fold in the run", path=run_dir / "cv")
+        raise MissingDataError("no finished cross-validation fold in the run", path=run.root / "cv")
     order = {name: k for k, name in enumerate(config.get("architectures", []))}
     result.scores = pd.concat(frames, ignore_index=True).sort_values(
         ["architecture", "fold", "crop"], key=lambda s: s.map(order) if s.name == "architecture" else s
@@ -762,8 +746,6 @@ def risk_data(path: str | os.PathLike | None = None, *, seed: int = 0) -> pd.Dat
 
     See :func:`nodulekit.risk.load_risk_table` and :func:`nodulekit.risk.synthetic_risk_table`.
     """
-    from .risk import load_risk_table, synthetic_risk_table
-
     return load_risk_table(path) if path else synthetic_risk_table(seed=seed)
 
 
@@ -889,8 +871,6 @@ def write_results_json(
     the paired comparison, the baseline, the one-page summary, the list of figures, and ``extra``
     (configuration, data, timings).
     """
-    from .utils import write_json
-
     def records(table: pd.DataFrame) -> list[dict]:
         return json.loads(table.to_json(orient="records"))
 

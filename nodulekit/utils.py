@@ -7,17 +7,21 @@ import json
 import logging
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from .errors import InvalidParameterError
+
 __all__ = [
     "set_seed",
     "as_rng",
     "is_quick",
     "atomic_write",
+    "copy_atomic",
     "write_json",
     "read_json",
     "configure_logging",
@@ -37,8 +41,6 @@ def set_seed(seed: int = 0, *, deterministic_ops: bool = False) -> None:
         Also ask TensorFlow for deterministic kernels (slower; bit-identical reruns on one machine).
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        from .errors import InvalidParameterError
-
         raise InvalidParameterError(f"seed must be a non-negative integer, got {seed!r}")
     os.environ["PYTHONHASHSEED"] = str(int(seed))
     random.seed(int(seed))
@@ -86,6 +88,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def copy_atomic(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy a file's bytes to ``target`` through :func:`atomic_write` (``target`` is whole or untouched)."""
+    with atomic_write(target, "wb") as handle, open(source, "rb") as original:
+        shutil.copyfileobj(original, handle)
 
 
 def _umask() -> int:

@@ -76,7 +76,7 @@ def test_whole_slice_export_at_a_fixed_size(tmp_path, attention_segmenter):
 
 
 def _free(model):
-    from nodulekit.inference import _without_fixed_size
+    from nodulekit.inference import without_fixed_size as _without_fixed_size
 
     return _without_fixed_size(model)
 

@@ -460,3 +460,22 @@ def test_read_any_dispatches_on_layout(tmp_path):
         read_any(tmp_path / "nothing")
     with pytest.raises(MissingDataError):
         read_any(tmp_path / "absent")
+
+
+def test_read_any_reads_nifti_files_and_folders_with_their_spacing(tmp_path):
+    import SimpleITK as sitk
+
+    from nodulekit.readers import read_any
+
+    hu = np.random.default_rng(0).normal(-600, 200, (4, 6, 5)).astype(np.float32)
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((0.7, 0.8, 2.5))  # x, y, z
+    (tmp_path / "scan").mkdir()
+    sitk.WriteImage(image, str(tmp_path / "scan" / "ct.nii.gz"))
+    for path in (tmp_path / "scan" / "ct.nii.gz", tmp_path / "scan"):
+        volume = read_any(path)
+        np.testing.assert_array_equal(volume.hu, hu)
+        assert volume.spacing == pytest.approx((2.5, 0.8, 0.7))
+    (tmp_path / "flat.nii").write_bytes(b"not a nifti file")
+    with pytest.raises(DataFormatError, match="NIfTI"):
+        read_any(tmp_path / "flat.nii")

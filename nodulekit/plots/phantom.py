@@ -10,6 +10,7 @@ import numpy as np
 
 from ..dataset import CropSet, Volume
 from ..errors import InvalidParameterError
+from ..phantom.realism import crop_statistics, scale_per_crop
 
 __all__ = ["plot_synthetic_slice", "plot_real_vs_synthetic", "plot_realism"]
 
@@ -77,8 +78,6 @@ def plot_synthetic_slice(
 
 
 def _scaled(images: np.ndarray) -> np.ndarray:
-    from ..phantom.realism import scale_per_crop
-
     return scale_per_crop(images)
 
 
@@ -156,8 +155,6 @@ def plot_realism(real: CropSet, synthetic: CropSet, *, blob: CropSet | None = No
     matplotlib.figure.Figure
     """
     import matplotlib.pyplot as plt
-
-    from ..phantom.realism import crop_statistics
 
     sets = [("real", real, "black", "-"), ("synthetic", synthetic, "tab:red", "-")]
     if blob is not None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..crops import center_crop
+from ..errors import InvalidParameterError
+
 __all__ = ["plot_preprocessing_steps"]
 
 
@@ -45,8 +48,6 @@ def plot_preprocessing_steps(
     """
     import matplotlib.pyplot as plt
 
-    from ..errors import InvalidParameterError
-
     image = np.asarray(image)
     if image.ndim == 2:
         batch = image[None]
@@ -77,8 +78,6 @@ def plot_preprocessing_steps(
             if mask is not None and np.asarray(mask).shape[-2:] == picture.shape:
                 top.contour(np.asarray(mask) > 0, levels=[0.5], colors="lime", linewidths=0.8)
             elif mask is not None:
-                from ..crops import center_crop
-
                 cropped = center_crop(np.asarray(mask) > 0, picture.shape, pad_value=0)
                 top.contour(cropped, levels=[0.5], colors="lime", linewidths=0.8)
         top.set_title(name.replace("_", " "), fontsize=9)

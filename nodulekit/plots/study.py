@@ -23,8 +23,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..crops import center_crop, crop_at
 from ..dataset import Volume
 from ..errors import InvalidParameterError
+from ..overlay import display_scale, overlay_rgb
+from ..postprocess import keep_largest_components
 
 __all__ = [
     "RESEARCH_STAGES",
@@ -131,12 +134,10 @@ def plot_lung_ct(
     if int(crop_size) < 8:
         raise InvalidParameterError(f"crop_size must be >= 8 pixels, got {crop_size!r}")
     hu, mask = volume.hu[index], volume.mask[index] > 0
-    labels, count = ndimage.label(mask)
-    if count == 0:
+    largest = keep_largest_components(mask, connectivity=1, keep=1)  # 4-connected
+    if not largest.any():
         raise InvalidParameterError(f"slice {index} has no nodule pixels")
-    sizes = ndimage.sum(mask, labels, index=np.arange(1, count + 1))
-    largest = int(np.argmax(sizes)) + 1
-    y, x = ndimage.center_of_mass(labels == largest)
+    y, x = ndimage.center_of_mass(largest)
     top, left = int(np.floor(y)) - crop_size // 2, int(np.floor(x)) - crop_size // 2
 
     if axes is None:
@@ -157,14 +158,12 @@ def plot_lung_ct(
     whole.set_title(f"axial CT slice, {rows}x{columns} px ({pixel:.2f} mm/px), lung window", fontsize=9)
     whole.set_axis_off()
 
-    from ..crops import crop_at
-
     crop = crop_at(shown, (top, left), crop_size, pad_value=0.0)
     crop_mask = crop_at(mask.astype(np.uint8), (top, left), crop_size, pad_value=0)
     zoom.imshow(crop, cmap="gray", vmin=0, vmax=1)
     if crop_mask.any():
         zoom.contour(crop_mask.astype(float), levels=[0.5], colors="red", linewidths=1.2)
-    diameter = 2 * np.sqrt(sizes[largest - 1] / np.pi) * pixel
+    diameter = 2 * np.sqrt(largest.sum() / np.pi) * pixel
     zoom.set_title(f"the crop: nodule ≈ {diameter:.1f} mm across", fontsize=9)
     for spine in zoom.spines.values():
         spine.set_edgecolor("lime")
@@ -244,8 +243,6 @@ def plot_preprocessing_crops(images: np.ndarray, pipeline, *, masks: np.ndarray 
     matplotlib.figure.Figure
     """
     import matplotlib.pyplot as plt
-
-    from ..crops import center_crop
 
     images = np.asarray(images)
     if images.ndim not in (3, 4) or len(images) == 0:
@@ -394,8 +391,6 @@ def plot_prediction_pairs(
     """
     import matplotlib.pyplot as plt
 
-    from .inference import overlay_rgb
-
     count = len(images)
     if count == 0 or len(predictions) != count or len(truths) != count or (titles is not None and len(titles) != count):
         raise InvalidParameterError("images, predictions, truths (and titles) must be non-empty and of the same length")
@@ -451,8 +446,6 @@ def plot_attention_maps(
     """
     import matplotlib.pyplot as plt
     from scipy import ndimage
-
-    from .inference import display_scale, overlay_rgb
 
     images = np.asarray(images)
     if images.ndim != 3 or not maps:

@@ -70,7 +70,7 @@ class PretrainedModel:
         window = self.segmenter.window
         if images.shape[1:] == (window, window):
             if self.tta:
-                from ..evaluation import dihedral_tta
+                from ..postprocess import dihedral_tta
 
                 out = dihedral_tta(self.segmenter.predict_crops, images)
             else:
@@ -81,8 +81,8 @@ class PretrainedModel:
 
     def predict_masks(self, images: np.ndarray) -> np.ndarray:
         """Binary masks (uint8) for crops: :meth:`predict`, then the card's threshold and the
-        central-component post-processing (:func:`nodulekit.evaluation.postprocess`)."""
-        from ..evaluation import postprocess
+        central-component post-processing (:func:`nodulekit.postprocess.postprocess`)."""
+        from ..postprocess import postprocess
 
         probabilities = self.predict(images)
         threshold = float(self.card.get("threshold", 0.5))

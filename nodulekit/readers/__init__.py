@@ -5,7 +5,8 @@ Every reader returns one of the two common forms, so everything downstream is fo
 * :class:`~nodulekit.dataset.CropSet` (2-D crops with masks): :func:`read_lidc_release` (the
   LIDC-IDRI PNG release), :func:`read_image_folder` (the paper's image/mask folders);
 * :class:`~nodulekit.dataset.Volume` (a CT series in HU): :func:`read_dicom_series`,
-  :func:`read_lidc_xml` (radiologist reads on a DICOM series), :func:`read_luna16` (MHD/RAW).
+  :func:`read_lidc_xml` (radiologist reads on a DICOM series), :func:`read_luna16` (MHD/RAW),
+  :func:`read_nifti`.
 
 :func:`read_any` picks the reader from what a path holds; :func:`nodulekit.crops.crops_from_volume`
 turns a Volume into crops.
@@ -20,10 +21,12 @@ from pathlib import Path
 
 from ..dataset import CropSet, Volume
 from ..errors import DataFormatError, InvalidParameterError, MissingDataError
-from ._common import IMAGE_EXTENSIONS, check_inside, consensus_mask, read_image
+from ..crops import consensus_mask
+from ._common import IMAGE_EXTENSIONS, check_inside, read_image
 from .dicom import find_dicom_files, read_dicom_series
 from .lidc_xml import parse_lidc_xml, polygon_mask, read_lidc_xml
 from .luna import read_luna16, sphere_mask
+from .nifti import is_nifti, read_nifti
 from .png import find_lidc_patients, read_image_folder, read_lidc_release
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "read_dicom_series",
     "read_lidc_xml",
     "read_luna16",
+    "read_nifti",
     "parse_lidc_xml",
     "find_lidc_patients",
     "find_dicom_files",
@@ -106,6 +110,8 @@ def read_any(path: str | os.PathLike, **options) -> CropSet | Volume:
     folder of ``LIDC-IDRI-XXXX/nodule-N`` (or one patient)    :func:`read_lidc_release`
     ``*.mhd`` (or a folder with exactly one)                  :func:`read_luna16` (with an
                                                               ``annotations.csv`` beside it, if any)
+    ``*.nii`` / ``*.nii.gz`` (or a folder with exactly one    :func:`read_nifti`
+    and no ``*.mhd``)
     folder of DICOM files, a ``*.dcm`` or an LIDC ``*.xml``   :func:`read_dicom_series` (+
                                                               :func:`read_lidc_xml` when exactly one
                                                               LIDC XML lies in the folder)
@@ -134,6 +140,8 @@ def read_any(path: str | os.PathLike, **options) -> CropSet | Volume:
         raise MissingDataError("no such file or folder", path=path)
     if path.is_file():
         suffix = path.suffix.lower()
+        if is_nifti(path):
+            return read_nifti(path)
         if suffix == ".npz":
             return _load_cropset(path)
         if suffix == ".mhd":
@@ -148,7 +156,7 @@ def read_any(path: str | os.PathLike, **options) -> CropSet | Volume:
             raise MissingDataError(
                 "a single image is not a data set: give the folder holding images/ and masks/", path=path
             )
-        raise MissingDataError(f"unknown file type {suffix!r} (expected .npz, .mhd, .dcm or .xml)", path=path)
+        raise MissingDataError(f"unknown file type {suffix!r} (expected .npz, .mhd, .nii, .nii.gz, .dcm or .xml)", path=path)
     if (path / "images").is_dir() and (path / "masks").is_dir():
         return _call(read_image_folder, path, **options)
     children = [p for p in path.iterdir()]
@@ -158,6 +166,9 @@ def read_any(path: str | os.PathLike, **options) -> CropSet | Volume:
     ):
         return _call(read_lidc_release, path, **options)
     headers = sorted(path.glob("*.mhd"))
+    volumes = [p for p in children if p.is_file() and is_nifti(p)]
+    if len(volumes) == 1 and not headers:
+        return read_nifti(volumes[0])
     if len(headers) == 1:
         csv = path / "annotations.csv"
         check_inside(path, [headers[0], csv])

@@ -1,4 +1,5 @@
-"""Helpers shared by the readers: image decoding with clear errors, binary masks, consensus."""
+"""Helpers shared by the readers: image decoding with clear errors, binary masks (the readers'
+consensus is :func:`nodulekit.crops.consensus_mask`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import DataFormatError, InvalidParameterError
+from ..errors import DataFormatError, InvalidParameterError, MissingDataError
+from ..safety import check_image_pixels, contained
 
 __all__ = [
     "read_image",
     "as_gray",
     "as_binary_mask",
-    "consensus_mask",
     "natural_key",
     "check_inside",
     "IMAGE_EXTENSIONS",
@@ -43,8 +44,6 @@ def check_inside(root: str | os.PathLike, paths: Iterable[str | os.PathLike]) ->
     DataFormatError
         Naming the first path that leaves ``root`` (see :func:`nodulekit.safety.contained`).
     """
-    from ..safety import contained
-
     # The paths were found under ``root`` relative to the working directory (``root`` may itself be
     # relative, e.g. "../data"): make both absolute so ``contained`` does not join them twice. The
     # containment test still resolves links and ``..`` on the absolute path.
@@ -99,9 +98,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """
     from PIL import Image, UnidentifiedImageError
 
-    from ..errors import MissingDataError
-    from ..safety import check_image_pixels
-
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -153,7 +149,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def _read_with_tifffile(path: Path, error: Exception) -> np.ndarray:
     """Float or unusual TIFFs that Pillow cannot open."""
-    from ..safety import check_image_pixels
 
     if path.suffix.lower() not in (".tif", ".tiff"):
         raise DataFormatError(f"not a readable image ({error})", path=path) from error
@@ -223,65 +218,3 @@ def as_binary_mask(
             path=path,
         )
     return foreground.astype(np.uint8)
-
-
-def consensus_mask(
-    reader_masks: np.ndarray,
-    *,
-    level: float | str = 0.5,
-    n_readers: int | np.ndarray | None = None,
-) -> np.ndarray:
-    """Consensus of several readers' masks: a pixel is foreground when enough readers drew it.
-
-    A pixel is foreground when (readers who drew it) / ``n_readers`` >= ``level``, the rule of
-    pylidc's ``consensus(clevel=level)``, where ``n_readers`` counts the readers who marked the
-    nodule at all. With the default 0.5, two of four, two of three, one of two and one of one
-    reader suffice.
-
-    Parameters
-    ----------
-    reader_masks : ndarray, shape (..., readers, rows, columns)
-        Binary masks, one per reader (a reader who did not mark the nodule has an empty mask).
-    level : float in (0, 1] or "union"
-        Fraction of the marking readers that must agree. ``"union"`` marks a pixel any reader drew;
-        ``1.0`` is the intersection of the marking readers.
-    n_readers : int or ndarray of shape (...), optional
-        Readers who marked the nodule. Default: the readers whose mask in ``reader_masks`` is not
-        empty (pass the nodule-wide count when ``reader_masks`` holds one slice of a nodule).
-
-    Returns
-    -------
-    ndarray of uint8, shape (..., rows, columns)
-
-    Raises
-    ------
-    InvalidParameterError
-        ``level`` is outside (0, 1] and not "union", or ``reader_masks`` has fewer than 3 axes.
-
-    References
-    ----------
-    Hancock & Magnan, pylidc (``Annotation`` clustering and ``consensus``), 2016.
-    """
-    masks = np.asarray(reader_masks)
-    if masks.ndim < 3:
-        raise InvalidParameterError(f"reader_masks must have shape (..., readers, rows, columns), got {masks.shape}")
-    if masks.dtype != np.uint8 or (masks.size and masks.max() > 1):
-        masks = (masks > 0).astype(np.uint8)
-    votes = masks.sum(axis=-3, dtype=np.uint8 if masks.shape[-3] < 256 else np.int64)
-    if isinstance(level, str):
-        if level != "union":
-            raise InvalidParameterError(f"consensus level must be a number in (0, 1] or 'union', got {level!r}")
-        return (votes >= 1).astype(np.uint8)
-    level = float(level)
-    if not 0.0 < level <= 1.0:
-        raise InvalidParameterError(f"consensus level must be in (0, 1] or 'union', got {level}")
-    if n_readers is None:
-        n_readers = masks.any(axis=(-2, -1)).sum(axis=-1)
-    n_readers = np.asarray(n_readers, dtype=np.int64)
-    # Fewest votes v with v / n >= level, computed with the same float division as pylidc's
-    # ``mean >= clevel``; no reader -> no foreground.
-    needed = np.full(n_readers.shape, np.iinfo(np.int64).max, np.int64)
-    for count in np.unique(n_readers):
-        if count > 0:
-            needed[n_readers == count] = next(v for v in range(1, count + 1) if v / count >= level)
-    return (votes >= needed[..., None, None]).astype(np.uint8)

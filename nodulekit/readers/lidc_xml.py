@@ -24,7 +24,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..dataset import Volume
 from ..errors import DataFormatError, InvalidParameterError, MissingDataError
-from ._common import consensus_mask
+from ..crops import consensus_mask
 
 __all__ = ["read_lidc_xml", "parse_lidc_xml", "polygon_mask", "CHARACTERISTICS"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..crops import _size_pair, center_crop
+from ..crops import _size_pair, center_crop, consensus_mask
 from ..dataset import CropSet
 from ..errors import DataFormatError, InvalidParameterError, MissingDataError
 from ._common import (
@@ -21,7 +21,6 @@ from ._common import (
     as_binary_mask,
     as_gray,
     check_inside,
-    consensus_mask,
     natural_key,
     read_image,
 )

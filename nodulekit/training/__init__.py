@@ -22,7 +22,7 @@ The protocol (paper sections 2.2-2.3)
 
 Run folder
 ----------
-::
+The paths are owned by :class:`nodulekit.runfolder.RunFolder` (and ``UnitFolder`` for a unit)::
 
     run_dir/
       config.json            TrainConfig of the run (a rerun with another config is refused)
@@ -71,9 +71,11 @@ Limits worth knowing
 
 from __future__ import annotations
 
+from ..precision import precision_policy, resolve_precision
+from ..safety import check_writable
 from .config import TrainConfig
 from .data import Augmentation, augment_pair, make_dataset
-from .distributed import make_strategy, precision_policy, resolve_precision, tune_grid_distributed, worker_role
+from .distributed import make_strategy, worker_role
 from .protocol import (
     RESULT_TABLES,
     SUMMARY_METRICS,
@@ -84,8 +86,9 @@ from .protocol import (
     run_protocol,
     select_hyperparameters,
     summarize_folds,
+    tune_grid_distributed,
 )
-from .units import UnitData, UnitSpec, check_writable, load_finished, train_unit
+from .units import UnitData, UnitSpec, load_finished, train_unit
 
 __all__ = [
     "TrainConfig",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidParameterError
+from ..utils import read_json, write_json
 from .data import Augmentation
 
 __all__ = ["TrainConfig", "PRECISIONS", "EMPTY_POLICIES", "NON_RESULT_FIELDS"]
@@ -254,16 +255,12 @@ class TrainConfig:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write as indented JSON, atomically."""
-        from ..utils import write_json
-
         write_json(path, self.to_dict())
         return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
         """Read a config written by :meth:`save`."""
-        from ..utils import read_json
-
         return cls.from_dict(read_json(path))
 
     def replace(self, **changes: Any) -> "TrainConfig":

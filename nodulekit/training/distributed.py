@@ -13,7 +13,7 @@ Two kinds of parallelism, each left to an established engine:
   a file system they all see, as for any multi-worker Keras checkpointing) and write their
   identical copies into a scratch folder that is deleted at the end.
 * **Independent grid trials on several machines** — KerasTuner's distributed mode
-  (:func:`tune_grid_distributed`). The chief process runs KerasTuner's oracle (a gRPC server);
+  (:func:`nodulekit.training.protocol.tune_grid_distributed`). The chief process runs KerasTuner's oracle (a gRPC server);
   each worker asks it for the next (architecture, learning rate, batch size) of a
   :class:`keras_tuner.oracles.GridSearchOracle` and trains it as an ordinary nodulekit unit
   into the shared run folder, reporting the validation Dice back. Why KerasTuner: it is the
@@ -29,77 +29,21 @@ Two kinds of parallelism, each left to an established engine:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import types
-from pathlib import Path
-from typing import Any, Iterator
 
-from ..errors import InvalidParameterError, TrainingError
+from ..errors import InvalidParameterError
+from ..precision import cpu_supports_bfloat16, precision_policy, resolve_precision  # noqa: F401  (their old home)
 
 __all__ = [
-    "precision_policy",
-    "resolve_precision",
-    "cpu_supports_bfloat16",
     "make_strategy",
     "worker_role",
-    "tune_grid_distributed",
     "prepare_model_for_strategy",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def cpu_supports_bfloat16() -> bool:
-    """True when this CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX-BF16; Linux only)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(name: str | None) -> str:
-    """The Keras dtype policy for ``TrainConfig.mixed_precision``.
-
-    ``None``/``"float32"`` -> ``"float32"``; ``"auto"`` -> ``"mixed_float16"`` when TensorFlow
-    sees a GPU, else ``"mixed_bfloat16"`` on CPUs with native bfloat16, else ``"float32"``.
-    """
-    if name in (None, "float32"):
-        return "float32"
-    if name in ("mixed_bfloat16", "mixed_float16"):
-        return name
-    if name == "auto":
-        import tensorflow as tf
-
-        if tf.config.list_physical_devices("GPU"):
-            return "mixed_float16"
-        return "mixed_bfloat16" if cpu_supports_bfloat16() else "float32"
-    raise InvalidParameterError(
-        f"mixed_precision must be None, 'float32', 'mixed_bfloat16', 'mixed_float16' or 'auto', got {name!r}"
-    )
-
-
-@contextlib.contextmanager
-def precision_policy(name: str | None) -> Iterator[str]:
-    """Set Keras's global dtype policy inside the block and restore the previous one after.
-
-    The nodulekit models keep their final sigmoid in float32 and the losses compute in float32,
-    so only the convolutions run in reduced precision. Under ``mixed_float16`` Keras wraps the
-    optimizer in a ``LossScaleOptimizer`` by itself at ``compile``.
-    """
-    import keras
-
-    policy = resolve_precision(name)
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        yield policy
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def make_strategy(name: str | None):
@@ -219,93 +163,3 @@ def _patch_reduce_per_replica(tf_trainer, tree) -> None:
 
     reduce_per_replica._nodulekit_patch = True
     tf_trainer.reduce_per_replica = reduce_per_replica
-
-
-# ------------------------------------------------------------------------------------------------
-# KerasTuner: grid trials across machines
-
-
-def tune_grid_distributed(
-    crops=None,
-    *,
-    run_dir: str | os.PathLike,
-    config=None,
-    pipeline=None,
-) -> dict[str, Any] | None:
-    """Run the grid search with KerasTuner's chief/worker mode; every trial is a nodulekit unit.
-
-    Start the same command on every machine, with a shared ``run_dir`` and the environment
-    variables KerasTuner reads: ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT`` (the
-    chief's address) and ``KERASTUNER_TUNER_ID`` (``"chief"`` on the chief, ``"tuner0"``,
-    ``"tuner1"``, ... on the workers). Without these variables the trials run here, one after the
-    other, through the same code.
-
-    Parameters
-    ----------
-    crops : CropSet, optional
-        As in :func:`~nodulekit.training.run_protocol` (the same on every machine).
-    run_dir : path
-        The run folder, shared by all machines.
-    config : TrainConfig, optional
-    pipeline : Pipeline, optional
-
-    Returns
-    -------
-    dict or None
-        On a worker (or without distribution): ``{"trials": n}`` with the number of trials this
-        process trained. On the chief: ``None`` once every trial is finished; then call
-        :func:`~nodulekit.training.run_protocol` with the same arguments for the selection and
-        the cross-validation.
-
-    Raises
-    ------
-    TrainingError
-        If KerasTuner is not installed (``pip install keras-tuner``).
-
-    References
-    ----------
-    .. [1] T. O'Malley et al., KerasTuner, https://github.com/keras-team/keras-tuner, 2019.
-    """
-    try:
-        import keras_tuner
-    except ImportError as exc:
-        raise TrainingError("distributed grid search needs KerasTuner: pip install keras-tuner") from exc
-    from .protocol import _Protocol
-
-    protocol = _Protocol(crops, run_dir=run_dir, config=config, pipeline=pipeline, progress=False)
-    specs = {spec.name: spec for spec in protocol.grid_specs()}
-    hyperparameters = keras_tuner.HyperParameters()
-    hyperparameters.Choice("architecture", list(protocol.config.architectures))
-    hyperparameters.Choice("learning_rate", list(protocol.config.learning_rates))
-    hyperparameters.Choice("batch_size", list(protocol.config.batch_sizes))
-    oracle = keras_tuner.oracles.GridSearchOracle(
-        objective=keras_tuner.Objective(protocol.config.selection_metric, direction="max"),
-        hyperparameters=hyperparameters,
-        tune_new_entries=False,
-        seed=protocol.config.seed,
-        max_retries_per_trial=0,
-        max_consecutive_failed_trials=len(specs) + 1,
-    )
-
-    class GridTuner(keras_tuner.Tuner):
-        trained = 0
-
-        def run_trial(self, trial, *args, **kwargs):
-            values = trial.hyperparameters.values
-            spec = protocol.grid_spec(values["architecture"], values["learning_rate"], values["batch_size"])
-            record = protocol.run_unit(spec)
-            GridTuner.trained += 0 if record.get("skipped") else 1
-            if record["status"] != "ok":
-                raise keras_tuner.errors.FailedTrialError(record["reason"])
-            return {protocol.config.selection_metric: float(record[protocol.config.selection_metric])}
-
-    tuner = GridTuner(
-        oracle=oracle,
-        directory=str(Path(run_dir) / "keras_tuner"),
-        project_name="grid",
-        overwrite=False,
-    )
-    tuner.search()
-    if os.environ.get("KERASTUNER_TUNER_ID", "").startswith("chief") and "KERASTUNER_ORACLE_IP" in os.environ:
-        return None
-    return {"trials": GridTuner.trained}

@@ -26,11 +26,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..dataset import CropSet
-from ..errors import InvalidParameterError, NodulekitError, TrainingError
-from ..utils import atomic_write, read_json, set_seed, write_json
+from ..phantom import generate_crops
+from ..errors import InvalidParameterError, MissingDataError, NodulekitError, TrainingError
+from ..precision import resolve_precision
+from ..preprocessing import CenterCrop, paper_pipeline
+from ..readers import read_any
+from ..runfolder import RunFolder
+from ..splits import patient_kfold, patient_split
+from ..utils import atomic_write, configure_logging, copy_atomic, read_json, set_seed, write_json
 from .config import TrainConfig
-from .distributed import resolve_precision, worker_role
-from .units import HISTORY_KEYS, UnitData, UnitSpec, check_writable, train_unit
+from .distributed import make_strategy, worker_role
+from .units import HISTORY_KEYS, UnitData, UnitSpec, train_unit
 
 __all__ = [
     "run_protocol",
@@ -54,7 +60,6 @@ RESULT_TABLES = ("grid", "selection", "folds", "summary", "histories")
 #: Test metrics summarised as mean ± sd over folds (``test_<name>`` columns of the folds table).
 SUMMARY_METRICS = ("dice", "iou", "precision", "recall", "accuracy", "background_accuracy")
 
-_PIPELINE_FILE = "preprocessing.json"  # the name nodulekit.inference looks for in a run folder
 
 
 class _Protocol:
@@ -71,24 +76,20 @@ class _Protocol:
         progress: bool = True,
         verbose: int = 0,
     ):
-        from ..preprocessing import paper_pipeline
-        from ..splits import patient_kfold, patient_split
-
         self.config = config if config is not None else TrainConfig()
         self.strategy = strategy
         self.verbose = verbose
-        self.run_dir = Path(run_dir)
+        self.run = RunFolder(run_dir)
+        self.run_dir = self.run.root
         self.is_chief, task = worker_role(strategy)
         if self.is_chief:
-            check_writable(self.run_dir)
+            self.run.check_writable()
             self.write_dir = self.run_dir
         else:  # a non-chief worker mirrors the chief into scratch space (see distributed.py)
             self.write_dir = Path(tempfile.mkdtemp(prefix=f"nodulekit-worker-{task}-"))
         set_seed(self.config.seed, deterministic_ops=self.config.deterministic)
 
         if crops is None:
-            from ..phantom import generate_crops
-
             crops = generate_crops(self.config.synthetic_crops, seed=self.config.seed)
         if not isinstance(crops, CropSet):
             raise TrainingError(f"crops must be a CropSet, got {type(crops).__name__}")
@@ -124,7 +125,7 @@ class _Protocol:
     # -- run folder ---------------------------------------------------------------------------
     def _check_folder(self) -> None:
         """Refuse a run folder made with another configuration or other data; else record ours."""
-        config_file, data_file = self.run_dir / "config.json", self.run_dir / "data.json"
+        config_file, data_file = self.run.config, self.run.data
         if config_file.exists():
             differences = self.config.result_differences(TrainConfig.load(config_file))
             if differences:
@@ -140,7 +141,7 @@ class _Protocol:
         if not self.is_chief:
             return
         self.config.save(config_file)
-        self.pipeline.save(self.run_dir / _PIPELINE_FILE)
+        self.pipeline.save(self.run.preprocessing)
         write_json(
             data_file,
             {
@@ -193,10 +194,10 @@ class _Protocol:
         return train_unit(
             spec,
             self.unit_data(spec),
-            folder=self.write_dir / spec.name,
+            folder=RunFolder(self.write_dir).unit(spec.name).path,
             config=self.config,
             strategy=self.strategy,
-            read_from=None if self.is_chief else self.run_dir / spec.name,
+            read_from=None if self.is_chief else self.run.unit(spec.name).path,
             on_epoch=advance,
             verbose=self.verbose,
         )
@@ -443,12 +444,10 @@ def load_results(run_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
     MissingDataError
         If the run has no results yet.
     """
-    from ..errors import MissingDataError
-
-    folder = Path(run_dir) / "results"
-    if not (folder / "results.json").exists():
-        raise MissingDataError("no results yet (run_protocol has not finished in this folder)", path=folder)
-    tables = {name: pd.read_csv(folder / f"{name}.csv") for name in RESULT_TABLES}
+    run = RunFolder(run_dir)
+    if not run.results_record.exists():
+        raise MissingDataError("no results yet (run_protocol has not finished in this folder)", path=run.results)
+    tables = {name: pd.read_csv(run.results_table(name)) for name in RESULT_TABLES}
     for table in tables.values():
         if "reason" in table:
             reason = table["reason"].astype(object)
@@ -500,10 +499,9 @@ def _histories(records: list[dict]) -> pd.DataFrame:
 
 
 def _save_results(protocol: _Protocol, results: dict[str, pd.DataFrame], *, seconds: float, records: list[dict]) -> None:
-    folder = protocol.run_dir / "results"
-    folder.mkdir(exist_ok=True)
+    protocol.run.results.mkdir(exist_ok=True)
     for name, table in results.items():
-        with atomic_write(folder / f"{name}.csv") as handle:
+        with atomic_write(protocol.run.results_table(name)) as handle:
             table.to_csv(handle, index=False)
     _publish_best_model(protocol, results["folds"])
     import tensorflow as tf
@@ -522,7 +520,7 @@ def _save_results(protocol: _Protocol, results: dict[str, pd.DataFrame], *, seco
         "cpu_count": os.cpu_count(),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
     }
-    write_json(folder / "results.json", document)
+    write_json(protocol.run.results_record, document)
 
 
 def _publish_best_model(protocol: _Protocol, folds: pd.DataFrame) -> None:
@@ -537,11 +535,10 @@ def _publish_best_model(protocol: _Protocol, folds: pd.DataFrame) -> None:
         return
     architecture = usable.groupby("architecture")["val_dice"].mean().idxmax()
     row = usable[usable["architecture"] == architecture].sort_values("val_dice", ascending=False).iloc[0]
-    source = protocol.run_dir / "cv" / architecture / f"fold-{int(row['fold'])}" / "best.keras"
-    with atomic_write(protocol.run_dir / "best.keras", "wb") as handle, open(source, "rb") as original:
-        shutil.copyfileobj(original, handle)
+    source = protocol.run.fold(architecture, int(row["fold"])).checkpoint
+    copy_atomic(source, protocol.run.best_model)
     write_json(
-        protocol.run_dir / "best.json",
+        protocol.run.best_record,
         {"architecture": architecture, "fold": int(row["fold"]), "source": str(source.relative_to(protocol.run_dir)),
          "val_dice": float(row["val_dice"]), "rule": "highest mean validation Dice over folds, then its best fold"},
     )
@@ -586,6 +583,94 @@ def _fingerprint(images: np.ndarray, masks: np.ndarray, groups: np.ndarray) -> s
 
 
 # ------------------------------------------------------------------------------------------------
+# KerasTuner: grid trials across machines
+
+
+def tune_grid_distributed(
+    crops=None,
+    *,
+    run_dir: str | os.PathLike,
+    config=None,
+    pipeline=None,
+) -> dict[str, Any] | None:
+    """Run the grid search with KerasTuner's chief/worker mode; every trial is a nodulekit unit.
+
+    Start the same command on every machine, with a shared ``run_dir`` and the environment
+    variables KerasTuner reads: ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT`` (the
+    chief's address) and ``KERASTUNER_TUNER_ID`` (``"chief"`` on the chief, ``"tuner0"``,
+    ``"tuner1"``, ... on the workers). Without these variables the trials run here, one after the
+    other, through the same code.
+
+    Parameters
+    ----------
+    crops : CropSet, optional
+        As in :func:`~nodulekit.training.run_protocol` (the same on every machine).
+    run_dir : path
+        The run folder, shared by all machines.
+    config : TrainConfig, optional
+    pipeline : Pipeline, optional
+
+    Returns
+    -------
+    dict or None
+        On a worker (or without distribution): ``{"trials": n}`` with the number of trials this
+        process trained. On the chief: ``None`` once every trial is finished; then call
+        :func:`~nodulekit.training.run_protocol` with the same arguments for the selection and
+        the cross-validation.
+
+    Raises
+    ------
+    TrainingError
+        If KerasTuner is not installed (``pip install keras-tuner``).
+
+    References
+    ----------
+    .. [1] T. O'Malley et al., KerasTuner, https://github.com/keras-team/keras-tuner, 2019.
+    """
+    try:
+        import keras_tuner
+    except ImportError as exc:
+        raise TrainingError("distributed grid search needs KerasTuner: pip install keras-tuner") from exc
+    protocol = _Protocol(crops, run_dir=run_dir, config=config, pipeline=pipeline, progress=False)
+    specs = {spec.name: spec for spec in protocol.grid_specs()}
+    hyperparameters = keras_tuner.HyperParameters()
+    hyperparameters.Choice("architecture", list(protocol.config.architectures))
+    hyperparameters.Choice("learning_rate", list(protocol.config.learning_rates))
+    hyperparameters.Choice("batch_size", list(protocol.config.batch_sizes))
+    oracle = keras_tuner.oracles.GridSearchOracle(
+        objective=keras_tuner.Objective(protocol.config.selection_metric, direction="max"),
+        hyperparameters=hyperparameters,
+        tune_new_entries=False,
+        seed=protocol.config.seed,
+        max_retries_per_trial=0,
+        max_consecutive_failed_trials=len(specs) + 1,
+    )
+
+    class GridTuner(keras_tuner.Tuner):
+        trained = 0
+
+        def run_trial(self, trial, *args, **kwargs):
+            values = trial.hyperparameters.values
+            spec = protocol.grid_spec(values["architecture"], values["learning_rate"], values["batch_size"])
+            record = protocol.run_unit(spec)
+            GridTuner.trained += 0 if record.get("skipped") else 1
+            if record["status"] != "ok":
+                raise keras_tuner.errors.FailedTrialError(record["reason"])
+            return {protocol.config.selection_metric: float(record[protocol.config.selection_metric])}
+
+    tuner = GridTuner(
+        oracle=oracle,
+        directory=str(RunFolder(run_dir).keras_tuner),
+        project_name="grid",
+        overwrite=False,
+    )
+    tuner.search()
+    if os.environ.get("KERASTUNER_TUNER_ID", "").startswith("chief") and "KERASTUNER_ORACLE_IP" in os.environ:
+        return None
+    return {"trials": GridTuner.trained}
+
+
+# ------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -618,8 +703,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns 0 on success, 1 on a nodulekit error (message on stderr).
     """
-    from ..utils import configure_logging
-
     args = build_parser().parse_args(argv)
     configure_logging()
     try:
@@ -634,9 +717,6 @@ def train_command(args: argparse.Namespace) -> int:
 
     Raises nodulekit errors (the caller prints them); :func:`main` is the standalone entry.
     """
-    from ..preprocessing import paper_pipeline
-    from .distributed import make_strategy, tune_grid_distributed
-
     config = TrainConfig.load(args.config) if args.config else (TrainConfig.quick() if args.quick else TrainConfig())
     overrides = {
         k: getattr(args, k)
@@ -657,7 +737,7 @@ def train_command(args: argparse.Namespace) -> int:
     )
     table = results["summary"].pivot(index="architecture", columns="metric", values="text")
     print(table.to_string())
-    print(f"results in {Path(args.run_dir) / 'results'}")
+    print(f"results in {RunFolder(args.run_dir).results}")
     return 0
 
 
@@ -668,8 +748,6 @@ def _crop_like(crops: CropSet, pipeline) -> CropSet:
     128x128 crops) changes the image size; the masks must follow, and the raw crops kept for the
     figures too. The pipeline's own crop is then a no-op.
     """
-    from ..preprocessing import CenterCrop
-
     steps = [step for step in pipeline.steps if isinstance(step, CenterCrop)]
     if not steps:
         return crops
@@ -684,8 +762,6 @@ def _crop_like(crops: CropSet, pipeline) -> CropSet:
 def _read_data(path: str) -> CropSet:
     if str(path).endswith(".npz"):
         return CropSet.load(path)
-    from ..readers import read_any
-
     data = read_any(path)
     if not isinstance(data, CropSet):
         raise TrainingError(f"training needs crops (a CropSet), but {path} holds a {type(data).__name__}")

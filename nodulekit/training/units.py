@@ -32,11 +32,15 @@ import numpy as np
 import pandas as pd
 
 from ..errors import RunFolderError
-from ..utils import atomic_write, read_json, write_json
+from ..precision import precision_policy
+from ..runfolder import UnitFolder, file_sha256
+from ..safety import load_model
+from ..utils import atomic_write, copy_atomic, read_json, write_json
 from .config import TrainConfig
 from .data import make_dataset
+from .distributed import prepare_model_for_strategy
 
-__all__ = ["UnitSpec", "UnitData", "train_unit", "load_finished", "check_writable", "file_sha256", "unit_seed"]
+__all__ = ["UnitSpec", "UnitData", "train_unit", "load_finished", "file_sha256", "unit_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,37 +115,6 @@ def unit_seed(seed: int, spec: UnitSpec) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_writable(folder: str | os.PathLike, *, min_free_mb: float = 50.0) -> Path:
-    """Create ``folder`` if needed and prove it can be written (a probe file is written and removed).
-
-    Raises
-    ------
-    RunFolderError
-        If the folder cannot be created or written, or has less than ``min_free_mb`` MB free.
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise RunFolderError(f"run folder is not writable ({exc.strerror or exc})", path=folder) from exc
-    free_mb = shutil.disk_usage(folder).free / 2**20
-    if free_mb < min_free_mb:
-        raise RunFolderError(f"only {free_mb:.0f} MB free; a run needs at least {min_free_mb:.0f} MB", path=folder)
-    return folder
-
-
 # ------------------------------------------------------------------------------------------------
 # Finished units
 
@@ -154,13 +127,12 @@ def load_finished(folder: str | os.PathLike, meta: dict[str, Any]) -> dict[str, 
     the SHA-256 recorded in the marker. A corrupted or missing checkpoint is logged and the unit is
     redone.
     """
-    folder = Path(folder)
-    marker = folder / "done"
-    if not marker.exists():
+    unit = UnitFolder(Path(folder))
+    if not unit.done.exists():
         return None
     try:
-        done = read_json(marker)
-        record = read_json(folder / "metrics.json")
+        done = read_json(unit.done)
+        record = read_json(unit.metrics)
     except (OSError, ValueError) as exc:
         logger.warning("%s: unreadable done marker or metrics (%s); redoing the unit", folder, exc)
         return None
@@ -168,7 +140,7 @@ def load_finished(folder: str | os.PathLike, meta: dict[str, Any]) -> dict[str, 
         logger.warning("%s: finished with other settings or data; redoing the unit", folder)
         return None
     if done.get("status") == "ok":
-        checkpoint = folder / "best.keras"
+        checkpoint = unit.checkpoint
         if not checkpoint.exists() or file_sha256(checkpoint) != done.get("checkpoint_sha256"):
             logger.warning("%s: checkpoint best.keras is missing or corrupted; redoing the unit", folder)
             return None
@@ -224,7 +196,6 @@ def train_unit(
     from ..losses import get_loss, initial_output_bias
     from ..metrics import DiceCoefficient
     from ..models import build_model
-    from .distributed import precision_policy, prepare_model_for_strategy
 
     folder = Path(folder)
     source = Path(read_from) if read_from is not None else folder
@@ -238,16 +209,17 @@ def train_unit(
         return {**finished, "skipped": True}
 
     folder.mkdir(parents=True, exist_ok=True)
-    state = _load_state(source / "state", meta)
+    unit = UnitFolder(folder)
+    state = _load_state(UnitFolder(source).state, meta)
     if state is None:
         _reset(folder)
     elif source != folder:
         _reset(folder)
-        shutil.copytree(source / "state", folder / "state")
-    state_dir = folder / "state"
+        shutil.copytree(UnitFolder(source).state, unit.state)
+    state_dir = unit.state
     state_dir.mkdir(exist_ok=True)
     _remove_leftovers(folder)
-    write_json(folder / "unit.json", meta)
+    write_json(unit.spec, meta)
 
     state = state or {
         "meta": meta,
@@ -311,7 +283,7 @@ def train_unit(
         )
         callbacks: list = [keras.callbacks.TerminateOnNaN()]
         if config.tensorboard:
-            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(folder / "tensorboard")))
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(unit.tensorboard)))
 
         stop_reason = None
         epoch = state["epoch"]
@@ -389,7 +361,8 @@ def _finish(
 ) -> dict[str, Any]:
     """Write best.keras, history.csv, metrics.json and the done marker (last); drop state/."""
     history = pd.DataFrame(state["history"], columns=["epoch", *HISTORY_KEYS, "seconds"])
-    with atomic_write(folder / "history.csv") as handle:
+    unit = UnitFolder(folder)
+    with atomic_write(unit.history) as handle:
         history.to_csv(handle, index=False)
     record: dict[str, Any] = {
         "unit": spec.name,
@@ -401,7 +374,7 @@ def _finish(
         "best_val_loss": state["best_val_loss"] if state["best"] else math.nan,
         "seconds": round(float(state["seconds"]), 3),
     }
-    checkpoint = folder / "best.keras"
+    checkpoint = unit.checkpoint
     if state["failed"] is None and state["best"] is None:
         state["failed"] = "no epoch gave a finite validation loss"
     if state["failed"] is not None:
@@ -410,13 +383,13 @@ def _finish(
             checkpoint.unlink()
         done = {"status": "failed", "meta": meta, "reason": state["failed"]}
     else:
-        _copy_atomic(folder / "state" / state["best"], checkpoint)
+        copy_atomic(unit.state / state["best"], checkpoint)
         record.update(_evaluate(checkpoint, data, config))
         done = {"status": "ok", "meta": meta, "checkpoint_sha256": file_sha256(checkpoint)}
     record["history"] = state["history"]
-    write_json(folder / "metrics.json", record)
-    write_json(folder / "done", done)
-    shutil.rmtree(folder / "state", ignore_errors=True)
+    write_json(unit.metrics, record)
+    write_json(unit.done, done)  # last: the unit counts as finished from here on
+    shutil.rmtree(unit.state, ignore_errors=True)
     return {**record, "skipped": False}
 
 
@@ -425,8 +398,6 @@ def _evaluate(checkpoint: Path, data: UnitData, config: TrainConfig) -> dict[str
     import keras
 
     from ..metrics import background_accuracy, segmentation_report
-
-    from ..safety import load_model
 
     model = load_model(checkpoint)
     scores: dict[str, float] = {}
@@ -479,17 +450,18 @@ def _load_state(state_dir: Path, meta: dict) -> dict | None:
 
 def _reset(folder: Path) -> None:
     """Remove everything a previous, unusable attempt left in a unit folder."""
-    for name in ("done", "metrics.json", "history.csv", "best.keras", "unit.json"):
+    unit = UnitFolder(folder)
+    for name in UnitFolder.FILES:
         with contextlib.suppress(FileNotFoundError):
-            (folder / name).unlink()
-    shutil.rmtree(folder / "state", ignore_errors=True)
-    shutil.rmtree(folder / "tensorboard", ignore_errors=True)
+            (unit.path / name).unlink()
+    shutil.rmtree(unit.state, ignore_errors=True)
+    shutil.rmtree(unit.tensorboard, ignore_errors=True)
 
 
 def _remove_leftovers(folder: Path) -> None:
     """Delete temporary files a killed writer left behind (never named by any state)."""
     for pattern in (".tmp-*", ".*.tmp"):
-        for path in [*folder.glob(pattern), *(folder / "state").glob(pattern)]:
+        for path in [*folder.glob(pattern), *UnitFolder(folder).state.glob(pattern)]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
@@ -509,11 +481,6 @@ def _save_atomic(save: Callable[[str], Any], path: Path) -> str:
             os.unlink(tmp)
         raise
     return path.name
-
-
-def _copy_atomic(source: Path, target: Path) -> None:
-    with atomic_write(target, "wb") as handle, open(source, "rb") as original:
-        shutil.copyfileobj(original, handle)
 
 
 def _fsync(path: str) -> None:
