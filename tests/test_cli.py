@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +277,19 @@ def test_train_passes_its_arguments_to_the_training_entry_point(monkeypatch):
     monkeypatch.setattr("nodulekit.training.protocol.main", fake_main)
     assert _run("-v", "train", "--run-dir", "somewhere", "--quick", "--epochs", "1") == EXIT_OK
     assert seen["argv"] == ["--run-dir", "somewhere", "--quick", "--epochs", "1"]
+
+
+def test_train_keeps_the_cli_log_level(monkeypatch, tmp_path):
+    """``nodulekit -v train`` logs at DEBUG: the training entry point must not reconfigure logging."""
+    seen = {}
+
+    def fake_command(args):
+        seen["level"] = logging.getLogger("nodulekit").getEffectiveLevel()
+        return 0
+
+    monkeypatch.setattr("nodulekit.training.protocol.train_command", fake_command)
+    assert _run("-v", "train", "--run-dir", tmp_path / "run", "--quick") == EXIT_OK
+    assert seen["level"] == logging.DEBUG
 
 
 def test_evaluate_on_labelled_crops(tmp_path, models, capsys):

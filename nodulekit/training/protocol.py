@@ -704,7 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns 0 on success, 1 on a nodulekit error (message on stderr).
     """
     args = build_parser().parse_args(argv)
-    configure_logging()
+    if not logging.getLogger().handlers:  # run on its own; under ``nodulekit -v train`` the CLI configured it
+        configure_logging()
     try:
         return train_command(args)
     except NodulekitError as exc:
