@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -230,12 +229,11 @@ def tiny_run(tmp_path_factory):
     crops = tiny_crops()
     patch = pytest.MonkeyPatch()
     patch.setattr(losses, "get_loss", _NaNLoss(which=2))
-    start = time.perf_counter()
     try:
         results = run_protocol(crops, run_dir=run_dir, config=config, progress=False)
     finally:
         patch.undo()
-    return {"dir": run_dir, "config": config, "crops": crops, "results": results, "seconds": time.perf_counter() - start}
+    return {"dir": run_dir, "config": config, "crops": crops, "results": results}
 
 
 def test_protocol_tables(tiny_run):
@@ -298,15 +296,19 @@ def test_run_folder_layout(tiny_run):
     pd.testing.assert_frame_equal(saved["folds"], tiny_run["results"]["folds"], check_dtype=False, atol=1e-9)
 
 
-def test_rerun_skips_every_finished_unit(tiny_run):
+def test_rerun_skips_every_finished_unit(tiny_run, monkeypatch):
+    """No model is built on a rerun (its speed is checked in benchmarks/speed_checks.py)."""
+    from nodulekit import models
+
+    def refuse(*args, **options):
+        raise AssertionError("a finished unit was trained again")
+
     run_dir = tiny_run["dir"]
     stamps = {p: p.stat().st_mtime_ns for p in run_dir.glob("*/unet/*/done")}
-    start = time.perf_counter()
+    monkeypatch.setattr(models, "build_model", refuse)
     again = run_protocol(tiny_run["crops"], run_dir=run_dir, config=tiny_run["config"], progress=False)
-    seconds = time.perf_counter() - start
     assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/unet/*/done")} == stamps
     _assert_same_tables(tiny_run["results"], again, atol=0)
-    assert seconds < tiny_run["seconds"] / 2
 
 
 def test_corrupted_checkpoint_is_detected_and_the_unit_redone(tiny_run):
@@ -451,64 +453,66 @@ def test_grid_heatmap_marks_failed_trials(tiny_run):
 
 
 DRIVER = TINY_CROPS_SOURCE + '''
-import sys
-from nodulekit.training import TrainConfig, run_protocol
+import json, os, signal, sys
+from pathlib import Path
+from nodulekit.training import TrainConfig, protocol, run_protocol
+
+if len(sys.argv) > 2:  # kill this process right after UNIT saved the resume state of epoch EPOCH
+    kill_unit, kill_epoch = sys.argv[2], int(sys.argv[3])
+    train_unit = protocol.train_unit
+
+    def train_unit_then_die(spec, data, *, folder, on_epoch, **options):
+        def hook(advance, text):
+            on_epoch(advance, text)
+            state = Path(folder) / "state" / "state.json"
+            if spec.name == kill_unit and state.exists() and json.loads(state.read_text())["epoch"] == kill_epoch:
+                print("KILLING", spec.name, kill_epoch, flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        return train_unit(spec, data, folder=folder, on_epoch=hook, **options)
+
+    protocol.train_unit = train_unit_then_die
+
 config = TrainConfig(**{tiny!r})
 run_protocol(tiny_crops(), run_dir=sys.argv[1], config=config, progress=False)
 print("FINISHED", flush=True)
 '''.replace("{tiny!r}", repr(dict(TINY, learning_rates=(1e-3,), grid_epochs=2, epochs=2)))
 
 
-def _start(run_dir: Path) -> subprocess.Popen:
+def _run(run_dir: Path, *kill_at) -> subprocess.CompletedProcess:
+    """The driver on ``run_dir``; ``kill_at=(unit, epoch)`` makes it SIGKILL itself at that point."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
-    return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(run_dir)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    return subprocess.run(
+        [sys.executable, "-c", DRIVER, str(run_dir), *map(str, kill_at)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
     )
 
 
-def _kill_when(process: subprocess.Popen, ready, timeout: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if process.poll() is not None:
-            pytest.fail(f"protocol ended before the kill point:\n{process.stdout.read()[-3000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("kill point not reached in time")
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
+def _killed_at(run_dir: Path, unit: str, epoch: int) -> None:
+    process = _run(run_dir, unit, epoch)
+    assert process.returncode == -signal.SIGKILL and f"KILLING {unit} {epoch}" in process.stdout, process.stdout[-3000:]
+    state = json.loads((run_dir / unit / "state" / "state.json").read_text())
+    assert state["epoch"] == epoch and not (run_dir / unit / "done").exists()
 
 
-def _finish(process: subprocess.Popen) -> None:
-    out, _ = process.communicate(timeout=300)
-    assert process.returncode == 0 and "FINISHED" in out, out[-3000:]
-
-
-def _epoch_saved(folder: Path, epoch: int):
-    def ready() -> bool:
-        try:
-            return json.loads((folder / "state" / "state.json").read_text())["epoch"] >= epoch
-        except (OSError, ValueError, KeyError):
-            return False
-
-    return ready
+def _finish(run_dir: Path) -> None:
+    process = _run(run_dir)
+    assert process.returncode == 0 and "FINISHED" in process.stdout, process.stdout[-3000:]
 
 
 @pytest.mark.slow
 def test_sigkill_mid_unit_then_rerun_gives_the_same_tables(tmp_path):
     """Tolerance: 1e-6 on every number (deterministic ops, the same seed, the same machine)."""
     reference = tmp_path / "uninterrupted"
-    _finish(_start(reference))
+    _finish(reference)
 
     killed = tmp_path / "killed"
     # 1) inside the grid trial, right after its first epoch's state was saved;
-    process = _start(killed)
-    _kill_when(process, _epoch_saved(killed / "grid/unet/lr=0.001_bs=8", 1))
+    _killed_at(killed, "grid/unet/lr=0.001_bs=8", 1)
     # 2) inside the second fold (the trial and fold 0 done), after its first epoch.
-    process = _start(killed)
-    _kill_when(process, _epoch_saved(killed / "cv/unet/fold-1", 1))
-    _finish(_start(killed))
+    _killed_at(killed, "cv/unet/fold-1", 1)
+    assert (killed / "cv/unet/fold-0/done").exists()
+    _finish(killed)
 
     first, second = load_results(reference), load_results(killed)
     _assert_same_tables(first, second, atol=1e-6)
