@@ -185,6 +185,7 @@ def test_reader_versus_others_yields_the_other_readers_consensus():
     assert not list(ev.reader_versus_others(readers[1:], ids[1:]))
 
 
+@pytest.mark.realdata
 def test_reader_agreement_on_lidc_matches_the_published_range(lidc_slices_dir):
     """Radiologists against each other on the real dev crops (the human reference of notebook 06)."""
     from nodulekit.readers import read_lidc_release
