@@ -104,3 +104,22 @@ def test_reproduce_command_runs_the_series_into_the_run_folder(tmp_path, monkeyp
     assert "2 notebooks executed" in capsys.readouterr().out
     assert main(["reproduce", "--run-dir", str(run_dir), "--notebooks", str(tmp_path / "none")]) == EXIT_ERROR
     assert "no numbered notebooks" in capsys.readouterr().err
+
+
+def test_pytest_on_the_notebooks_alone_runs_them_in_quick_mode(tmp_path):
+    """``pytest --nbval-lax notebooks`` without the Makefile's NODULEKIT_QUICK=1 must not start the full study."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    shutil.copy(REPO / "notebooks" / "conftest.py", folder / "conftest.py")
+    check = "import os\nassert os.environ['NODULEKIT_QUICK'] == '1', os.environ.get('NODULEKIT_QUICK')"
+    nbformat.write(new_notebook(cells=[new_code_cell(check)]), folder / "01_quick.ipynb")
+    env = {k: v for k, v in os.environ.items() if k != "NODULEKIT_QUICK"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider", "-q", str(folder)]
+    out = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
