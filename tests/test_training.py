@@ -2,7 +2,9 @@
 
 The protocol tests train tiny U-Nets (filters 4/8/16 on 32x32 crops, 48 crops) so that they are
 quick on 2 CPU cores; the numbers they check are structural and hand-checkable (row counts, the
-all-background accuracy of the test masks, the selection rule, bit-identical reruns).
+all-background accuracy of the test masks, the selection rule, bit-identical reruns). One test,
+``test_unet_learns_the_phantom_nodules``, checks that training learns: a U-Net trained for 4 epochs
+on 300 phantom crops must beat the all-background answer on held-out crops by stated margins.
 """
 
 from __future__ import annotations
