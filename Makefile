@@ -1,5 +1,5 @@
 # nodulekit — the two commands of the README, plus a few helpers.
-#   make test       install into .venv (once) and run every test, notebooks included (QUICK mode)
+#   make test       install into .venv (once) and run every test, notebooks and the package's doctests included (QUICK mode)
 #   make reproduce  install into .venv (once) and run the whole study (notebooks 01-06, full size; 06 needs ../shared/data)
 #   make lock       refresh requirements-lock.txt (the pinned versions `make install` uses; UPGRADE=1 takes the newest)
 #   make wheel      build dist/nodulekit-*.whl (to upload to Colab, see the README)
@@ -38,9 +38,12 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $(STAMP)
 
+# The package's docstring examples run in a pytest run of their own: with tests/ and notebooks/ in
+# the same run, --doctest-modules would import both folders' conftest.py under one module name.
 test: $(STAMP)
 	rm -rf runs/quick  # a QUICK run folder from another configuration would be refused
 	NODULEKIT_QUICK=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider --durations=15
+	NODULEKIT_QUICK=1 $(PY) -m pytest nodulekit --doctest-modules -q -p no:cacheprovider
 	@echo "make test: reports above; notebook outputs went to runs/quick (QUICK mode)"
 
 # Unit tests only, no notebooks (for a quick check while developing).

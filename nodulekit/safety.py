@@ -133,8 +133,11 @@ def contained(root: str | os.PathLike, path: str | os.PathLike) -> Path:
 
     Examples
     --------
-    >>> contained("/data/set", "/data/set/images/a.png").as_posix()  # doctest: +SKIP
+    >>> contained("/data/set", "images/a.png").as_posix()
     '/data/set/images/a.png'
+    >>> contained("/data/set", "../other/b.png")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    nodulekit.errors.DataFormatError: resolves to /data/other/b.png, outside the data-set folder /data/set
     """
     real_root = os.path.realpath(root)
     candidate = Path(path) if Path(path).is_absolute() else Path(root) / path

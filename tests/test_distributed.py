@@ -77,10 +77,77 @@ def test_worker_role_follows_tf_config():
 def test_precision_names():
     assert resolve_precision(None) == resolve_precision("float32") == "float32"
     assert resolve_precision("mixed_float16") == "mixed_float16"
-    expected = "mixed_bfloat16" if cpu_supports_bfloat16() else "float32"
-    assert resolve_precision("auto") == expected  # no GPU in CI
+    assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
     with pytest.raises(InvalidParameterError, match="mixed_precision"):
         resolve_precision("half")
+
+
+@pytest.mark.parametrize(
+    ("gpus", "bf16_cpu", "expected"),
+    [
+        (["/physical_device:GPU:0"], True, "mixed_float16"),  # a GPU wins whatever the CPU
+        (["/physical_device:GPU:0"], False, "mixed_float16"),
+        ([], True, "mixed_bfloat16"),  # no GPU, a CPU with native bfloat16
+        ([], False, "float32"),  # no GPU, an older CPU
+    ],
+)
+def test_auto_precision_on_simulated_machines(monkeypatch, gpus, bf16_cpu, expected):
+    """The three branches of "auto", on a faked device list and a faked CPU check (any real machine)."""
+    import tensorflow as tf
+
+    from nodulekit.training import distributed
+
+    real = tf.config.list_physical_devices
+
+    def devices(kind=None):
+        return list(gpus) if kind == "GPU" else real(kind)
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", devices)
+    monkeypatch.setattr(distributed, "cpu_supports_bfloat16", lambda: bf16_cpu)
+    assert resolve_precision("auto") == expected
+    with precision_policy("auto") as policy:
+        import keras
+
+        assert policy == expected and keras.mixed_precision.global_policy().name == expected
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [
+        ("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n", True),
+        ("flags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n", True),
+        ("flags\t\t: fpu sse2 avx2 avx512f\n", False),
+        (None, False),  # no /proc/cpuinfo (macOS, Windows)
+    ],
+)
+def test_cpu_supports_bfloat16_reads_the_cpu_flags(monkeypatch, cpuinfo, expected):
+    import io
+
+    from nodulekit.training import distributed
+
+    def fake_open(path, *args, **options):
+        assert path == "/proc/cpuinfo"
+        if cpuinfo is None:
+            raise FileNotFoundError(path)
+        return io.StringIO(cpuinfo)
+
+    monkeypatch.setattr(distributed, "open", fake_open, raising=False)
+    assert cpu_supports_bfloat16() is expected
+
+
+def test_make_strategy_by_name(monkeypatch):
+    import tensorflow as tf
+
+    from nodulekit.training import make_strategy
+
+    assert make_strategy(None) is None and make_strategy("") is None and make_strategy("none") is None
+    mirrored = make_strategy("mirrored")  # every local device: the CPU here
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy) and mirrored.num_replicas_in_sync >= 1
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(InvalidParameterError, match="TF_CONFIG"):
+        make_strategy("multi_worker")
+    with pytest.raises(InvalidParameterError, match="strategy must be one of"):
+        make_strategy("horovod")
 
 
 def test_mixed_bfloat16_keeps_the_last_layer_and_the_loss_in_float32():

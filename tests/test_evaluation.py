@@ -185,6 +185,7 @@ def test_reader_versus_others_yields_the_other_readers_consensus():
     assert not list(ev.reader_versus_others(readers[1:], ids[1:]))
 
 
+@pytest.mark.realdata
 def test_reader_agreement_on_lidc_matches_the_published_range(lidc_slices_dir):
     """Radiologists against each other on the real dev crops (the human reference of notebook 06)."""
     from nodulekit.readers import read_lidc_release
@@ -252,3 +253,45 @@ def test_reader_agreement_scores_a_model_against_the_same_references():
     assert table.loc[2, "dice"] == pytest.approx(table.loc[2, "model_dice"]) == pytest.approx(2 * 8 / (8 + 16))
     with pytest.raises(InvalidParameterError, match="shape"):
         ev.reader_agreement(crops, model[:1])
+
+
+def test_real_ct_recipe_applies_its_changes_to_the_paper_recipe():
+    paper = ev.real_ct_recipe("paper_unet")
+    assert paper == ev.PAPER_RECIPE.replace(name="paper_unet")
+    bn_aug = ev.real_ct_recipe("bn_aug", name="mine", epochs=3)
+    assert (bn_aug.name, bn_aug.epochs, bn_aug.architecture, bn_aug.batch_size, bn_aug.augment) == ("mine", 3, "attention_unet", 32, True)
+    assert bn_aug.model_options == {"output_bias": "prior", "batch_norm": True}
+    assert bn_aug.learning_rate == ev.PAPER_RECIPE.learning_rate  # what the entry does not change stays the paper's
+    balanced = ev.real_ct_recipe("bn_aug_balanced")
+    assert balanced.loss_options == {"fn_weight": 0.5, "fp_weight": 0.5, "gamma": 0.75} and balanced.batch_size == 32
+    custom = ev.real_ct_recipe("wide", recipes={"wide": {"batch_size": 8}})
+    assert (custom.name, custom.batch_size) == ("wide", 8)
+    with pytest.raises(InvalidParameterError, match="unknown recipe 'nope'; known: paper_unet"):
+        ev.real_ct_recipe("nope")
+    with pytest.raises(InvalidParameterError, match="known: wide"):
+        ev.real_ct_recipe("bn_aug", recipes={"wide": {}})
+
+
+def test_dice_by_size_figure_puts_each_nodule_at_its_size_and_dice():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from nodulekit.plots.real_ct import plot_dice_by_size
+
+    per_nodule = pd.DataFrame(
+        {
+            "nodule_id": ["n1", "n2", "n3", "n1", "n2", "n3"],
+            "dice": [0.9, 0.5, np.nan, 0.8, 0.1, 0.7],
+            "recipe": ["a", "a", "a", "b", "b", "b"],
+            "variant": "plain",
+        }
+    )
+    sizes = pd.Series({"n1": 400, "n2": 20, "n3": 90})
+    fig = plot_dice_by_size(per_nodule, sizes)
+    ax = fig.axes[0]
+    points = [collection.get_offsets().tolist() for collection in ax.collections]
+    assert points == [[[400, 0.9], [20, 0.5]], [[400, 0.8], [20, 0.1], [90, 0.7]]]  # n3's NaN left out of a
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    assert ax.get_xscale() == "log" and ax.get_ylim() == (-0.02, 1.02)
+    with pytest.raises(InvalidParameterError, match="nodule_id, dice, recipe"):
+        plot_dice_by_size(per_nodule.drop(columns="recipe"), sizes)

@@ -57,6 +57,18 @@ def test_set_seed_makes_numpy_and_keras_repeatable():
         nodulekit.set_seed(-1)
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1", True), ("true", True), (" Yes ", True), ("ON", True), ("0", False), ("", False), ("no", False), ("quick", False), (None, False)],
+)
+def test_is_quick_reads_the_environment(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv("NODULEKIT_QUICK", raising=False)
+    else:
+        monkeypatch.setenv("NODULEKIT_QUICK", value)
+    assert nodulekit.is_quick() is expected
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.json"
     write_json(target, {"a": np.float32(1.5)})

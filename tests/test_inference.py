@@ -380,3 +380,24 @@ def test_overlay_and_figure_grid():
         plot_segmentation_grid([hu], [mask, mask])
     with pytest.raises(InvalidParameterError):
         overlay_rgb(hu, mask[:5])
+
+
+def test_save_overlay_writes_the_overlay_as_png(tmp_path):
+    from PIL import Image
+
+    from nodulekit.plots.inference import overlay_rgb, save_overlay
+
+    hu = np.full((40, 40), -850.0)
+    hu[10:16, 20:26] = 40.0
+    mask = (hu > -500).astype(np.uint8)
+    path = save_overlay(tmp_path / "slice.png", hu, mask, box_margin=2)
+    assert path == tmp_path / "slice.png"
+    written = np.asarray(Image.open(path))
+    np.testing.assert_array_equal(written, overlay_rgb(hu, mask, box_margin=2))  # PNG is lossless
+    assert tuple(written[8, 22]) == (0, 220, 0)  # the box, 2 px above the nodule
+    assert [p.name for p in tmp_path.iterdir()] == ["slice.png"]  # no temporary file left
+    plain = np.asarray(Image.open(save_overlay(tmp_path / "plain.png", hu)))
+    assert plain.shape == (40, 40, 3) and not (plain == (0, 220, 0)).all(axis=-1).any()  # no mask: no box
+    with pytest.raises(InvalidParameterError):
+        save_overlay(tmp_path / "bad.png", hu, mask[:5])
+    assert not (tmp_path / "bad.png").exists()

@@ -8,14 +8,13 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-
-from nodulekit import losses as L  # noqa: E402
-from nodulekit.errors import InvalidParameterError  # noqa: E402
+from nodulekit import losses as L
+from nodulekit.errors import InvalidParameterError
 
 
 def _pair(size=4):

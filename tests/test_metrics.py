@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -165,8 +166,6 @@ def test_boundary_metrics_in_3d_use_slice_spacing():
 
 
 # ---------------------------------------------------------------- Keras agrees with NumPy
-
-keras = pytest.importorskip("keras")
 
 
 def _random_batch(seed, n=6, size=16):

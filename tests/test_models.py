@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from nodulekit.errors import InvalidParameterError  # noqa: E402
-from nodulekit.models import (  # noqa: E402
+from nodulekit.errors import InvalidParameterError
+from nodulekit.models import (
     attention_layer_names,
     attention_maps,
     build_attention_unet,

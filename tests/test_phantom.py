@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -233,14 +232,6 @@ def test_write_lidc_release_roundtrip(tmp_path, crops):
     assert slices(back.table) == slices(crops.table)
     assert sorted(m.tobytes() for m in back.reader_masks) == sorted(m.tobytes() for m in crops.reader_masks)
     assert sorted(im.astype(np.uint8).tobytes() for im in back.images) == sorted(im.tobytes() for im in to_uint8(crops.images))
-
-
-def test_speed_of_crops():
-    start = time.process_time()
-    generate_crops(100, size=64, seed=11)
-    seconds = time.process_time() - start
-    # about 10-15 ms of CPU per 64x64 crop; 1,000 crops stay well under 30 s
-    assert seconds < 6.0, f"100 crops took {seconds:.1f} s of CPU"
 
 
 def test_attached_to_wall_on_drawn_examples():

@@ -32,6 +32,7 @@ def test_pretrained_loads_in_a_fresh_process():
     assert out.stdout.strip() == "ok 191"
 
 
+@pytest.mark.realdata
 def test_pretrained_segments_real_lidc_crops(lidc_slices_dir):
     from nodulekit.metrics import per_nodule_dice
     from nodulekit.readers import read_lidc_release

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -170,10 +169,9 @@ def test_release_first_patient_consensus_by_hand(lidc_slices_dir):
 
 
 @pytest.mark.realdata
-def test_release_full_load_counts_and_speed(lidc_slices_dir):
-    start = time.perf_counter()
+def test_release_full_load_counts(lidc_slices_dir):
+    """Counts of the whole release (its reading speed is checked in benchmarks/speed_checks.py)."""
     crops = read_lidc_release(lidc_slices_dir, progress=False)
-    elapsed = time.perf_counter() - start
     table = crops.table
     assert (len(crops), table["nodule_id"].nunique(), table["patient_id"].nunique()) == (3163, 602, 191)
     assert crops.images.shape == (3163, 128, 128) and crops.reader_masks.shape == (3163, 4, 128, 128)
@@ -181,7 +179,6 @@ def test_release_full_load_counts_and_speed(lidc_slices_dir):
     # Readers who marked each nodule (mask non-empty on any slice), counted once per nodule.
     per_nodule = table.groupby("nodule_id")["n_readers"].first().value_counts().to_dict()
     assert per_nodule == {4: 238, 3: 115, 2: 107, 1: 142}
-    assert elapsed < 20.0, f"reading the release took {elapsed:.1f} s (budget 20 s)"
 
 
 # --- image/mask folders (the paper's format) ------------------------------------------------------

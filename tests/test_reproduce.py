@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -10,6 +11,8 @@ from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from nodulekit.errors import MissingDataError
 from nodulekit.reproduce import find_notebooks, missing_requirements, strip_runtime_logs
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _write(path, metadata=None):
@@ -41,7 +44,7 @@ def test_missing_requirements_reads_the_notebook_metadata(tmp_path, monkeypatch)
 
 
 def test_the_real_data_notebook_declares_its_data():
-    meta = json.loads(open("notebooks/06_real_ct.ipynb", encoding="utf-8").read())["metadata"]["nodulekit"]
+    meta = json.loads(open(REPO / "notebooks" / "06_real_ct.ipynb", encoding="utf-8").read())["metadata"]["nodulekit"]
     assert meta["requires"] == ["../../shared/data/lidc/LIDC-IDRI-slices"] and meta["requires_env"] == "NODULEKIT_LIDC_DIR"
 
 
@@ -79,3 +82,44 @@ def test_run_notebooks_keeps_figures_and_skips_what_lacks_data(tmp_path, monkeyp
     executed = nbformat.read(done[0], as_version=4)
     assert any("image/png" in output.get("data", {}) for output in executed.cells[0].outputs)
     assert "skipping 02_needs_data.ipynb" in capsys.readouterr().out
+
+
+def test_reproduce_command_runs_the_series_into_the_run_folder(tmp_path, monkeypatch, capsys):
+    """``nodulekit reproduce --quick``: each notebook runs with QUICK and RUN_DIR set; a missing folder is an error."""
+    from nodulekit.cli import EXIT_ERROR, EXIT_OK, main
+
+    for var in ("NODULEKIT_RUN_DIR", "NODULEKIT_QUICK", "MPLBACKEND"):
+        monkeypatch.setenv(var, "")  # restored after the test (run_notebooks sets them)
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    writes = "import os\nopen(os.path.join(os.environ['NODULEKIT_RUN_DIR'], 'quick.txt'), 'w').write(os.environ['NODULEKIT_QUICK'])"
+    nbformat.write(new_notebook(cells=[new_code_cell(writes)]), folder / "01_writes.ipynb")
+    reads = "import os\nprint('read', open(os.path.join(os.environ['NODULEKIT_RUN_DIR'], 'quick.txt')).read())"
+    nbformat.write(new_notebook(cells=[new_code_cell(reads)]), folder / "02_reads.ipynb")
+    run_dir = tmp_path / "run"
+    assert main(["reproduce", "--run-dir", str(run_dir), "--notebooks", str(folder), "--quick"]) == EXIT_OK
+    assert (run_dir / "quick.txt").read_text() == "1"  # the first notebook ran in QUICK mode, in the run folder
+    executed = nbformat.read(run_dir / "notebooks" / "02_reads.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "read 1\n"  # the second ran after it and saw its file
+    assert "2 notebooks executed" in capsys.readouterr().out
+    assert main(["reproduce", "--run-dir", str(run_dir), "--notebooks", str(tmp_path / "none")]) == EXIT_ERROR
+    assert "no numbered notebooks" in capsys.readouterr().err
+
+
+def test_pytest_on_the_notebooks_alone_runs_them_in_quick_mode(tmp_path):
+    """``pytest --nbval-lax notebooks`` without the Makefile's NODULEKIT_QUICK=1 must not start the full study."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    shutil.copy(REPO / "notebooks" / "conftest.py", folder / "conftest.py")
+    check = "import os\nassert os.environ['NODULEKIT_QUICK'] == '1', os.environ.get('NODULEKIT_QUICK')"
+    nbformat.write(new_notebook(cells=[new_code_cell(check)]), folder / "01_quick.ipynb")
+    env = {k: v for k, v in os.environ.items() if k != "NODULEKIT_QUICK"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider", "-q", str(folder)]
+    out = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]

@@ -280,10 +280,13 @@ def test_paired_comparison_equal_models_and_errors():
 
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory):
-    """A run folder with one finished (untrained) U-Net fold and patient C held out."""
+    """A run folder with one finished fold and patient C held out.
+
+    Its "model" has a known output: one 1x1 convolution (weight 50, bias 0) and a sigmoid, so a
+    pixel is called nodule exactly where the preprocessed (z-scored) input is above 0.
+    """
     import keras
 
-    from nodulekit.models import build_model
     from nodulekit.preprocessing import paper_pipeline
     from nodulekit.utils import write_json
 
@@ -293,24 +296,36 @@ def fake_run(tmp_path_factory):
     write_json(run / "data.json", {"split": {"train": ["A"], "val": ["B"], "test": ["C"]}})
     folder = run / "cv" / "unet" / "fold-0"
     folder.mkdir(parents=True)
-    keras.utils.set_random_seed(0)
-    build_model("unet", (32, 32, 1), filters=(2, 4)).save(folder / "best.keras")
+    inputs = keras.Input((32, 32, 1))
+    above_zero = keras.layers.Conv2D(
+        1, 1, activation="sigmoid", kernel_initializer=keras.initializers.Constant(50.0), bias_initializer="zeros", name="mask"
+    )(inputs)
+    keras.Model(inputs, above_zero).save(folder / "best.keras")
     write_json(folder / "done", {"status": "ok"})
     return run
 
 
 def test_predict_held_out_scores_the_test_patients(fake_run):
-    from nodulekit.metrics import dice
-
     crops = make_crops(empty=(5,))
     held = study.predict_held_out(crops, run_dir=fake_run)
     assert held.images.shape == (2, 32, 32) and set(held.table["patient_id"]) == {"C"}
     assert np.abs(held.inputs.mean(axis=(1, 2))).max() < 1e-3  # the run's pipeline z-scored them
     assert list(held.probabilities) == [("unet", 0)]
     assert list(held.scores.columns[:6]) == ["architecture", "fold", "crop", "patient_id", "nodule_id", "slice_index"]
-    expected = dice(held.masks, held.probabilities[("unet", 0)], per_image=True)
-    assert np.allclose(held.scores["dice"], expected)
-    assert held.prediction("unet", 0).dtype == np.uint8
+    # Worked out by hand. Crop 4 (patient C's first) is a disc of radius 4 (49 pixels) of 1000 on
+    # noise of sd 10. The run's pipeline median-filters (3x3) then z-scores it: the filter removes
+    # the disc's 4 tips (each has only 4 disc pixels in its 3x3 neighbourhood, fewer than the 5 of
+    # a majority), then the disc is near +4.4 and the background near -0.2, so the model draws 45
+    # of the 49 pixels and nothing else: Dice 2*45 / (45 + 49) = 90/94. Crop 5 is noise only:
+    # z-scored, about half its pixels are above 0, a false positive on an empty mask, which the
+    # run's empty policy ("one") scores 0.
+    prediction = held.prediction("unet", 0)
+    assert prediction.dtype == np.uint8
+    tips = np.zeros((32, 32), np.uint8)
+    tips[[12, 20, 16, 16], [16, 16, 12, 20]] = 1
+    np.testing.assert_array_equal(prediction[0], crops.masks[4] - tips)
+    assert 0.2 < prediction[1].mean() < 0.8
+    np.testing.assert_allclose(held.scores["dice"], [90 / 94, 0.0])
     assert len(study.held_out_crops(crops, run_dir=fake_run)) == 2
     assert study.load_fold_model(fake_run, "unet", 0).input_shape == (None, 32, 32, 1)
 
