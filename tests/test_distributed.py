@@ -19,7 +19,7 @@ import pytest
 
 from nodulekit.errors import InvalidParameterError
 from nodulekit.training import TrainConfig, precision_policy, resolve_precision, worker_role
-from nodulekit.training.distributed import cpu_supports_bfloat16
+from nodulekit.precision import cpu_supports_bfloat16
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -95,7 +95,7 @@ def test_auto_precision_on_simulated_machines(monkeypatch, gpus, bf16_cpu, expec
     """The three branches of "auto", on a faked device list and a faked CPU check (any real machine)."""
     import tensorflow as tf
 
-    from nodulekit.training import distributed
+    from nodulekit import precision
 
     real = tf.config.list_physical_devices
 
@@ -103,7 +103,7 @@ def test_auto_precision_on_simulated_machines(monkeypatch, gpus, bf16_cpu, expec
         return list(gpus) if kind == "GPU" else real(kind)
 
     monkeypatch.setattr(tf.config, "list_physical_devices", devices)
-    monkeypatch.setattr(distributed, "cpu_supports_bfloat16", lambda: bf16_cpu)
+    monkeypatch.setattr(precision, "cpu_supports_bfloat16", lambda: bf16_cpu)
     assert resolve_precision("auto") == expected
     with precision_policy("auto") as policy:
         import keras
@@ -123,7 +123,7 @@ def test_auto_precision_on_simulated_machines(monkeypatch, gpus, bf16_cpu, expec
 def test_cpu_supports_bfloat16_reads_the_cpu_flags(monkeypatch, cpuinfo, expected):
     import io
 
-    from nodulekit.training import distributed
+    from nodulekit import precision
 
     def fake_open(path, *args, **options):
         assert path == "/proc/cpuinfo"
@@ -131,7 +131,7 @@ def test_cpu_supports_bfloat16_reads_the_cpu_flags(monkeypatch, cpuinfo, expecte
             raise FileNotFoundError(path)
         return io.StringIO(cpuinfo)
 
-    monkeypatch.setattr(distributed, "open", fake_open, raising=False)
+    monkeypatch.setattr(precision, "open", fake_open, raising=False)
     assert cpu_supports_bfloat16() is expected
 
 
