@@ -18,7 +18,7 @@ __all__ = ["plot_froc", "plot_reliability", "reliability_table"]
 
 
 def plot_froc(results: Mapping[str, object], *, ax=None, title: str | None = None):
-    """FROC curves of several detectors on the same scans.
+    """FROC curves of several detectors on the same scans (and the candidates' ceiling, dotted).
 
     Parameters
     ----------
@@ -43,6 +43,9 @@ def plot_froc(results: Mapping[str, object], *, ax=None, title: str | None = Non
         line = ax.step(np.maximum(fp, 1e-3), sensitivity, where="post", label=f"{label} (CPM {result.cpm:.3f})")[0]
         rates = list(result.sensitivities)
         ax.plot(rates, [result.sensitivities[r] for r in rates], "o", color=line.get_color(), markersize=4)
+    first = next(iter(results.values()))
+    ceiling = first.n_found / max(first.n_nodules, 1)  # every candidate listed: what ranking cannot exceed
+    ax.axhline(ceiling, color="0.4", linestyle=":", linewidth=1, label=f"found by any candidate ({ceiling:.2f})")
     ax.set_xscale("log")
     ax.set_xlim(1 / 16, 16)
     ax.set_xticks([0.125, 0.25, 0.5, 1, 2, 4, 8])
