@@ -181,3 +181,22 @@ def test_segmenter_folder_saves_and_loads_its_second_stage(tmp_path):
     segmenter.classifier = None
     segmenter.save(tmp_path / "with")  # saved again without: the stale classifier.json goes
     assert not (tmp_path / "with" / CLASSIFIER_FILE).exists() and load_segmenter(tmp_path / "with").classifier is None
+
+
+def test_shipped_segmenter_carries_its_second_stage_and_ranks_a_synthetic_scan():
+    from nodulekit.phantom import generate_volume
+    from nodulekit.pretrained import PRETRAINED_DIR
+
+    folder = PRETRAINED_DIR / "lidc_attention_unet"
+    classifier = load_classifier(folder)
+    assert set(classifier.feature_names) <= set(FEATURE_NAMES) and 0 < classifier.threshold < 1
+    assert classifier.metadata["operating_point"]["target_fp_per_scan"] > 0
+    segmenter = load_segmenter(folder)
+    assert segmenter.classifier is not None
+    volume = generate_volume(n_slices=8, n_nodules=2, seed=1, readers=0)
+    result = segmenter.segment(volume, min_score=0.0, progress=False)
+    table = result.nodules
+    assert result.info["second_stage"] and len(table) == result.info["candidates"] >= 1
+    assert table["score"].between(0, 1).all() and table["score"].is_monotonic_decreasing
+    default = segmenter.segment(volume, progress=False)  # the operating point keeps the top of the same list
+    assert default.nodules["score"].tolist() == [s for s in table["score"] if s >= classifier.threshold]
