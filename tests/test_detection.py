@@ -200,3 +200,22 @@ def test_shipped_segmenter_carries_its_second_stage_and_ranks_a_synthetic_scan()
     assert table["score"].between(0, 1).all() and table["score"].is_monotonic_decreasing
     default = segmenter.segment(volume, progress=False)  # the operating point keeps the top of the same list
     assert default.nodules["score"].tolist() == [s for s in table["score"] if s >= classifier.threshold]
+
+
+def test_cli_segment_lists_ranked_nodules_with_min_score_and_max_nodules(tmp_path):
+    import SimpleITK as sitk
+
+    from nodulekit.cli import EXIT_OK, main
+    from nodulekit.phantom import generate_volume
+
+    volume = generate_volume(n_slices=8, n_nodules=3, seed=3, readers=0)
+    image = sitk.GetImageFromArray(volume.hu.astype(np.int16))
+    image.SetSpacing(tuple(float(s) for s in volume.spacing[::-1]))
+    scan = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(image, str(scan))
+    out = tmp_path / "out"
+    argv = ["segment", str(scan), "--model", "pretrained", "--out", str(out), "--min-score", "0", "--max-nodules", "2", "--no-progress"]
+    assert main(argv) == EXIT_OK
+    table = pd.read_csv(out / "nodules.csv")
+    assert 1 <= len(table) <= 2 and table["score"].is_monotonic_decreasing and table["nodule_id"].tolist() == list(range(1, len(table) + 1))
+    assert main(["segment", str(scan), "--model", "pretrained", "--out", str(tmp_path / "bad"), "--min-score", "2", "--no-progress"]) != EXIT_OK
