@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Segment INPUT with a trained model and write, into DIR: masks/<slice>.png, mask.npy, labels.npy, "
             "mask.nii.gz (volumes), overlays/<slice>.png (red contours, green boxes; yellow ground truth), "
-            "nodules.csv (one row per nodule, sizes in mm), truth_nodules.csv (when INPUT has annotations) "
+            "nodules.csv (one row per nodule, sizes in mm; with a second-stage classifier sorted by its calibrated score), truth_nodules.csv (when INPUT has annotations) "
             "and summary.json. INPUT: an image file, a folder of images, an images/+masks/ folder, a DICOM "
             "series folder (an LIDC XML beside it is used as ground truth), an .mhd or .nii(.gz) file, a CropSet .npz, "
             "or the LIDC PNG release layout."
@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--threshold", type=float, help="probability threshold in (0, 1) (default: the model's, 0.5)")
     seg.add_argument("--lungs", choices=["auto", "on", "off"], default="auto", help="restrict to a lung mask (auto: HU scans)")
     seg.add_argument("--min-diameter", type=float, default=3.0, metavar="MM", help="drop nodules smaller than this (default 3 mm)")
+    seg.add_argument(
+        "--min-score",
+        type=float,
+        metavar="P",
+        help="list only candidates whose second-stage score is at least P, in [0, 1] (default: the model's operating point; 0 lists all)",
+    )
+    seg.add_argument("--max-nodules", type=int, metavar="N", help="list at most N nodules, the highest scores first")
     seg.add_argument("--pixel-spacing", type=float, metavar="MM", help="pixel size of image inputs that carry none")
     seg.add_argument("--batch-size", type=int, help="windows or slices per model call")
     seg.add_argument("--overlays", choices=["nodules", "all", "none"], default="nodules", help="which slices get an overlay PNG")
@@ -355,6 +362,8 @@ def _segment(args: argparse.Namespace) -> int:
                 connect_slices=stack["connect"],
                 lungs=lungs,
                 min_diameter_mm=args.min_diameter,
+                min_score=args.min_score,
+                max_nodules=args.max_nodules,
                 batch_size=args.batch_size,
                 progress=args.progress,
             )
@@ -417,7 +426,7 @@ def _print_segment_summary(out: Path, summary: dict) -> None:
         import pandas as pd
 
         table = pd.read_csv(nodules)
-        columns = [c for c in ("nodule_id", "slice_name", "n_slices", "diameter_mm", "volume_mm3", "mean_hu", "max_probability") if c in table]
+        columns = [c for c in ("nodule_id", "score", "slice_name", "n_slices", "diameter_mm", "volume_mm3", "mean_hu", "max_probability") if c in table]
         print(table[columns].head(10).to_string(index=False))
     for truth in summary.get("truth_nodules") or []:
         print(

@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 from ._version import __version__
 from .crops import center_crop
 from .dataset import CropSet, Volume
+from .detection import CLASSIFIER_FILE, CandidateClassifier, candidate_features, load_classifier, rank_candidates
 from .errors import DataFormatError, InvalidParameterError, MissingDataError, ModelFileError
 from .overlay import overlay_rgb
 from .postprocess import fill_holes, first_output, keep_largest_components, label_components, remove_small_objects
@@ -394,6 +395,10 @@ class Segmenter:
         Default sliding-window overlap, in [0, 1).
     metadata : dict, optional
         Free-form provenance (architecture, run folder, training data), saved with the segmenter.
+    classifier : nodulekit.detection.CandidateClassifier, optional
+        The second stage: scores every 3-D candidate of a scan in HU, so that :meth:`segment`
+        sorts the nodule table by a calibrated ``score`` and keeps those at or above the
+        classifier's operating point. Loaded from ``classifier.json`` by :func:`load_segmenter`.
     precision : {"auto", "float32", "mixed_bfloat16"}
         Arithmetic of the forward pass of a float32 Keras model. ``"auto"`` (default): bfloat16
         on CPUs with native bfloat16 (AVX512-BF16/AMX) and no GPU, float32 elsewhere; the weights
@@ -421,6 +426,7 @@ class Segmenter:
         overlap: float = 0.5,
         metadata: dict | None = None,
         precision: str | None = "auto",
+        classifier: CandidateClassifier | None = None,
     ) -> None:
         if precision not in INFERENCE_PRECISIONS:
             raise InvalidParameterError(f"precision must be one of {INFERENCE_PRECISIONS}, got {precision!r}")
@@ -441,6 +447,7 @@ class Segmenter:
         self.overlap = float(overlap)
         self.metadata = dict(metadata or {})
         self.precision = precision
+        self.classifier = classifier
         self._functions: dict[str, Callable] = {}
         self._last_counts: dict[str, Any] = {}
         self._before_zscore, self._after_zscore, self._has_zscore = _split_pipeline(pipeline)
@@ -639,6 +646,8 @@ class Segmenter:
         threshold: float | None = None,
         min_diameter_mm: float = 3.0,
         min_voxels: int = 3,
+        min_score: float | None = None,
+        max_nodules: int | None = None,
         overlap: float | None = None,
         batch_size: int | None = None,
         progress: bool = True,
@@ -674,6 +683,15 @@ class Segmenter:
             >= 0; not applied when the pixel spacing is unknown.
         min_voxels : int
             Components with fewer voxels are dropped, >= 1.
+        min_score : float, optional
+            With a second-stage ``classifier`` and a CT volume in HU: every candidate is scored
+            (:mod:`nodulekit.detection`), the table is sorted by ``score`` (``nodule_id`` 1 = the
+            highest) and candidates scoring below ``min_score`` are dropped; default the
+            classifier's operating point (``classifier.threshold``), 0 keeps all. Without a
+            classifier the table stays sorted by volume, has no ``score``, and a warning is logged
+            for CT volumes.
+        max_nodules : int, optional
+            Keep at most this many nodules (the highest scores, or the largest without a classifier).
         overlap, batch_size, progress
             As in :meth:`predict`.
 
@@ -725,6 +743,14 @@ class Segmenter:
             min_voxels=min_voxels,
         )
         timings["measure_s"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        ct_volume = connect and units == "HU" and len(images) > 1 and bool(np.isfinite(spacing3).all())
+        scored = self.classifier is not None and ct_volume
+        candidates = len(nodules)
+        labels, nodules = self._rank(
+            labels, nodules, probabilities, images, lung, spacing3, scored=scored, warn=ct_volume, min_score=min_score, max_nodules=max_nodules
+        )
+        timings["rank_s"] = time.perf_counter() - tick
         timings["total_s"] = time.perf_counter() - start
         timings["cpu_s"] = time.process_time() - cpu_start  # CPU seconds of this process, all threads
         info = {
@@ -737,6 +763,9 @@ class Segmenter:
             "connect_slices": connect,
             "units": units,
             "shape": list(images.shape),
+            "second_stage": scored,
+            "candidates": candidates,
+            "min_score": (self.classifier.threshold if min_score is None else float(min_score)) if scored else None,
             **self._last_counts,
             **{k: round(v, 3) for k, v in timings.items()},
         }
@@ -751,6 +780,26 @@ class Segmenter:
             images=images,
             info=info,
         )
+
+    def _rank(self, labels, nodules, probabilities, images, lung, spacing, *, scored, warn, min_score, max_nodules):
+        """Score, sort and filter the candidates with the second stage (or keep the largest without one)."""
+        if scored:
+            features = candidate_features(labels, nodules, probabilities=probabilities, hu=images, lung=lung, spacing=spacing)
+            scores = self.classifier.predict_proba(features) if len(nodules) else np.zeros(0)
+            floor = self.classifier.threshold if min_score is None else float(min_score)
+            return rank_candidates(labels, nodules, scores, min_score=floor, max_nodules=max_nodules)
+        if min_score is not None:
+            raise InvalidParameterError(
+                "min_score needs a second-stage classifier (classifier.json in the model folder) and a CT volume in HU"
+            )
+        if self.classifier is None and warn:
+            logger.warning("no second-stage classifier (%s): nodules are listed by volume, without a score", CLASSIFIER_FILE)
+        if max_nodules is not None:
+            if int(max_nodules) < 0:
+                raise InvalidParameterError(f"max_nodules must be >= 0, got {max_nodules!r}")
+            nodules = nodules.head(int(max_nodules))
+            labels = np.where(labels <= len(nodules), labels, 0).astype(np.int32)
+        return labels, nodules
 
     def predict_crops(self, images: np.ndarray, *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Probabilities for training-style crops: the whole training pipeline (centre crop included), one pass.
@@ -816,7 +865,7 @@ class Segmenter:
     # -- persistence -----------------------------------------------------------------------------
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``model.keras``, ``preprocessing.json`` and ``segmenter.json`` into ``folder``.
+        """Write ``model.keras``, ``preprocessing.json``, ``segmenter.json`` (and ``classifier.json``) into ``folder``.
 
         :func:`load_segmenter` reads the folder back. Only Keras models can be saved.
         """
@@ -833,7 +882,7 @@ class Segmenter:
         return folder
 
     def save_settings(self, folder: str | os.PathLike) -> None:
-        """Write ``preprocessing.json`` (or remove a stale one) and ``segmenter.json`` into ``folder``, atomically."""
+        """Write ``preprocessing.json``, ``segmenter.json`` and ``classifier.json`` (each removed when stale) into ``folder``, atomically."""
         folder = Path(folder)
         if self.pipeline is not None:
             with atomic_write(folder / _PIPELINE_FILE) as handle:
@@ -841,6 +890,10 @@ class Segmenter:
         else:
             (folder / _PIPELINE_FILE).unlink(missing_ok=True)
         write_json(folder / _SETTINGS_FILE, self.settings())
+        if self.classifier is not None:
+            self.classifier.save(folder)
+        else:
+            (folder / CLASSIFIER_FILE).unlink(missing_ok=True)
 
     def settings(self) -> dict:
         """The segmenter's options as a JSON-serialisable dict (what ``segmenter.json`` holds)."""
@@ -1168,13 +1221,15 @@ def load_segmenter(path: str | os.PathLike | None = None, **overrides: Any) -> S
 
         * the name of a shipped model (``lidc_attention_unet``, alias ``pretrained``; ``None``: the default);
         * a folder written by :meth:`Segmenter.save` or ``nodulekit export`` (``model.keras`` +
-          ``preprocessing.json`` + ``segmenter.json``);
+          ``preprocessing.json`` + ``segmenter.json``, and ``classifier.json``, the second stage,
+          when it has one);
         * a run folder written by :func:`nodulekit.training.run_protocol` (its best checkpoint and
           the preprocessing pipeline it recorded);
         * a ``.keras`` file; a ``preprocessing.json`` beside it is used when present, else the
           paper's per-image z-score.
     **overrides
-        Segmenter options (``threshold``, ``mode``, ``overlap``, ``window``) that replace the saved ones.
+        Segmenter options (``threshold``, ``mode``, ``overlap``, ``window``, ``classifier``) that
+        replace the saved ones.
 
     Returns
     -------
@@ -1191,11 +1246,14 @@ def load_segmenter(path: str | os.PathLike | None = None, **overrides: Any) -> S
 
     path = resolve_model(path)
     settings: dict = {}
+    classifier = None
     if path.is_dir():
         if (path / _SETTINGS_FILE).is_file():
             model_file = path / _MODEL_FILE
             settings = json.loads((path / _SETTINGS_FILE).read_text())
             pipeline_file = path / _PIPELINE_FILE
+            if (path / CLASSIFIER_FILE).is_file():
+                classifier = load_classifier(path)
         else:
             model_file, pipeline_file, settings = _from_run_folder(path)
     else:
@@ -1211,6 +1269,7 @@ def load_segmenter(path: str | os.PathLike | None = None, **overrides: Any) -> S
         options["window"] = int(side) if side else 64
     options.setdefault("metadata", {})["source"] = str(path)
     options.update({k: v for k, v in overrides.items() if v is not None})
+    options.setdefault("classifier", classifier)
     return Segmenter(model, pipeline, **options)
 
 

@@ -1,0 +1,316 @@
+"""Free-response ROC (FROC) of a nodule detector, with the LUNA16 definitions.
+
+A detector lists candidates per scan, each with a centre and a score. FROC plots the fraction of
+reference nodules found (sensitivity) against the average number of false positives per scan as the
+score threshold falls; the competition performance metric (CPM) is the mean sensitivity at 1/8,
+1/4, 1/2, 1, 2, 4 and 8 false positives per scan [1]_ [2]_.
+
+Conventions (nodulekit's reading of the LUNA16 rules, kept in one place)
+-------------------------------------------------------------------------
+* **Reference.** Nodules of at least 3 mm (longest axial diameter) on which the readers' consensus
+  agrees; :func:`reference_from_mask` measures them from a consensus mask. Smaller or
+  non-consensus findings may be listed with ``ignore=True``: a candidate on one of them is neither
+  a hit nor a false positive (LUNA16's "irrelevant findings").
+* **Hit.** A candidate hits a nodule when its centre lies *inside* it: on one of the nodule's
+  slices (``slice_first <= z <= slice_last``, z rounded to the nearest slice) and within half the
+  nodule's diameter of the nodule's centre in-plane (``hypot(dy, dx)`` in mm ``<= d / 2``).
+* **Extra hits.** A found nodule counts once; further candidates on it are ignored (neither hits
+  nor false positives), whatever their score. A candidate inside two nodules hits both.
+* **False positive.** A candidate that hits no nodule (relevant or ignored).
+* **Operating points.** Sensitivity at ``f`` false positives per scan is that of the lowest
+  threshold whose false positives per scan do not exceed ``f`` (a step function; LUNA16's script
+  interpolates linearly between thresholds, which can only give more). Candidates of equal score
+  enter together. Where the detector never reaches ``f`` false positives per scan, its sensitivity
+  with every candidate counts.
+
+References
+----------
+.. [1] A. A. A. Setio et al., "Validation, comparison, and combination of algorithms for automatic
+   detection of pulmonary nodules in computed tomography images: the LUNA16 challenge",
+   Medical Image Analysis 42:1-13, 2017.
+.. [2] M. Niemeijer et al., "On combining computer-aided detection systems", IEEE TMI
+   30(2):215-223, 2011 (the competition performance metric).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import InvalidParameterError
+
+__all__ = [
+    "FP_RATES",
+    "MIN_DIAMETER_MM",
+    "FrocResult",
+    "ScanDetections",
+    "froc",
+    "hit_matrix",
+    "reference_from_mask",
+]
+
+logger = logging.getLogger(__name__)
+
+#: False positives per scan at which sensitivity is read (LUNA16).
+FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+#: Smallest reference nodule (longest axial diameter, mm), as LIDC-IDRI and LUNA16.
+MIN_DIAMETER_MM = 3.0
+
+_CANDIDATE_COLUMNS = ("centroid_z", "centroid_y", "centroid_x", "score")
+_REFERENCE_COLUMNS = ("slice_first", "slice_last", "centroid_y", "centroid_x", "diameter_mm")
+
+
+@dataclass
+class ScanDetections:
+    """One scan's candidates and reference nodules.
+
+    Parameters
+    ----------
+    candidates : pandas.DataFrame
+        One row per candidate: ``centroid_z``, ``centroid_y``, ``centroid_x`` (voxels) and
+        ``score`` (higher = more likely a nodule). The nodule table of
+        :func:`nodulekit.detection.score_candidates` has them.
+    reference : pandas.DataFrame
+        One row per reference nodule: ``slice_first``, ``slice_last``, ``centroid_y``,
+        ``centroid_x`` (voxels), ``diameter_mm``; optional boolean ``ignore``.
+    spacing : sequence of float
+        Voxel size in mm (slice, row, column).
+    name : str
+        The scan's name, for messages.
+    """
+
+    candidates: pd.DataFrame
+    reference: pd.DataFrame
+    spacing: tuple[float, float, float]
+    name: str = "scan"
+
+
+@dataclass
+class FrocResult:
+    """The FROC curve and its summary.
+
+    Attributes
+    ----------
+    thresholds : ndarray
+        Distinct candidate scores, falling; point ``k`` of the curve keeps the candidates with
+        ``score >= thresholds[k]``.
+    fp_per_scan, sensitivity : ndarray
+        The curve, one value per threshold.
+    sensitivities : dict
+        Sensitivity at each of :data:`FP_RATES` (keys as floats).
+    cpm : float
+        Mean of ``sensitivities`` (competition performance metric).
+    n_scans, n_nodules, n_candidates, n_found : int
+        Scans, relevant reference nodules, candidates, and nodules found with every candidate.
+    """
+
+    thresholds: np.ndarray
+    fp_per_scan: np.ndarray
+    sensitivity: np.ndarray
+    sensitivities: dict = field(default_factory=dict)
+    cpm: float = float("nan")
+    n_scans: int = 0
+    n_nodules: int = 0
+    n_candidates: int = 0
+    n_found: int = 0
+
+    def threshold_at(self, fp_per_scan: float) -> float:
+        """The lowest score threshold whose false positives per scan stay at or below ``fp_per_scan``
+        (``inf`` when even the best candidate exceeds it)."""
+        allowed = np.flatnonzero(self.fp_per_scan <= float(fp_per_scan))
+        return float(self.thresholds[allowed[-1]]) if len(allowed) else float("inf")
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable summary (the curve included)."""
+        return {
+            "cpm": float(self.cpm),
+            "sensitivity_at_fp_per_scan": {str(k): float(v) for k, v in self.sensitivities.items()},
+            "n_scans": int(self.n_scans),
+            "n_nodules": int(self.n_nodules),
+            "n_candidates": int(self.n_candidates),
+            "n_found_with_all_candidates": int(self.n_found),
+            "curve": {
+                "threshold": [float(v) for v in self.thresholds],
+                "fp_per_scan": [float(v) for v in self.fp_per_scan],
+                "sensitivity": [float(v) for v in self.sensitivity],
+            },
+        }
+
+
+def reference_from_mask(
+    mask: np.ndarray,
+    *,
+    spacing: Sequence[float],
+    min_diameter_mm: float = MIN_DIAMETER_MM,
+) -> pd.DataFrame:
+    """Reference nodules of a consensus mask: its 3-D components, those under ``min_diameter_mm`` ignored.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (slices, rows, columns)
+        The readers' consensus mask (e.g. 50 %), any non-zero = nodule.
+    spacing : sequence of float
+        Voxel size in mm (slice, row, column).
+    min_diameter_mm : float
+        Nodules with a smaller longest axial diameter get ``ignore=True``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns :class:`ScanDetections` needs (measured by
+        :func:`nodulekit.inference.measure_nodules`) plus ``ignore``.
+    """
+    from .inference import measure_nodules
+
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise InvalidParameterError(f"a reference mask must be (slices, rows, columns), got shape {mask.shape}")
+    _, table = measure_nodules(mask > 0, spacing=spacing, connect_slices=True)
+    table = table[list(_REFERENCE_COLUMNS) + ["centroid_z"]].copy()
+    table["ignore"] = table["diameter_mm"] < float(min_diameter_mm)
+    return table.reset_index(drop=True)
+
+
+def hit_matrix(candidates: pd.DataFrame, reference: pd.DataFrame, *, spacing: Sequence[float]) -> np.ndarray:
+    """Which candidate centre lies inside which reference nodule (the module's hit rule).
+
+    Parameters
+    ----------
+    candidates, reference : pandas.DataFrame
+        As in :class:`ScanDetections`.
+    spacing : sequence of float
+        Voxel size in mm (slice, row, column).
+
+    Returns
+    -------
+    ndarray of bool, shape (len(candidates), len(reference))
+
+    Examples
+    --------
+    >>> candidates = pd.DataFrame({"centroid_z": [5.0, 5.0, 9.0], "centroid_y": [100.0, 106.0, 100.0],
+    ...                            "centroid_x": [100.0, 100.0, 100.0], "score": [0.9, 0.8, 0.7]})
+    >>> reference = pd.DataFrame({"slice_first": [3], "slice_last": [7], "centroid_y": [101.0],
+    ...                           "centroid_x": [100.0], "diameter_mm": [6.0]})
+    >>> hit_matrix(candidates, reference, spacing=(2.0, 0.5, 0.5))[:, 0].tolist()
+    [True, True, False]
+    """
+    _require(candidates, _CANDIDATE_COLUMNS[:3], "candidates")
+    _require(reference, _REFERENCE_COLUMNS, "reference")
+    row_mm, column_mm = _spacing(spacing)[1:]
+    z = np.rint(candidates["centroid_z"].to_numpy(float))[:, None]
+    dy = (candidates["centroid_y"].to_numpy(float)[:, None] - reference["centroid_y"].to_numpy(float)[None]) * row_mm
+    dx = (candidates["centroid_x"].to_numpy(float)[:, None] - reference["centroid_x"].to_numpy(float)[None]) * column_mm
+    on_slices = (z >= reference["slice_first"].to_numpy(float)[None]) & (z <= reference["slice_last"].to_numpy(float)[None])
+    return on_slices & (np.hypot(dy, dx) <= reference["diameter_mm"].to_numpy(float)[None] / 2.0)
+
+
+def froc(scans: Sequence[ScanDetections], *, fp_rates: Sequence[float] = FP_RATES) -> FrocResult:
+    """FROC curve and CPM of a detector over scans (module docstring: the conventions).
+
+    Parameters
+    ----------
+    scans : sequence of ScanDetections
+        Every scan evaluated, also those without candidates or without nodules (they count in the
+        false positives per scan).
+    fp_rates : sequence of float
+        False positives per scan at which to read sensitivity (> 0); default :data:`FP_RATES`.
+
+    Returns
+    -------
+    FrocResult
+
+    Raises
+    ------
+    InvalidParameterError
+        On no scans, missing columns, no relevant reference nodule, or a rate <= 0.
+
+    Examples
+    --------
+    One scan, one nodule, a false positive scored above it: the nodule is found at 1 FP per scan,
+    not below.
+
+    >>> scan = ScanDetections(
+    ...     candidates=pd.DataFrame({"centroid_z": [0.0, 2.0], "centroid_y": [50.0, 10.0],
+    ...                              "centroid_x": [50.0, 10.0], "score": [0.4, 0.9]}),
+    ...     reference=pd.DataFrame({"slice_first": [0], "slice_last": [1], "centroid_y": [50.0],
+    ...                             "centroid_x": [50.0], "diameter_mm": [6.0]}),
+    ...     spacing=(1.0, 1.0, 1.0))
+    >>> result = froc([scan])
+    >>> result.sensitivities[0.5], result.sensitivities[1.0]
+    (0.0, 1.0)
+    """
+    scans = list(scans)
+    if not scans:
+        raise InvalidParameterError("froc needs at least one scan")
+    rates = [float(f) for f in fp_rates]
+    if not rates or min(rates) <= 0:
+        raise InvalidParameterError(f"fp_rates must be positive, got {fp_rates!r}")
+    scores, kinds, nodule_ids = [], [], []  # kind: 0 false positive, 1 first hit on nodule, 2 ignored
+    n_nodules = 0
+    for scan in scans:
+        candidates, reference = scan.candidates, scan.reference
+        _require(candidates, _CANDIDATE_COLUMNS, f"{scan.name}: candidates")
+        ignore = reference["ignore"].to_numpy(bool) if "ignore" in reference else np.zeros(len(reference), bool)
+        hits = hit_matrix(candidates, reference, spacing=scan.spacing) if len(reference) else np.zeros((len(candidates), 0), bool)
+        score = candidates["score"].to_numpy(float)
+        if not np.isfinite(score).all():
+            raise InvalidParameterError(f"{scan.name}: candidate scores must be finite")
+        for index in range(len(candidates)):
+            relevant = np.flatnonzero(hits[index] & ~ignore)
+            scores.append(score[index])
+            if len(relevant):
+                kinds.append(1)
+                nodule_ids.append([n_nodules + int(k) for k in relevant])
+            else:
+                kinds.append(2 if hits[index].any() else 0)
+                nodule_ids.append([])
+        n_nodules += int((~ignore).sum())
+    if n_nodules == 0:
+        raise InvalidParameterError(f"no reference nodule of at least {MIN_DIAMETER_MM} mm in {len(scans)} scan(s): FROC is undefined")
+    return _curve(np.asarray(scores, float), np.asarray(kinds, int), nodule_ids, n_scans=len(scans), n_nodules=n_nodules, rates=rates)
+
+
+def _curve(scores, kinds, nodule_ids, *, n_scans: int, n_nodules: int, rates: list[float]) -> FrocResult:
+    """Sweep the threshold down the distinct scores; each nodule counts at its best-scored hit."""
+    thresholds = np.unique(scores)[::-1]
+    best = np.full(n_nodules, -np.inf)  # each nodule's best hit score
+    for index in np.flatnonzero(kinds == 1):
+        for nodule in nodule_ids[index]:
+            best[nodule] = max(best[nodule], scores[index])
+    false = np.sort(scores[kinds == 0])[::-1]
+    fp = np.searchsorted(-false, -thresholds, side="right") / n_scans  # false positives with score >= t
+    found_scores = np.sort(best[np.isfinite(best)])[::-1]
+    sensitivity = np.searchsorted(-found_scores, -thresholds, side="right") / n_nodules
+    sensitivities = {}
+    for rate in rates:
+        allowed = np.flatnonzero(fp <= rate + 1e-12)
+        sensitivities[rate] = float(sensitivity[allowed[-1]]) if len(allowed) else 0.0
+    return FrocResult(
+        thresholds=thresholds,
+        fp_per_scan=fp,
+        sensitivity=sensitivity,
+        sensitivities=sensitivities,
+        cpm=float(np.mean(list(sensitivities.values()))),
+        n_scans=n_scans,
+        n_nodules=n_nodules,
+        n_candidates=int(len(scores)),
+        n_found=int(np.isfinite(best).sum()),
+    )
+
+
+def _require(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in getattr(table, "columns", ())]
+    if missing:
+        raise InvalidParameterError(f"{what} lack column(s) {missing}")
+
+
+def _spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+    values = tuple(float(s) for s in spacing)
+    if len(values) != 3 or not all(np.isfinite(values[1:])) or min(values[1:]) <= 0:
+        raise InvalidParameterError(f"spacing must be 3 mm values (slice, row, column) with a known pixel size, got {spacing!r}")
+    return values

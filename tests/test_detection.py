@@ -1,0 +1,221 @@
+"""Second stage of whole-scan detection: candidate features, the JSON classifier, ranking (nodulekit/detection.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nodulekit.detection import (
+    CLASSIFIER_FILE,
+    FEATURE_NAMES,
+    CandidateClassifier,
+    candidate_features,
+    load_classifier,
+    rank_candidates,
+)
+from nodulekit.errors import InvalidParameterError, MissingDataError, ModelFileError
+from nodulekit.inference import Segmenter, load_segmenter, measure_nodules
+
+SPACING = (1.0, 0.7, 0.7)
+
+
+def _phantom():
+    """A lung (-850 HU) with a 8 mm ball, a 3 mm vessel running through every slice, and a ball on the lung wall."""
+    zz, yy, xx = np.mgrid[:40, :96, :96].astype(float)
+    hu = np.full(zz.shape, -850.0, np.float32)
+    lung = np.zeros(zz.shape, bool)
+    lung[:, 8:88, 8:88] = True
+    hu[~lung] = 40.0
+    ball = ((zz - 20) * SPACING[0]) ** 2 + ((yy - 30) * SPACING[1]) ** 2 + ((xx - 30) * SPACING[2]) ** 2 <= 4.0**2
+    vessel = ((yy - 60) * SPACING[1]) ** 2 + ((xx - 60) * SPACING[2]) ** 2 <= 1.5**2
+    wall = ((zz - 20) * SPACING[0]) ** 2 + ((yy - 50) * SPACING[1]) ** 2 + ((xx - 10) * SPACING[2]) ** 2 <= 3.0**2
+    mask = (ball | vessel | wall) & lung
+    hu[mask] = 30.0
+    probabilities = mask.astype(np.float32) * 0.95
+    return hu, lung, mask, probabilities
+
+
+def _candidates():
+    hu, lung, mask, probabilities = _phantom()
+    labels, table = measure_nodules(mask, spacing=SPACING, probabilities=probabilities, hu=hu)
+    features = candidate_features(labels, table, probabilities=probabilities, hu=hu, lung=lung, spacing=SPACING)
+    which = {}
+    for row in table.itertuples(index=False):
+        if row.n_slices == 40:
+            which["vessel"] = row.nodule_id - 1
+        elif row.centroid_x < 15:
+            which["wall"] = row.nodule_id - 1
+        else:
+            which["ball"] = row.nodule_id - 1
+    return labels, table, features, which
+
+
+def test_features_tell_a_ball_from_a_vessel_and_the_pleura():
+    _, table, features, which = _candidates()
+    assert list(features.columns) == list(FEATURE_NAMES) and len(features) == len(table) == 3
+    assert np.isfinite(features.to_numpy()).all()
+    ball, vessel, wall = (features.iloc[which[k]] for k in ("ball", "vessel", "wall"))
+    assert ball["hessian_blob"] > 0.5 > vessel["hessian_blob"]  # three strong curvatures against one weak
+    assert vessel["z_extent_ratio"] > 5 * ball["z_extent_ratio"]
+    assert vessel["log_elongation"] > ball["log_elongation"] + 1.0
+    assert ball["sphericity"] > vessel["sphericity"]
+    assert wall["pleura_contact"] > 0.2 and ball["pleura_contact"] == 0.0
+    assert ball["lung_depth_mm"] > wall["lung_depth_mm"]
+    assert ball["hu_contrast"] == pytest.approx(880.0, abs=50)
+
+
+def test_features_refuse_2d_and_unknown_spacing():
+    labels, table, _, _ = _candidates()
+    hu, lung, _, probabilities = _phantom()
+    with pytest.raises(InvalidParameterError):
+        candidate_features(labels[0], table, probabilities=probabilities[0], hu=hu[0], lung=lung[0], spacing=SPACING)
+    with pytest.raises(InvalidParameterError):
+        candidate_features(labels, table, probabilities=probabilities, hu=hu, lung=lung, spacing=(float("nan"), 0.7, 0.7))
+
+
+def _separable(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    features = pd.DataFrame(rng.normal(size=(n, len(FEATURE_NAMES))), columns=list(FEATURE_NAMES))
+    labels = features["hessian_blob"] - features["z_extent_ratio"] + 0.3 * rng.normal(size=n) > 0
+    return features, labels.to_numpy()
+
+
+def test_classifier_fits_predicts_and_round_trips_through_json(tmp_path):
+    features, labels = _separable()
+    model = CandidateClassifier.fit(features, labels, regularization=1.0, seed=0)
+    scores = model.predict_proba(features)
+    assert ((scores > 0.5) == labels).mean() > 0.9
+    weights = dict(zip(model.feature_names, model.coefficients))
+    assert weights["hessian_blob"] > 1 and weights["z_extent_ratio"] < -1
+    model.threshold = 0.3
+    model.save(tmp_path)
+    text = (tmp_path / CLASSIFIER_FILE).read_text()
+    assert json.loads(text)["kind"] == "logistic_regression"
+    loaded = load_classifier(tmp_path)
+    np.testing.assert_allclose(loaded.predict_proba(features), scores, rtol=1e-12)
+    assert loaded.threshold == 0.3
+
+
+def test_classifier_bad_files_and_inputs(tmp_path):
+    with pytest.raises(MissingDataError, match="no second-stage classifier"):
+        load_classifier(tmp_path)
+    (tmp_path / CLASSIFIER_FILE).write_text('{"kind": "logistic_regression", "feature_names": ["log_volume_mm3"], "mean": [0], "scale": [0], "coefficients": [1], "intercept": 0}')
+    with pytest.raises(ModelFileError, match=CLASSIFIER_FILE):
+        load_classifier(tmp_path)
+    (tmp_path / CLASSIFIER_FILE).write_text("[1, 2")
+    with pytest.raises(ModelFileError):
+        load_classifier(tmp_path)
+    features, labels = _separable()
+    with pytest.raises(InvalidParameterError, match="both classes"):
+        CandidateClassifier.fit(features, np.zeros(len(features), bool))
+    model = CandidateClassifier.fit(features, labels)
+    with pytest.raises(InvalidParameterError, match="lack"):
+        model.predict_proba(features.drop(columns="hu_mean"))
+
+
+def test_rank_candidates_sorts_filters_and_relabels():
+    labels, table, _, _ = _candidates()
+    scores = np.array([0.2, 0.9, 0.6])
+    new, ranked = rank_candidates(labels, table, scores)
+    assert ranked["score"].tolist() == [0.9, 0.6, 0.2] and ranked["nodule_id"].tolist() == [1, 2, 3]
+    for row in ranked.itertuples(index=False):  # the voxels follow their candidate
+        assert int((new == row.nodule_id).sum()) == int(row.voxels)
+    new, ranked = rank_candidates(labels, table, scores, min_score=0.5, max_nodules=1)
+    assert len(ranked) == 1 and set(np.unique(new)) == {0, 1} and int((new == 1).sum()) == int(table.loc[1, "voxels"])
+    with pytest.raises(InvalidParameterError):
+        rank_candidates(labels, table, scores[:2])
+    with pytest.raises(InvalidParameterError):
+        rank_candidates(labels, table, scores, min_score=1.5)
+
+
+def _threshold_model(batch):
+    """Stands in for a network: 'nodule' where the locally z-scored input is bright."""
+    return (np.asarray(batch) > 1.0).astype(np.float32)
+
+
+def _blob_classifier(threshold=0.0):
+    """Scores by Hessian blobness only: a ball high, a vessel low."""
+    count = len(FEATURE_NAMES)
+    coefficients = np.zeros(count)
+    coefficients[FEATURE_NAMES.index("hessian_blob")] = 8.0
+    return CandidateClassifier(FEATURE_NAMES, mean=np.zeros(count), scale=np.ones(count), coefficients=coefficients, intercept=-4.0, threshold=threshold)
+
+
+def test_segment_ranks_with_the_second_stage_and_filters_at_its_operating_point():
+    hu, _, _, _ = _phantom()
+    segmenter = Segmenter(_threshold_model, None, window=32, classifier=_blob_classifier())
+    result = segmenter.segment(hu, spacing=SPACING, units="HU", lungs=False, progress=False)
+    table = result.nodules
+    assert "score" in table and list(table["score"]) == sorted(table["score"], reverse=True) and len(table) >= 2
+    assert table.iloc[0]["n_slices"] < 40 <= table["n_slices"].max()  # a ball first, the vessel below it
+    assert result.info["second_stage"] and result.info["candidates"] == len(table)
+    strict = Segmenter(_threshold_model, None, window=32, classifier=_blob_classifier(threshold=0.5))
+    kept = strict.segment(hu, spacing=SPACING, units="HU", lungs=False, progress=False)
+    assert (kept.nodules["score"] >= 0.5).all() and len(kept.nodules) < len(table)
+    assert set(np.unique(kept.labels)) == {0, *kept.nodules["nodule_id"]}
+    everything = strict.segment(hu, spacing=SPACING, units="HU", lungs=False, progress=False, min_score=0.0, max_nodules=2)
+    assert len(everything.nodules) == 2
+
+
+def test_segment_without_second_stage_warns_and_refuses_min_score(caplog):
+    hu, _, _, _ = _phantom()
+    segmenter = Segmenter(_threshold_model, None, window=32)
+    with caplog.at_level("WARNING", logger="nodulekit.inference"):
+        result = segmenter.segment(hu, spacing=SPACING, units="HU", lungs=False, progress=False, max_nodules=1)
+    assert "no second-stage classifier" in caplog.text
+    assert "score" not in result.nodules and len(result.nodules) == 1 and set(np.unique(result.labels)) == {0, 1}
+    with pytest.raises(InvalidParameterError, match="second-stage"):
+        segmenter.segment(hu, spacing=SPACING, units="HU", lungs=False, progress=False, min_score=0.5)
+
+
+def test_segmenter_folder_saves_and_loads_its_second_stage(tmp_path):
+    from nodulekit.models import build_unet
+
+    segmenter = Segmenter(build_unet((32, 32, 1), filters=(4, 8, 16, 32, 64)), None, window=32, classifier=_blob_classifier(0.25))
+    segmenter.save(tmp_path / "with")
+    loaded = load_segmenter(tmp_path / "with")
+    assert loaded.classifier is not None and loaded.classifier.threshold == 0.25
+    segmenter.classifier = None
+    segmenter.save(tmp_path / "with")  # saved again without: the stale classifier.json goes
+    assert not (tmp_path / "with" / CLASSIFIER_FILE).exists() and load_segmenter(tmp_path / "with").classifier is None
+
+
+def test_shipped_segmenter_carries_its_second_stage_and_ranks_a_synthetic_scan():
+    from nodulekit.phantom import generate_volume
+    from nodulekit.pretrained import PRETRAINED_DIR
+
+    folder = PRETRAINED_DIR / "lidc_attention_unet"
+    classifier = load_classifier(folder)
+    assert set(classifier.feature_names) <= set(FEATURE_NAMES) and 0 < classifier.threshold < 1
+    assert classifier.metadata["operating_point"]["target_fp_per_scan"] > 0
+    segmenter = load_segmenter(folder)
+    assert segmenter.classifier is not None
+    volume = generate_volume(n_slices=8, n_nodules=2, seed=1, readers=0)
+    result = segmenter.segment(volume, min_score=0.0, progress=False)
+    table = result.nodules
+    assert result.info["second_stage"] and len(table) == result.info["candidates"] >= 1
+    assert table["score"].between(0, 1).all() and table["score"].is_monotonic_decreasing
+    default = segmenter.segment(volume, progress=False)  # the operating point keeps the top of the same list
+    assert default.nodules["score"].tolist() == [s for s in table["score"] if s >= classifier.threshold]
+
+
+def test_cli_segment_lists_ranked_nodules_with_min_score_and_max_nodules(tmp_path):
+    import SimpleITK as sitk
+
+    from nodulekit.cli import EXIT_OK, main
+    from nodulekit.phantom import generate_volume
+
+    volume = generate_volume(n_slices=8, n_nodules=3, seed=3, readers=0)
+    image = sitk.GetImageFromArray(volume.hu.astype(np.int16))
+    image.SetSpacing(tuple(float(s) for s in volume.spacing[::-1]))
+    scan = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(image, str(scan))
+    out = tmp_path / "out"
+    argv = ["segment", str(scan), "--model", "pretrained", "--out", str(out), "--min-score", "0", "--max-nodules", "2", "--no-progress"]
+    assert main(argv) == EXIT_OK
+    table = pd.read_csv(out / "nodules.csv")
+    assert 1 <= len(table) <= 2 and table["score"].is_monotonic_decreasing and table["nodule_id"].tolist() == list(range(1, len(table) + 1))
+    assert main(["segment", str(scan), "--model", "pretrained", "--out", str(tmp_path / "bad"), "--min-score", "2", "--no-progress"]) != EXIT_OK
