@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InvalidParameterError
+from .inference import measure_nodules
 
 __all__ = [
     "FP_RATES",
@@ -165,8 +166,6 @@ def reference_from_mask(
         The columns :class:`ScanDetections` needs (measured by
         :func:`nodulekit.inference.measure_nodules`) plus ``ignore``.
     """
-    from .inference import measure_nodules
-
     mask = np.asarray(mask)
     if mask.ndim != 3:
         raise InvalidParameterError(f"a reference mask must be (slices, rows, columns), got shape {mask.shape}")
