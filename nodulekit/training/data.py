@@ -1,12 +1,14 @@
 """The ``tf.data`` input pipeline and its on-the-fly augmentation.
 
-Each epoch gets its own dataset, built from ``(seed, epoch)``: the shuffle order and every random
+Each epoch's batches are built from ``(seed, epoch)``: the shuffle order and every random
 augmentation are pure functions of the seed, the epoch and the crop's index (stateless random ops).
 A run resumed at epoch ``k`` therefore sees exactly the batches the uninterrupted run saw at epoch
-``k``, whatever ran before, and parallel ``map`` calls cannot reorder randomness.
+``k``, whatever ran before, and parallel ``map`` calls cannot reorder randomness. One dataset
+chains the epochs a single ``fit`` call trains (``make_dataset(..., epoch=k, epochs=n)``).
 
-Pipeline (keras-io order): ``map`` (to tensors, ``AUTOTUNE``) -> ``cache`` -> seeded ``shuffle``
--> ``map`` (augmentation, ``AUTOTUNE``, deterministic) -> ``batch`` -> ``prefetch``.
+Pipeline (keras-io order): ``map`` (to tensors, ``AUTOTUNE``) -> ``cache`` -> per epoch: seeded
+``shuffle`` -> ``map`` (augmentation, ``AUTOTUNE``, deterministic) -> ``batch``; the epochs
+concatenated -> ``prefetch``.
 """
 
 from __future__ import annotations
