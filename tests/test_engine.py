@@ -77,18 +77,9 @@ def test_keep_best_weights_puts_back_the_lowest_val_loss_epoch():
         def on_epoch_end(self, epoch, logs=None):
             self.weights.append((logs["val_loss"], self.model.get_weights()))
 
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    x, x_val = rng.normal(size=(64, 4)).astype(np.float32), rng.normal(size=(16, 4)).astype(np.float32)
-    y = x @ np.arange(1, 5, dtype=np.float32)[:, None]
-    # Validation wants the zero model: the better the fit of the training targets, the worse val_loss.
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    model, train, validation = _rising_val_loss_model()
     record, keep = Record(), KeepBestWeights()
-    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-    history, failure = fit_model(model, train, epochs=6, validation_data=(x_val, np.zeros((16, 1), np.float32)), callbacks=[record, keep])
+    history, failure = fit_model(model, train, epochs=6, validation_data=validation, callbacks=[record, keep])
     assert failure is None and len(history.history["val_loss"]) == 6
     losses = [loss for loss, _ in record.weights]
     best = int(np.argmin(losses))
@@ -96,3 +87,47 @@ def test_keep_best_weights_puts_back_the_lowest_val_loss_epoch():
     for kept, expected in zip(model.get_weights(), record.weights[best][1]):
         np.testing.assert_array_equal(kept, expected)
     assert not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), record.weights[-1][1]))
+
+
+def _rising_val_loss_model():
+    """A linear model, its training data and a validation set that wants the zero model: the better
+    it fits the training targets, the higher val_loss (so the lowest one is an early epoch)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x, x_val = rng.normal(size=(64, 4)).astype(np.float32), rng.normal(size=(16, 4)).astype(np.float32)
+    y = x @ np.arange(1, 5, dtype=np.float32)[:, None]
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    return model, tf.data.Dataset.from_tensor_slices((x, y)).batch(16), (x_val, np.zeros((16, 1), np.float32))
+
+
+def test_unit_callbacks_keep_the_best_checkpoint_stop_early_and_save_a_resumable_state(tmp_path):
+    from nodulekit.training.callbacks import BestCheckpoint, EpochRecord, ResumableEarlyStopping, UnitBackup, fit_model, new_state
+
+    model, train, validation = _rising_val_loss_model()
+    state = new_state({"unit": "toy"})
+    stopping = ResumableEarlyStopping(state, patience=2)
+    callbacks = [EpochRecord(state, learning_rate=0.05), BestCheckpoint(state, directory=tmp_path), stopping, UnitBackup(state, directory=tmp_path)]
+    history, failure = fit_model(model, train, epochs=10, validation_data=validation, callbacks=callbacks)
+    assert failure is None
+    losses = history.history["val_loss"]
+    best = int(np.argmin(losses)) + 1
+    assert state["best_epoch"] == best and state["epoch"] == best + 2 == len(losses) < 10  # stopped 2 epochs after the best
+    assert stopping.reason.startswith(f"early stopping after epoch {best + 2}")
+    assert [row["epoch"] for row in state["history"]] == list(range(1, best + 3))
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["epoch"] == best + 2 and saved["wait"] == 2 and saved["best_val_loss"] == pytest.approx(min(losses))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["state.json", saved["weights"], saved["best"]])
+    assert saved["best"] == f"best-epoch-{best:04d}.keras"
+
+    # Resume: a fresh model restores the saved epoch's weights in on_train_begin, then trains on.
+    last = model.get_weights()
+    fresh, train, validation = _rising_val_loss_model()
+    resumed = new_state({"unit": "toy"}) | saved
+    backup = UnitBackup(resumed, directory=tmp_path)
+    fit_model(fresh, train, epochs=best + 2, initial_epoch=best + 2, validation_data=validation, callbacks=[backup])
+    for restored, expected in zip(fresh.get_weights(), last):
+        np.testing.assert_array_equal(restored, expected)

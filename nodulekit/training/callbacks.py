@@ -112,7 +112,6 @@ class EpochRecord(_StateCallback):
         seconds = time.perf_counter() - self._start
         self.state["history"].append({"epoch": epoch + 1, **{k: logs.get(k, math.nan) for k in HISTORY_KEYS}, "seconds": seconds})
         self.state["seconds"] += seconds
-        self.state["last_val_loss"] = logs["val_loss"]
 
 
 class BestCheckpoint(_StateCallback):
@@ -123,13 +122,16 @@ class BestCheckpoint(_StateCallback):
         self.directory = Path(directory)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self._skip() or not self.state["last_val_loss"] < self.state["best_val_loss"]:
+        if self._skip():
+            return
+        current = self.state["history"][-1]["val_loss"]  # recorded by EpochRecord, which runs first
+        if not current < self.state["best_val_loss"]:
             return
         name = save_atomic(self.model.save, self.directory / f"best-epoch-{epoch + 1:04d}.keras")
         self.state.update(
             best=name,
             best_sha256=file_sha256(self.directory / name),
-            best_val_loss=self.state["last_val_loss"],
+            best_val_loss=current,
             best_epoch=epoch + 1,
         )
 
@@ -150,9 +152,17 @@ class ResumableEarlyStopping(_StateCallback):
         if self._skip():
             return
         self.state["wait"] = 0 if self.state["best_epoch"] == epoch + 1 else self.state["wait"] + 1
-        if self.patience is not None and self.state["wait"] >= self.patience:
-            self.reason = f"early stopping after epoch {epoch + 1} ({self.patience} epochs without a lower val_loss)"
+        if self.should_stop(epochs_done=epoch + 1):
             self.model.stop_training = True
+
+    def should_stop(self, *, epochs_done: int) -> bool:
+        """Whether the state has run out of patience after ``epochs_done`` epochs (then
+        :attr:`reason` says so). A unit resumed from such a state (killed after its last epoch was
+        saved, before it finished) trains no further epoch."""
+        if self.patience is None or self.state["wait"] < self.patience:
+            return False
+        self.reason = f"early stopping after epoch {epochs_done} ({self.patience} epochs without a lower val_loss)"
+        return True
 
 
 class UnitBackup(_StateCallback):
@@ -181,7 +191,7 @@ class UnitBackup(_StateCallback):
             return
         name = save_atomic(self.model.save_weights, self.directory / f"epoch-{epoch + 1:04d}.weights.h5")
         self.state.update(weights=name, weights_sha256=file_sha256(self.directory / name), epoch=epoch + 1)
-        write_json(self.directory / "state.json", {k: v for k, v in self.state.items() if k != "last_val_loss"})
+        write_json(self.directory / "state.json", self.state)
         keep = {"state.json", self.state["weights"], self.state["best"]}
         for path in self.directory.iterdir():
             if path.name not in keep and not path.name.startswith(".tmp-"):

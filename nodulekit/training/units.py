@@ -263,13 +263,12 @@ def train_unit(
             UnitBackup(state, directory=state_dir),  # after the callbacks that change the state
             keras.callbacks.LambdaCallback(
                 on_epoch_end=lambda epoch, logs: state["failed"]
-                or notify(1, f"{spec.name} epoch {epoch + 1}/{spec.epochs} val_loss {state['last_val_loss']:.4f}")
+                or notify(1, f"{spec.name} epoch {epoch + 1}/{spec.epochs} val_loss {state['history'][-1]['val_loss']:.4f}")
             ),
         ]
         if config.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(unit.tensorboard)))
-        patience = config.early_stopping_patience
-        if state["epoch"] < spec.epochs and state["failed"] is None and not (patience and state["wait"] >= patience):
+        if state["epoch"] < spec.epochs and state["failed"] is None and not stopping.should_stop(epochs_done=state["epoch"]):
             drop = starves_a_replica(len(data.train_images))
             train = make_dataset(
                 data.train_images,
@@ -304,7 +303,6 @@ def train_unit(
                 logger.warning("%s: %s", spec.name, state["failed"])
     stop_reason = stopping.reason
     epoch = state["epoch"]
-    state.pop("last_val_loss", None)
     del model
     keras.backend.clear_session()
     if epoch < spec.epochs:
