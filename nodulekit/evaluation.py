@@ -20,6 +20,7 @@ their false positives.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -37,9 +38,9 @@ from . import losses as losses_module
 from . import metrics
 from .dataset import CropSet
 from .errors import InvalidParameterError, RunFolderError, TrainingError
-from .models import build_model
+from .models import build_model, predict_probabilities
 from .phantom import generate_crops
-from .postprocess import dihedral, dihedral_tta, first_output, postprocess
+from .postprocess import dihedral, dihedral_tta, postprocess
 from .postprocess import keep_central_component  # noqa: F401  (evaluation.keep_central_component, as before)
 from .preprocessing import Pipeline, zscore_windows
 from .readers import consensus_mask
@@ -257,11 +258,7 @@ def _random_windows(x: np.ndarray, y: np.ndarray, window: int, jitter: int, rng:
 def model_predictor(model: keras.Model, *, batch_size: int = 128) -> Callable[[np.ndarray], np.ndarray]:
     """A function ``(n, h, w) -> (n, h, w)`` probabilities from a one-channel segmentation model."""
 
-    def predict(images: np.ndarray) -> np.ndarray:
-        batch = np.asarray(images, np.float32)[..., np.newaxis]
-        return first_output(model.predict(batch, batch_size=batch_size, verbose=0))[..., 0]
-
-    return predict
+    return functools.partial(predict_probabilities, model, batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -131,3 +131,17 @@ def test_unit_callbacks_keep_the_best_checkpoint_stop_early_and_save_a_resumable
     fit_model(fresh, train, epochs=best + 2, initial_epoch=best + 2, validation_data=validation, callbacks=[backup])
     for restored, expected in zip(fresh.get_weights(), last):
         np.testing.assert_array_equal(restored, expected)
+
+
+def test_predict_probabilities_gives_the_first_output_as_float32_images():
+    import keras
+
+    from nodulekit.models import predict_probabilities
+
+    inputs = keras.Input((8, 8, 1))
+    first = keras.layers.Activation("sigmoid")(inputs)
+    model = keras.Model(inputs, [first, keras.layers.Lambda(lambda t: 1.0 - t)(first)])
+    images = np.linspace(-3, 3, 3 * 8 * 8).reshape(3, 8, 8)
+    out = predict_probabilities(model, images, batch_size=2)
+    assert out.shape == (3, 8, 8) and out.dtype == np.float32
+    np.testing.assert_allclose(out, 1 / (1 + np.exp(-images)), rtol=1e-6)

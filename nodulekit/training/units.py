@@ -358,6 +358,7 @@ def _evaluate(checkpoint: Path, data: UnitData, config: TrainConfig) -> dict[str
     import keras
 
     from ..metrics import background_accuracy, segmentation_report
+    from ..models import predict_probabilities
 
     model = load_model(checkpoint)
     scores: dict[str, float] = {}
@@ -365,7 +366,7 @@ def _evaluate(checkpoint: Path, data: UnitData, config: TrainConfig) -> dict[str
     if data.test_images is not None:
         splits.append(("test", data.test_images, data.test_masks))
     for prefix, images, masks in splits:
-        probabilities = model.predict(images[..., np.newaxis], batch_size=64, verbose=0)[..., 0]
+        probabilities = predict_probabilities(model, images, batch_size=64)
         report = segmentation_report(masks, probabilities, threshold=config.threshold, empty=config.empty)
         report.setdefault("background_accuracy", background_accuracy(masks))
         scores.update({f"{prefix}_{k}": _plain(v) for k, v in report.items() if _is_scalar(v) and k != "threshold"})
