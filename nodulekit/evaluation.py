@@ -20,6 +20,7 @@ their false positives.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -36,14 +37,15 @@ from tqdm.auto import tqdm
 from . import losses as losses_module
 from . import metrics
 from .dataset import CropSet
-from .errors import InvalidParameterError, RunFolderError
-from .models import build_model
+from .errors import InvalidParameterError, RunFolderError, TrainingError
+from .models import build_model, predict_probabilities
 from .phantom import generate_crops
-from .postprocess import dihedral, dihedral_tta, first_output, postprocess
+from .postprocess import dihedral, dihedral_tta, postprocess
 from .postprocess import keep_central_component  # noqa: F401  (evaluation.keep_central_component, as before)
 from .preprocessing import Pipeline, zscore_windows
 from .readers import consensus_mask
 from .splits import patient_kfold, patient_split
+from .training.callbacks import KeepBestWeights, fit_model
 from .utils import as_rng, read_json, set_seed, write_json
 
 __all__ = [
@@ -256,11 +258,7 @@ def _random_windows(x: np.ndarray, y: np.ndarray, window: int, jitter: int, rng:
 def model_predictor(model: keras.Model, *, batch_size: int = 128) -> Callable[[np.ndarray], np.ndarray]:
     """A function ``(n, h, w) -> (n, h, w)`` probabilities from a one-channel segmentation model."""
 
-    def predict(images: np.ndarray) -> np.ndarray:
-        batch = np.asarray(images, np.float32)[..., np.newaxis]
-        return first_output(model.predict(batch, batch_size=batch_size, verbose=0))[..., 0]
-
-    return predict
+    return functools.partial(predict_probabilities, model, batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,15 +312,17 @@ def train_recipe(
     train = AugmentedSequence(
         images[train_idx], masks[train_idx], batch_size=recipe.batch_size, augment=recipe.augment, seed=seed, window=recipe.window, jitter=recipe.jitter
     )
-    callbacks = [keras.callbacks.TerminateOnNaN()]
-    validation = None
+    callbacks, validation = [], None
     if len(val_idx):
         val_images, val_masks = images[val_idx][..., np.newaxis], masks[val_idx][..., np.newaxis].astype(np.float32)
         if recipe.window is not None:
             val_images, val_masks = zscore_windows(centre_windows(val_images, recipe.window)), centre_windows(val_masks, recipe.window)
         validation = (val_images, val_masks)
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.epochs + 1, restore_best_weights=True))
-    history = model.fit(train, epochs=recipe.epochs, validation_data=validation, callbacks=callbacks, verbose=verbose)
+        callbacks.append(KeepBestWeights())
+    # shuffle=True: Keras also shuffles the PyDataset's batch order (seeded by set_seed), as it always did here
+    history, out_of_memory = fit_model(model, train, epochs=recipe.epochs, validation_data=validation, callbacks=callbacks, shuffle=True, verbose=verbose)
+    if out_of_memory is not None:
+        raise TrainingError(f"recipe {recipe.name!r} ran out of memory ({out_of_memory}); lower batch_size")
     return model, pd.DataFrame(history.history).rename_axis("epoch").reset_index()
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from keras import layers
 
 from .errors import InvalidParameterError
+from .postprocess import first_output
 
 __all__ = [
     "build_unet",
@@ -36,6 +37,7 @@ __all__ = [
     "build_model",
     "attention_maps",
     "attention_layer_names",
+    "predict_probabilities",
     "ARCHITECTURES",
     "UPSAMPLING_MODES",
     "PAPER_FILTERS",
@@ -240,6 +242,14 @@ def build_model(architecture: str, input_shape: Sequence[int | None] = (64, 64, 
     if unknown:
         raise InvalidParameterError(f"unknown model options {unknown}; allowed: {sorted(allowed)}")
     return _BUILDERS[key](input_shape, **options)
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
+    """Nodule probabilities of a one-channel segmentation model: ``(n, h, w)`` images in,
+    ``(n, h, w)`` float32 out (the first output of a multi-output model). Every scorer of a trained
+    model (a training unit, a real-CT fold, the study's held-out crops) predicts through it."""
+    batch = np.asarray(images, np.float32)[..., np.newaxis]
+    return np.asarray(first_output(model.predict(batch, batch_size=batch_size, verbose=0)), np.float32)[..., 0]
 
 
 def attention_layer_names(model: keras.Model) -> list[str]:

@@ -494,6 +494,7 @@ def predict_held_out(crops: CropSet, *, run_dir: str | os.PathLike, batch_size: 
         test patients is in ``crops``.
     """
     from .metrics import per_image_scores
+    from .models import predict_probabilities
 
     run = RunFolder(run_dir)
     for path in (run.data, run.preprocessing, run.config):
@@ -513,7 +514,7 @@ def predict_held_out(crops: CropSet, *, run_dir: str | os.PathLike, batch_size: 
         if read_json(run.fold(architecture, fold).done).get("status") != "ok":
             continue
         model = load_fold_model(run.root, architecture, fold)
-        probabilities = np.asarray(model.predict(inputs[..., None], batch_size=batch_size, verbose=0), np.float32)[..., 0]
+        probabilities = predict_probabilities(model, inputs, batch_size=batch_size)
         result.probabilities[(architecture, fold)] = probabilities
         frame = per_image_scores(test.masks, probabilities, threshold=threshold, empty=empty)
         frame.insert(0, "slice_index", test.table["slice_index"].to_numpy())

@@ -2,6 +2,9 @@
 
 Modules: :mod:`~nodulekit.training.config` (:class:`TrainConfig`, the one configuration object),
 :mod:`~nodulekit.training.data` (``tf.data`` pipeline and augmentation),
+:mod:`~nodulekit.training.callbacks` (the one ``fit`` path, :func:`~nodulekit.training.callbacks.fit_model`:
+a single ``model.fit`` call with the best checkpoint, the resume state and early stopping as Keras
+callbacks; the real-CT recipes of :mod:`nodulekit.evaluation` train through it too),
 :mod:`~nodulekit.training.units` (one grid trial or fold: train, checkpoint, resume, score),
 :mod:`~nodulekit.training.protocol` (:func:`run_protocol`, the tables, the ``nodulekit train``
 entry point :func:`main`), :mod:`~nodulekit.training.distributed` (``tf.distribute``, mixed
@@ -79,10 +82,10 @@ from .distributed import make_strategy, worker_role
 from .protocol import (
     RESULT_TABLES,
     SUMMARY_METRICS,
-    cross_validate,
     grid_search,
     load_results,
     main,
+    run_folds,
     run_protocol,
     select_hyperparameters,
     summarize_folds,
@@ -97,7 +100,7 @@ __all__ = [
     "augment_pair",
     "run_protocol",
     "grid_search",
-    "cross_validate",
+    "run_folds",
     "select_hyperparameters",
     "summarize_folds",
     "load_results",

@@ -20,7 +20,10 @@ from ..errors import InvalidParameterError
 from ..utils import read_json, write_json
 from .data import Augmentation
 
-__all__ = ["TrainConfig", "PRECISIONS", "EMPTY_POLICIES", "NON_RESULT_FIELDS"]
+__all__ = ["TrainConfig", "PRECISIONS", "EMPTY_POLICIES", "NON_RESULT_FIELDS", "HISTORY_KEYS"]
+
+#: Keys of the per-epoch history of a unit (Keras log names).
+HISTORY_KEYS = ("loss", "accuracy", "dice", "val_loss", "val_accuracy", "val_dice")
 
 #: Allowed ``TrainConfig.mixed_precision`` values (``"auto"``: bfloat16 on CPUs with AVX512-BF16/AMX,
 #: float16 on GPUs, float32 otherwise).

@@ -1,12 +1,14 @@
 """The ``tf.data`` input pipeline and its on-the-fly augmentation.
 
-Each epoch gets its own dataset, built from ``(seed, epoch)``: the shuffle order and every random
+Each epoch's batches are built from ``(seed, epoch)``: the shuffle order and every random
 augmentation are pure functions of the seed, the epoch and the crop's index (stateless random ops).
 A run resumed at epoch ``k`` therefore sees exactly the batches the uninterrupted run saw at epoch
-``k``, whatever ran before, and parallel ``map`` calls cannot reorder randomness.
+``k``, whatever ran before, and parallel ``map`` calls cannot reorder randomness. One dataset
+chains the epochs a single ``fit`` call trains (``make_dataset(..., epoch=k, epochs=n)``).
 
-Pipeline (keras-io order): ``map`` (to tensors, ``AUTOTUNE``) -> ``cache`` -> seeded ``shuffle``
--> ``map`` (augmentation, ``AUTOTUNE``, deterministic) -> ``batch`` -> ``prefetch``.
+Pipeline (keras-io order): ``map`` (to tensors, ``AUTOTUNE``) -> ``cache`` -> per epoch: seeded
+``shuffle`` -> ``map`` (augmentation, ``AUTOTUNE``, deterministic) -> ``batch``; the epochs
+concatenated -> ``prefetch``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 
-__all__ = ["Augmentation", "make_dataset", "augment_pair", "epoch_seed"]
+__all__ = ["Augmentation", "make_dataset", "batches_per_epoch", "augment_pair", "epoch_seed"]
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ def make_dataset(
     augment: bool | Augmentation = False,
     seed: int = 0,
     epoch: int = 0,
+    epochs: int = 1,
     drop_remainder: bool = False,
 ):
     """A batched ``tf.data.Dataset`` of ``(image, mask)`` pairs for one epoch.
@@ -175,6 +178,10 @@ def make_dataset(
     epoch : int
         Epoch number: a different shuffle and different augmentations every epoch, the same ones
         every time the same epoch is rebuilt (resume).
+    epochs : int
+        Consecutive epochs ``epoch, epoch + 1, ...`` in one dataset, one after the other, for a
+        single ``fit(..., steps_per_epoch=batches_per_epoch(...))`` call over them (the crops are
+        cached once).
     drop_remainder : bool
         Drop the last, smaller batch (used under a distribution strategy when that batch would
         leave a replica without a single crop).
@@ -205,27 +212,42 @@ def make_dataset(
         )
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise InvalidParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
+        raise InvalidParameterError(f"epochs must be a positive integer, got {epochs!r}")
     if isinstance(augment, Augmentation):
         augmentation, augment = augment, True
     else:
         augmentation = Augmentation()
     n = len(images)
-    mix = epoch_seed(seed, epoch)
 
     def to_tensors(index, image, mask):
         return index, image[..., tf.newaxis], tf.cast(mask, tf.float32)[..., tf.newaxis]
 
     dataset = tf.data.Dataset.from_tensor_slices((np.arange(n, dtype=np.int64), images, masks.astype(np.uint8)))
-    dataset = dataset.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE).cache()
-    if shuffle and n > 1:
-        dataset = dataset.shuffle(n, seed=mix, reshuffle_each_iteration=False)
-    if augment:
+    cached = dataset.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE).cache()  # one cache for every epoch
 
-        def random_view(index, image, mask):
-            pair_seed = tf.stack([tf.constant(mix, tf.int64), index])
-            return augment_pair(image, mask, tf.cast(pair_seed % (2**31 - 1), tf.int32), augmentation)
+    def one_epoch(number: int):
+        mix = epoch_seed(seed, number)
+        dataset = cached
+        if shuffle and n > 1:
+            dataset = dataset.shuffle(n, seed=mix, reshuffle_each_iteration=False)
+        if augment:
 
-        dataset = dataset.map(random_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        dataset = dataset.map(lambda index, image, mask: (image, mask))
-    return dataset.batch(int(batch_size), drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+            def random_view(index, image, mask):
+                pair_seed = tf.stack([tf.constant(mix, tf.int64), index])
+                return augment_pair(image, mask, tf.cast(pair_seed % (2**31 - 1), tf.int32), augmentation)
+
+            dataset = dataset.map(random_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        else:
+            dataset = dataset.map(lambda index, image, mask: (image, mask))
+        return dataset.batch(int(batch_size), drop_remainder=drop_remainder)
+
+    dataset = one_epoch(epoch)
+    for number in range(epoch + 1, epoch + epochs):
+        dataset = dataset.concatenate(one_epoch(number))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def batches_per_epoch(n: int, batch_size: int, *, drop_remainder: bool = False) -> int:
+    """Batches that :func:`make_dataset` gives per epoch for ``n`` crops."""
+    return n // batch_size if drop_remainder else -(-n // batch_size)

@@ -101,30 +101,34 @@ def worker_role(strategy=None) -> tuple[bool, int]:
 
 
 def prepare_model_for_strategy(model, strategy) -> None:
-    """Make a compiled model trainable with ``model.fit`` under ``strategy``.
+    """Make a compiled model trainable with one ``model.fit`` call under ``strategy``.
 
-    Nothing to do except for a ``MultiWorkerMirroredStrategy`` spanning several workers, which
-    Keras 3 (up to at least 3.15) cannot ``fit`` as shipped (keras-team/keras#20585,
-    tensorflow/tensorflow#72388): its symbolic build reduces the first (nested) batch with an eager
-    cross-worker ``reduce`` that fails, and its step functions reduce scalar logs with ``axis=0``.
-    Here the model's symbolic build uses this worker's local batch (only shapes matter) and scalar
-    logs are averaged over the workers with ``axis=None``, which is what single-machine strategies
-    get. Both patches touch only multi-worker runs and are skipped, with a warning, if Keras's
-    internals change.
+    Under any strategy, Keras 3 (up to at least 3.15) builds the model symbolically from a first
+    batch that it takes from ``fit``'s own data iterator. With ``steps_per_epoch`` (the one ``fit``
+    over chained epochs of :func:`nodulekit.training.callbacks.fit_model`) that iterator lives on
+    across the epochs, so the taken batch would be missing from training and shift every epoch by
+    one batch. Here the first batch comes from a fresh iterator of the same dataset instead (only
+    its shapes matter), and the model is built from this worker's part of it.
+
+    A ``MultiWorkerMirroredStrategy`` spanning several workers needs more (keras-team/keras#20585,
+    tensorflow/tensorflow#72388): Keras reduces that first (nested) batch with an eager
+    cross-worker ``reduce`` that fails, which the local batch above avoids, and its step functions
+    reduce scalar logs with ``axis=0``; these are averaged over the workers with ``axis=None``,
+    which is what single-machine strategies get. The patches are skipped, with a warning, if
+    Keras's internals change.
     """
     import tensorflow as tf
 
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    if strategy is None:
         return
     try:
         from keras import tree
         from keras.src.backend.tensorflow import trainer as tf_trainer
 
-        if not tf_trainer._collective_all_reduce_multi_worker(strategy):
-            return
-        _patch_reduce_per_replica(tf_trainer, tree)
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            _patch_reduce_per_replica(tf_trainer, tree)
     except (ImportError, AttributeError) as exc:  # pragma: no cover - depends on the Keras version
-        logger.warning("multi-worker workaround not applied (%s); Keras may have fixed fit() itself", exc)
+        logger.warning("distributed fit workaround not applied (%s); Keras may have fixed fit() itself", exc)
         return
 
     def local_values(value):
@@ -132,9 +136,7 @@ def prepare_model_for_strategy(model, strategy) -> None:
 
     def symbolic_build(self, iterator=None, data_batch=None):
         if iterator is not None and data_batch is None:
-            for _, _, batches in iterator:
-                data_batch = tree.map_structure(local_values, next(batches))
-                break
+            data_batch = tree.map_structure(local_values, next(iter(iterator._get_iterator())))
         with strategy.scope():
             self._symbolic_build(data_batch=data_batch)
 

@@ -41,7 +41,7 @@ from .units import HISTORY_KEYS, UnitData, UnitSpec, train_unit
 __all__ = [
     "run_protocol",
     "grid_search",
-    "cross_validate",
+    "run_folds",
     "select_hyperparameters",
     "summarize_folds",
     "load_results",
@@ -277,7 +277,7 @@ def select_hyperparameters(grid: pd.DataFrame, *, metric: str = "val_dice") -> p
     return pd.DataFrame(rows)
 
 
-def cross_validate(
+def run_folds(
     crops: CropSet | None = None,
     *,
     run_dir: str | os.PathLike,
@@ -287,7 +287,8 @@ def cross_validate(
     strategy=None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Patient-grouped k-fold cross-validation of each architecture with its chosen hyper-parameters.
+    """The protocol's cross-validation phase: patient-grouped k folds of each architecture with its
+    chosen hyper-parameters (the real-CT recipes' cross-validation is :func:`nodulekit.evaluation.cross_validate`).
 
     The folds split the train + validation patients; each fold trains ``config.epochs`` epochs,
     keeps the lowest-validation-loss checkpoint and scores it on the held-out test patients.

@@ -7,11 +7,9 @@ records, so a SIGKILL at any instant leaves either the previous epoch's state or
 never a mix. When the unit ends, ``best.keras``, ``history.csv`` and ``metrics.json`` are written,
 then the ``done`` marker (with the checkpoint's SHA-256), and ``state/`` is removed.
 
-Why not ``keras.callbacks.BackupAndRestore``: it writes the weights and the epoch counter as two
-plain (non-atomic) writes, so a kill between or during them resumes from mismatched or truncated
-state; and it keeps neither the best-checkpoint threshold nor the history nor the early-stopping
-counter, so a resumed run would not reproduce the uninterrupted one. The state here is the same
-idea (weights + optimizer via ``save_weights``, plus the epoch) made atomic and complete.
+Training itself is one ``model.fit`` call (:func:`~nodulekit.training.callbacks.fit_model`); the
+best checkpoint, the resume state and early stopping are Keras callbacks
+(:mod:`nodulekit.training.callbacks`).
 """
 
 from __future__ import annotations
@@ -22,8 +20,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -36,16 +32,13 @@ from ..precision import precision_policy
 from ..runfolder import UnitFolder, file_sha256
 from ..safety import load_model
 from ..utils import atomic_write, copy_atomic, read_json, write_json
-from .config import TrainConfig
-from .data import make_dataset
+from .config import HISTORY_KEYS, TrainConfig
+from .data import batches_per_epoch, make_dataset
 from .distributed import prepare_model_for_strategy
 
-__all__ = ["UnitSpec", "UnitData", "train_unit", "load_finished", "file_sha256", "unit_seed"]
+__all__ = ["UnitSpec", "UnitData", "train_unit", "load_finished", "file_sha256", "unit_seed", "HISTORY_KEYS"]
 
 logger = logging.getLogger(__name__)
-
-#: Keys of the per-epoch history (Keras log names).
-HISTORY_KEYS = ("loss", "accuracy", "dice", "val_loss", "val_accuracy", "val_dice")
 
 
 @dataclass(frozen=True)
@@ -196,6 +189,7 @@ def train_unit(
     from ..losses import get_loss, initial_output_bias
     from ..metrics import DiceCoefficient
     from ..models import build_model
+    from .callbacks import BestCheckpoint, EpochRecord, ResumableEarlyStopping, UnitBackup, fit_model, new_state
 
     folder = Path(folder)
     source = Path(read_from) if read_from is not None else folder
@@ -221,20 +215,7 @@ def train_unit(
     _remove_leftovers(folder)
     write_json(unit.spec, meta)
 
-    state = state or {
-        "meta": meta,
-        "epoch": 0,
-        "weights": None,
-        "weights_sha256": None,
-        "best": None,
-        "best_sha256": None,
-        "best_val_loss": math.inf,
-        "best_epoch": None,
-        "wait": 0,
-        "seconds": 0.0,
-        "history": [],
-        "failed": None,
-    }
+    state = state or new_state(meta)
     if state["epoch"]:
         notify(state["epoch"], f"{spec.name} (resumed at epoch {state['epoch']})")
         logger.info("%s: resuming after epoch %d", spec.name, state["epoch"])
@@ -264,9 +245,8 @@ def train_unit(
                 jit_compile=config.jit_compile,
             )
             prepare_model_for_strategy(model, strategy)
-            if state["weights"]:
+            if state["weights"]:  # restored by UnitBackup.on_train_begin; the optimizer must exist first
                 model.optimizer.build(model.trainable_variables)
-                model.load_weights(state_dir / state["weights"])
         replicas = strategy.num_replicas_in_sync if strategy is not None else 1
 
         def starves_a_replica(n: int) -> bool:
@@ -275,20 +255,21 @@ def train_unit(
             # every crop).
             return 0 < n % spec.batch_size < replicas
 
-        validation = make_dataset(
-            data.val_images,
-            data.val_masks,
-            batch_size=spec.batch_size,
-            drop_remainder=starves_a_replica(len(data.val_images)),
-        )
-        callbacks: list = [keras.callbacks.TerminateOnNaN()]
+        stopping = ResumableEarlyStopping(state, patience=config.early_stopping_patience)
+        callbacks: list = [
+            EpochRecord(state, learning_rate=spec.learning_rate),
+            BestCheckpoint(state, directory=state_dir),
+            stopping,
+            UnitBackup(state, directory=state_dir),  # after the callbacks that change the state
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: state["failed"]
+                or notify(1, f"{spec.name} epoch {epoch + 1}/{spec.epochs} val_loss {state['history'][-1]['val_loss']:.4f}")
+            ),
+        ]
         if config.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(unit.tensorboard)))
-
-        stop_reason = None
-        epoch = state["epoch"]
-        while epoch < spec.epochs and state["failed"] is None and stop_reason is None:
-            start = time.perf_counter()
+        if state["epoch"] < spec.epochs and state["failed"] is None and not stopping.should_stop(epochs_done=state["epoch"]):
+            drop = starves_a_replica(len(data.train_images))
             train = make_dataset(
                 data.train_images,
                 data.train_masks,
@@ -296,53 +277,32 @@ def train_unit(
                 shuffle=True,
                 augment=config.augmentation if config.augment else False,
                 seed=seed,
-                epoch=epoch,
-                drop_remainder=starves_a_replica(len(data.train_images)),
+                epoch=state["epoch"],
+                epochs=spec.epochs - state["epoch"],
+                drop_remainder=drop,
             )
-            try:
-                fit = model.fit(
-                    train,
-                    validation_data=validation,
-                    initial_epoch=epoch,
-                    epochs=epoch + 1,
-                    callbacks=callbacks,
-                    shuffle=False,  # the dataset is shuffled, reproducibly, by make_dataset
-                    verbose=verbose,
-                )
-                logs = {k: float(v[-1]) for k, v in fit.history.items()}
-                diverged = model.stop_training or not all(np.isfinite(logs.get(k, np.nan)) for k in ("loss", "val_loss"))
-            except Exception as exc:  # noqa: BLE001 - only resource exhaustion is a trial failure
-                if type(exc).__name__ not in ("ResourceExhaustedError", "OutOfMemoryError"):
-                    raise
-                logs, diverged = {}, False
-                state["failed"] = f"out of memory at epoch {epoch + 1} ({type(exc).__name__})"
-            if diverged:
-                state["failed"] = (
-                    f"diverged: loss became NaN or infinite in epoch {epoch + 1} "
-                    f"(learning rate {spec.learning_rate:g}; stopped by TerminateOnNaN)"
-                )
+            validation = make_dataset(
+                data.val_images,
+                data.val_masks,
+                batch_size=spec.batch_size,
+                drop_remainder=starves_a_replica(len(data.val_images)),
+            )
+            _, out_of_memory = fit_model(
+                model,
+                train,
+                validation_data=validation,
+                initial_epoch=state["epoch"],
+                epochs=spec.epochs,
+                steps_per_epoch=batches_per_epoch(len(data.train_images), spec.batch_size, drop_remainder=drop),
+                callbacks=callbacks,
+                verbose=verbose,
+            )
+            if out_of_memory is not None:
+                state["failed"] = f"out of memory at epoch {state['epoch'] + 1} ({out_of_memory})"
             if state["failed"] is not None:
                 logger.warning("%s: %s", spec.name, state["failed"])
-                break
-            epoch += 1
-            seconds = time.perf_counter() - start
-            state["history"].append({"epoch": epoch, **{k: logs.get(k, math.nan) for k in HISTORY_KEYS}, "seconds": seconds})
-            state["seconds"] += seconds
-            if logs["val_loss"] < state["best_val_loss"]:
-                state["best"] = _save_atomic(model.save, state_dir / f"best-epoch-{epoch:04d}.keras")
-                state["best_sha256"] = file_sha256(state_dir / state["best"])
-                state.update(best_val_loss=logs["val_loss"], best_epoch=epoch, wait=0)
-            else:
-                state["wait"] += 1
-            state["weights"] = _save_atomic(model.save_weights, state_dir / f"epoch-{epoch:04d}.weights.h5")
-            state["weights_sha256"] = file_sha256(state_dir / state["weights"])
-            state["epoch"] = epoch
-            write_json(state_dir / "state.json", state)
-            _remove_unreferenced(state_dir, state)
-            patience = config.early_stopping_patience
-            if patience is not None and state["wait"] >= patience:
-                stop_reason = f"early stopping after epoch {epoch} ({patience} epochs without a lower val_loss)"
-            notify(1, f"{spec.name} epoch {epoch}/{spec.epochs} val_loss {logs['val_loss']:.4f}")
+    stop_reason = stopping.reason
+    epoch = state["epoch"]
     del model
     keras.backend.clear_session()
     if epoch < spec.epochs:
@@ -398,6 +358,7 @@ def _evaluate(checkpoint: Path, data: UnitData, config: TrainConfig) -> dict[str
     import keras
 
     from ..metrics import background_accuracy, segmentation_report
+    from ..models import predict_probabilities
 
     model = load_model(checkpoint)
     scores: dict[str, float] = {}
@@ -405,7 +366,7 @@ def _evaluate(checkpoint: Path, data: UnitData, config: TrainConfig) -> dict[str
     if data.test_images is not None:
         splits.append(("test", data.test_images, data.test_masks))
     for prefix, images, masks in splits:
-        probabilities = model.predict(images[..., np.newaxis], batch_size=64, verbose=0)[..., 0]
+        probabilities = predict_probabilities(model, images, batch_size=64)
         report = segmentation_report(masks, probabilities, threshold=config.threshold, empty=config.empty)
         report.setdefault("background_accuracy", background_accuracy(masks))
         scores.update({f"{prefix}_{k}": _plain(v) for k, v in report.items() if _is_scalar(v) and k != "threshold"})
@@ -462,38 +423,5 @@ def _remove_leftovers(folder: Path) -> None:
     """Delete temporary files a killed writer left behind (never named by any state)."""
     for pattern in (".tmp-*", ".*.tmp"):
         for path in [*folder.glob(pattern), *UnitFolder(folder).state.glob(pattern)]:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-
-def _save_atomic(save: Callable[[str], Any], path: Path) -> str:
-    """Call a Keras ``save``/``save_weights`` into a temporary name beside ``path``, then rename."""
-    suffix = ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        os.unlink(tmp)
-        save(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path.name
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_unreferenced(state_dir: Path, state: dict) -> None:
-    keep = {"state.json", state.get("weights"), state.get("best")}
-    for path in state_dir.iterdir():
-        if path.name not in keep and not path.name.startswith(".tmp-"):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
