@@ -54,8 +54,11 @@ from .errors import InvalidParameterError, MissingDataError, ModelFileError
 __all__ = [
     "CLASSIFIER_FILE",
     "FEATURE_NAMES",
+    "INTENSITY_FREE_FEATURES",
+    "OUTCOMES",
     "CandidateClassifier",
     "candidate_features",
+    "candidate_outcomes",
     "load_classifier",
     "rank_candidates",
 ]
@@ -92,6 +95,19 @@ FEATURE_NAMES = (
     "probability_high",
     "probability_shell",
 )
+
+#: Features that depend on HU or on a lung mask: the HU statistics, ``hessian_strength`` (in HU) and
+#: the position features (0 without a lung mask).
+_INTENSITY_OR_LUNG_FEATURES = ("hu_mean", "hu_std", "hu_p10", "hu_p90", "hu_contrast", "hessian_strength", "lung_depth_mm", "pleura_contact", "medial_position")
+
+#: The features that mean the same on display-scaled images (8-bit crops min-max scaled per crop,
+#: like the LIDC PNG release) without a lung mask: shape, the Hessian eigenvalue *ratios*
+#: (unchanged by an intensity scale; an offset moves them slightly through the zero padding of the
+#: Hessian's filter at the crop border) and the model's probabilities; 15 of the 24.
+INTENSITY_FREE_FEATURES = tuple(name for name in FEATURE_NAMES if name not in _INTENSITY_OR_LUNG_FEATURES)
+
+#: Outcomes of :func:`candidate_outcomes`.
+OUTCOMES = ("positive", "negative", "partial")
 
 #: Voxels within this distance (mm) of the lung mask's boundary touch the pleura.
 _CONTACT_MM = 1.5
@@ -159,6 +175,60 @@ def candidate_features(
             raise InvalidParameterError(f"nodule_id {label} of the table has no voxel in labels")
         rows.append(_features(labels, label, box, record, np.asarray(probabilities), np.asarray(hu), context, sampling))
     return pd.DataFrame(rows, columns=list(FEATURE_NAMES), dtype=float)
+
+
+def candidate_outcomes(labels: np.ndarray, table: pd.DataFrame, marks: np.ndarray) -> np.ndarray:
+    """Truth of each candidate against readers' marks: on a mark, clear of every mark, or partly on one.
+
+    A candidate is ``"positive"`` when its centre (``centroid_z``, ``centroid_y``, ``centroid_x``
+    rounded to the nearest voxel, the centre the FROC hit rule uses) lies on a marked voxel,
+    ``"negative"`` when none of its voxels is marked, and ``"partial"`` otherwise (it overlaps a mark
+    but its centre is off it, e.g. a vessel running into a nodule): neither a hit nor a clean
+    false positive, for the caller to ignore or count as it states.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (slices, rows, columns)
+        Candidate components, label = ``nodule_id`` of ``table``.
+    table : pandas.DataFrame
+        ``nodule_id``, ``centroid_z``, ``centroid_y``, ``centroid_x`` (voxels).
+    marks : ndarray of bool, shape like ``labels``
+        What the readers marked (e.g. the union of their masks).
+
+    Returns
+    -------
+    ndarray of str, shape (len(table),)
+        One of :data:`OUTCOMES` per row.
+
+    Raises
+    ------
+    InvalidParameterError
+        On shapes that differ or a ``nodule_id`` without voxels.
+
+    Examples
+    --------
+    >>> labels = np.array([[[1, 1, 1, 0, 2, 2, 0, 3]]])
+    >>> marks = np.array([[[0, 1, 0, 0, 0, 1, 0, 0]]], bool)
+    >>> table = pd.DataFrame({"nodule_id": [1, 2, 3], "centroid_z": [0.0, 0.0, 0.0],
+    ...                       "centroid_y": [0.0, 0.0, 0.0], "centroid_x": [1.0, 4.5, 7.0]})
+    >>> candidate_outcomes(labels, table, marks).tolist()
+    ['positive', 'partial', 'negative']
+    """
+    labels = np.asarray(labels)
+    marks = np.asarray(marks, bool)
+    if labels.ndim != 3 or marks.shape != labels.shape:
+        raise InvalidParameterError(f"labels and marks must be 3-D arrays of one shape, got {labels.shape} and {marks.shape}")
+    if not len(table):
+        return np.array([], dtype=object).astype(str)
+    ids = table["nodule_id"].to_numpy(int)
+    marked = ndimage.sum_labels(marks, labels, ids) if labels.max() else np.zeros(len(ids))
+    sizes = np.bincount(labels.ravel(), minlength=int(ids.max()) + 1)[ids]
+    if (sizes == 0).any():
+        raise InvalidParameterError(f"nodule_id {int(ids[sizes == 0][0])} of the table has no voxel in labels")
+    centres = np.rint(table[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(float)).astype(int)
+    centres = np.clip(centres, 0, np.array(labels.shape) - 1)
+    on_mark = marks[tuple(centres.T)]
+    return np.where(on_mark, "positive", np.where(np.asarray(marked) > 0, "partial", "negative"))
 
 
 class _ScanContext:

@@ -50,6 +50,7 @@ __all__ = [
     "FrocResult",
     "ScanDetections",
     "froc",
+    "froc_from_outcomes",
     "hit_matrix",
     "reference_from_mask",
 ]
@@ -272,6 +273,71 @@ def froc(scans: Sequence[ScanDetections], *, fp_rates: Sequence[float] = FP_RATE
     if n_nodules == 0:
         raise InvalidParameterError(f"no reference nodule of at least {MIN_DIAMETER_MM} mm in {len(scans)} scan(s): FROC is undefined")
     return _curve(np.asarray(scores, float), np.asarray(kinds, int), nodule_ids, n_scans=len(scans), n_nodules=n_nodules, rates=rates)
+
+
+def froc_from_outcomes(
+    scores: Sequence[float],
+    nodules: Sequence[int],
+    *,
+    n_scans: int,
+    n_nodules: int,
+    ignore: Sequence[bool] | None = None,
+    fp_rates: Sequence[float] = FP_RATES,
+) -> FrocResult:
+    """FROC of candidates whose outcome is already known (a hit rule other than :func:`hit_matrix`).
+
+    The same curve and operating points as :func:`froc`, for callers that decide hits themselves,
+    e.g. a candidate whose centre lies on a reader's mark
+    (:func:`nodulekit.detection.candidate_outcomes`).
+
+    Parameters
+    ----------
+    scores : sequence of float
+        One finite score per candidate, over all scans.
+    nodules : sequence of int
+        The reference nodule (``0 .. n_nodules - 1``, numbered over all scans) each candidate hits,
+        ``-1`` for a false positive.
+    n_scans : int
+        Scans evaluated (>= 1), those without candidates included.
+    n_nodules : int
+        Relevant reference nodules over all scans (>= 1).
+    ignore : sequence of bool, optional
+        Candidates that are neither hits nor false positives (an irrelevant finding).
+    fp_rates : sequence of float
+        As in :func:`froc`.
+
+    Returns
+    -------
+    FrocResult
+
+    Raises
+    ------
+    InvalidParameterError
+        On lengths that differ, a nodule index out of range, non-finite scores, or counts < 1.
+
+    Examples
+    --------
+    Two stacks with one nodule each: 0.9 hits nodule 0, 0.8 is a false positive, 0.7 hits nodule 1.
+
+    >>> result = froc_from_outcomes([0.9, 0.8, 0.7], [0, -1, 1], n_scans=2, n_nodules=2)
+    >>> result.sensitivities[0.25], result.sensitivities[0.5]
+    (0.5, 1.0)
+    """
+    scores = np.asarray(scores, float)
+    nodules = np.asarray(nodules, int)
+    ignored = np.zeros(len(scores), bool) if ignore is None else np.asarray(ignore, bool)
+    rates = [float(f) for f in fp_rates]
+    if scores.ndim != 1 or nodules.shape != scores.shape or ignored.shape != scores.shape:
+        raise InvalidParameterError(f"need one score, nodule and ignore flag per candidate, got {scores.shape}, {nodules.shape}, {ignored.shape}")
+    if int(n_scans) < 1 or int(n_nodules) < 1 or not rates or min(rates) <= 0:
+        raise InvalidParameterError(f"n_scans and n_nodules must be >= 1 and fp_rates positive, got {n_scans}, {n_nodules}, {fp_rates!r}")
+    if not np.isfinite(scores).all():
+        raise InvalidParameterError("candidate scores must be finite")
+    if len(nodules) and (nodules.min() < -1 or nodules.max() >= int(n_nodules)):
+        raise InvalidParameterError(f"nodule indices must be -1 (false positive) or in 0..{int(n_nodules) - 1}")
+    kinds = np.where(ignored, 2, np.where(nodules >= 0, 1, 0))
+    nodule_ids = [[int(k)] if kind == 1 else [] for k, kind in zip(nodules, kinds)]
+    return _curve(scores, kinds, nodule_ids, n_scans=int(n_scans), n_nodules=int(n_nodules), rates=rates)
 
 
 def _curve(scores, kinds, nodule_ids, *, n_scans: int, n_nodules: int, rates: list[float]) -> FrocResult:

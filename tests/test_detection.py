@@ -11,8 +11,11 @@ import pytest
 from nodulekit.detection import (
     CLASSIFIER_FILE,
     FEATURE_NAMES,
+    INTENSITY_FREE_FEATURES,
+    OUTCOMES,
     CandidateClassifier,
     candidate_features,
+    candidate_outcomes,
     load_classifier,
     rank_candidates,
 )
@@ -219,3 +222,68 @@ def test_cli_segment_lists_ranked_nodules_with_min_score_and_max_nodules(tmp_pat
     table = pd.read_csv(out / "nodules.csv")
     assert 1 <= len(table) <= 2 and table["score"].is_monotonic_decreasing and table["nodule_id"].tolist() == list(range(1, len(table) + 1))
     assert main(["segment", str(scan), "--model", "pretrained", "--out", str(tmp_path / "bad"), "--min-score", "2", "--no-progress"]) != EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# Display-scaled crop stacks (experiments/detection_stacks.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_intensity_free_features_ignore_an_intensity_scale_and_hu_features_do_not():
+    """The LIDC PNGs are min-max scaled per crop: the features kept for them must not see the scale.
+
+    A multiplicative scale leaves them unchanged; an offset moves the Hessian ratios a little (the
+    Hessian's Gaussian filter pads the crop with zeros), by under 0.05 here.
+    """
+    hu, _, mask, probabilities = _phantom()
+    labels, table = measure_nodules(mask, spacing=SPACING, probabilities=probabilities)
+    display = (hu + 850.0) / 890.0 * 200.0  # lung 0, tissue ~198: an 8-bit-like range
+    first, scaled, shifted = (
+        candidate_features(labels, table, probabilities=probabilities, hu=image, lung=None, spacing=SPACING)
+        for image in (display, 0.5 * display, display + 20.0)
+    )
+    free = list(INTENSITY_FREE_FEATURES)
+    assert set(free) < set(FEATURE_NAMES) and not {"hu_mean", "hessian_strength", "pleura_contact"} & set(free)
+    np.testing.assert_allclose(first[free], scaled[free], rtol=1e-4, atol=1e-6)
+    hessian = ["hessian_blob", "hessian_plate"]
+    np.testing.assert_allclose(first[free].drop(columns=hessian), shifted[free].drop(columns=hessian), rtol=1e-6)
+    np.testing.assert_allclose(first[hessian], shifted[hessian], atol=0.05)
+    assert not np.allclose(first["hu_mean"], scaled["hu_mean"]) and not np.allclose(first["hessian_strength"], scaled["hessian_strength"])
+    assert (first[["lung_depth_mm", "pleura_contact", "medial_position"]] == 0).all().all()  # no lung mask: no position
+
+
+def test_candidate_outcomes_on_mark_clear_of_marks_and_partly_on_one():
+    """A hand-made stack: a ball on the readers' mark, a vessel clear of it, a vessel running into it."""
+    zz, yy, xx = np.mgrid[:6, :40, :40]
+    ball = (zz - 3) ** 2 + (yy - 10) ** 2 + (xx - 10) ** 2 <= 9
+    clear = (np.abs(yy - 30) <= 1) & (np.abs(xx - 30) <= 1)  # runs through every slice
+    into = (np.abs(yy - 10) <= 1) & (xx >= 22) & (xx <= 36) & (zz == 3)  # touches the mark at its left end
+    marks = ball | ((np.abs(yy - 10) <= 1) & (xx >= 22) & (xx <= 23) & (zz == 3))
+    labels, table = measure_nodules(ball | clear | into, spacing=(2.5, 0.7, 0.7))
+    outcomes = candidate_outcomes(labels, table, marks)
+    by_place = {(round(r.centroid_y), round(r.centroid_x)): o for r, o in zip(table.itertuples(), outcomes)}
+    assert by_place == {(10, 10): "positive", (30, 30): "negative", (10, 29): "partial"}
+    assert set(outcomes) <= set(OUTCOMES)
+    assert candidate_outcomes(labels, table.iloc[:0], marks).tolist() == []
+    with pytest.raises(InvalidParameterError, match="one shape"):
+        candidate_outcomes(labels, table, marks[:, :20])
+    with pytest.raises(InvalidParameterError, match="no voxel"):
+        candidate_outcomes(labels, table.assign(nodule_id=table["nodule_id"] + 10), marks)
+
+
+@pytest.mark.realdata
+def test_shipped_segmenter_on_the_first_real_crop_stack_finds_one_candidate_on_the_nodule(lidc_slices_dir):
+    """LIDC-IDRI-0001's nine crops as a stack, as experiments/detection_stacks.py runs them."""
+    from nodulekit.readers import read_lidc_release
+
+    crops = read_lidc_release(lidc_slices_dir, patients=["LIDC-IDRI-0001"], consensus="union", progress=False)
+    order = np.argsort(crops.table["slice_index"].to_numpy())
+    images, marks = crops.images[order], crops.reader_masks[order].any(axis=1)
+    segmenter = load_segmenter("pretrained")
+    result = segmenter.segment(images, spacing=(2.5, 0.7, 0.7), units="uint8", connect_slices=True, lungs=False, progress=False)
+    outcomes = candidate_outcomes(result.labels, result.nodules, marks)
+    assert (outcomes == "positive").sum() == 1 and len(outcomes) >= 2  # the nodule, and vessels around it
+    nodule = result.nodules.iloc[int(np.flatnonzero(outcomes == "positive")[0])]
+    assert nodule["max_probability"] > 0.9 and nodule["diameter_mm"] > 10
+    features = candidate_features(result.labels, result.nodules, probabilities=result.probabilities, hu=images, lung=None, spacing=(2.5, 0.7, 0.7))
+    assert np.isfinite(features[list(INTENSITY_FREE_FEATURES)].to_numpy()).all()

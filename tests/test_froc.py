@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from nodulekit.errors import InvalidParameterError, NodulekitError
-from nodulekit.froc import FP_RATES, ScanDetections, froc, hit_matrix, reference_from_mask
+from nodulekit.froc import FP_RATES, ScanDetections, froc, froc_from_outcomes, hit_matrix, reference_from_mask
 
 SPACING = (2.0, 0.5, 0.5)
 
@@ -140,3 +140,29 @@ def test_bad_input_is_a_named_error(bad):
 def test_fp_rates_must_be_positive():
     with pytest.raises(InvalidParameterError):
         froc(_two_scans(), fp_rates=(0.0, 1.0))
+
+
+def test_froc_from_outcomes_gives_the_hand_worked_curve_of_froc():
+    """The same eight candidates with their outcomes decided by hand (the docstring of _two_scans)."""
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.3, 0.85, 0.4]
+    nodules = [0, -1, 0, -1, 1, -1, -1, -1]
+    ignore = [False, False, False, True, False, False, False, False]
+    result = froc_from_outcomes(scores, nodules, n_scans=2, n_nodules=2, ignore=ignore)
+    expected = froc(_two_scans())
+    for name in ("thresholds", "fp_per_scan", "sensitivity"):
+        np.testing.assert_allclose(getattr(result, name), getattr(expected, name))
+    assert result.cpm == pytest.approx(expected.cpm) and result.n_found == 2
+    # the ignored candidate, counted as a false positive instead, costs a step at 0.6
+    strict = froc_from_outcomes(scores, nodules, n_scans=2, n_nodules=2)
+    assert strict.fp_per_scan[strict.thresholds == 0.6][0] == 1.5
+
+
+def test_froc_from_outcomes_refuses_bad_input():
+    with pytest.raises(InvalidParameterError, match="one score"):
+        froc_from_outcomes([0.5, 0.4], [0], n_scans=1, n_nodules=1)
+    with pytest.raises(InvalidParameterError, match="-1"):
+        froc_from_outcomes([0.5], [3], n_scans=1, n_nodules=1)
+    with pytest.raises(InvalidParameterError, match=">= 1"):
+        froc_from_outcomes([0.5], [0], n_scans=0, n_nodules=1)
+    with pytest.raises(InvalidParameterError, match="finite"):
+        froc_from_outcomes([np.nan], [0], n_scans=1, n_nodules=1)
