@@ -80,6 +80,8 @@ def _write_dicom(
     slope: Any = 2.0,
     intercept: Any = -1024.0,
     position: Any = None,
+    modality: str | None = "CT",
+    orientation: Any = (1, 0, 0, 0, 1, 0),
 ) -> Path:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -95,9 +97,10 @@ def _write_dicom(
     ds.SeriesInstanceUID = series
     ds.StudyInstanceUID = study
     ds.PatientID = patient
-    ds.Modality = "CT"
+    if modality is not None:
+        ds.Modality = modality
     ds.ImagePositionPatient = [-10.0, -20.0, z] if position is None else position
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImageOrientationPatient = list(orientation)
     ds.PixelSpacing = [0.5, 0.6]
     ds.SliceThickness = 1.25
     if slope is not None:
@@ -464,6 +467,32 @@ def bad_dicom_symlink_escaping(tmp_path):
     folder = _series(tmp_path / "series")
     outside = _write_dicom(tmp_path / "elsewhere/x.dcm", z=2.5)
     (folder / "003.dcm").symlink_to(outside)
+    return _read_dicom(folder), "003.dcm"
+
+
+@case(DataFormatError, r"Modality is 'MR', not CT")
+def bad_dicom_mr_series(tmp_path):
+    folder = _series(tmp_path / "series", modality="MR")
+    return _read_dicom(folder), "000.dcm"
+
+
+@case(DataFormatError, r"Modality is 'PT', not CT")
+def bad_dicom_pet_slice_in_a_ct_series(tmp_path):
+    folder = _series(tmp_path / "series")
+    _write_dicom(folder / "003.dcm", z=2.5, modality="PT")
+    return _read_dicom(folder), "003.dcm"
+
+
+@case(DataFormatError, r"Modality is 'CR', not CT")
+def bad_dicom_radiograph(tmp_path):
+    folder = _series(tmp_path / "series", n=1, modality="CR")
+    return _read_dicom(folder), "000.dcm"
+
+
+@case(DataFormatError, r"ImageOrientationPatient .* differs from 000\.dcm's .*not one stack")
+def bad_dicom_localizer_in_the_series(tmp_path):
+    folder = _series(tmp_path / "series")
+    _write_dicom(folder / "003.dcm", z=2.5, orientation=(0, 1, 0, 0, 0, -1))  # a sagittal scout
     return _read_dicom(folder), "003.dcm"
 
 
@@ -1046,3 +1075,80 @@ def test_risk_loader_error_names_file_and_offending_values(tmp_path):
         load_risk_table(path)
     assert str(path) in str(info.value) and "'Smoking'" in str(info.value) and "12" in str(info.value)
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole-scan detection (issue 18, item 7): non-CT series, missing slices and uneven spacing, a single
+# slice, no lungs in view, a model folder without its second stage
+# --------------------------------------------------------------------------------------------------
+
+
+def _stack(folder: Path, positions, *, images=None, **options) -> Path:
+    """One DICOM file per position (mm along z), named 000.dcm, 001.dcm, ... in that order."""
+    for index, z in enumerate(positions):
+        stored = None if images is None else images[index]
+        _write_dicom(folder / f"{index:03d}.dcm", z=z, stored=stored, **options)
+    return folder
+
+
+def test_dicom_missing_slices_are_read_with_a_warning_naming_the_gap(tmp_path, caplog):
+    from nodulekit.readers import read_dicom_series
+
+    folder = _stack(tmp_path / "series", [0.0, 2.5, 5.0, 12.5, 15.0, 17.5])  # 7.5 and 10.0 are missing
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        volume = read_dicom_series(folder)
+    assert volume.hu.shape == (6, 4, 5) and volume.spacing == (2.5, 0.5, 0.6)
+    np.testing.assert_array_equal(volume.hu[:, 0, 0], [-1024, -974, -924, -774, -724, -674])  # 2 x 10 z - 1024
+    assert volume.meta["z_positions"] == [0.0, 2.5, 5.0, 12.5, 15.0, 17.5]
+    assert volume.meta["slice_gaps"] == [
+        {"after_slice": 2, "from_mm": 5.0, "to_mm": 12.5, "missing_slices": 2, "files": ["002.dcm", "003.dcm"]}
+    ]
+    assert "1 gap(s)" in caplog.text and "5.000 to 12.500 mm (002.dcm -> 003.dcm, about 2 missing)" in caplog.text
+    assert "6 slices 2.500 mm apart" in caplog.text and str(folder) in caplog.text
+    assert "uneven" not in caplog.text
+
+
+def test_dicom_uneven_spacing_beyond_the_tolerance_is_a_warning(tmp_path, caplog):
+    from nodulekit.readers import read_dicom_series
+
+    folder = _stack(tmp_path / "series", [0.0, 2.5, 5.0, 7.6, 10.0, 12.5])  # one slice 0.1 mm off
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        volume = read_dicom_series(folder)
+    assert volume.spacing[0] == 2.5 and volume.meta["slice_gaps"] == []
+    assert "uneven slice spacing: 2 of 5 steps differ from the median 2.500 mm by more than 0.025 mm" in caplog.text
+    assert "steps 2.400..2.600 mm, first between 002.dcm and 003.dcm" in caplog.text
+    assert "gap" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "positions, spacing",
+    [([0.0, 2.5, 5.004, 7.5], 2.5), ([0.0, 0.625, 1.256, 1.875, 2.5], 0.625)],  # under 1 % / under 0.01 mm
+    ids=["2.5mm", "0.625mm"],
+)
+def test_dicom_spacing_within_the_tolerance_is_read_quietly(tmp_path, caplog, positions, spacing):
+    from nodulekit.readers import read_dicom_series
+
+    folder = _stack(tmp_path / "series", positions)
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        volume = read_dicom_series(folder)
+    assert volume.spacing[0] == pytest.approx(spacing, abs=1e-6) and volume.meta["slice_gaps"] == []
+    assert caplog.text == ""
+
+
+def test_dicom_single_slice_is_a_one_slice_volume_with_a_warning(tmp_path, caplog):
+    from nodulekit.readers import read_dicom_series
+
+    folder = _stack(tmp_path / "one", [-7.5])
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        volume = read_dicom_series(folder)
+    assert volume.hu.shape == (1, 4, 5) and volume.spacing == (1.25, 0.5, 0.6)  # SliceThickness 1.25 mm
+    assert "a single slice (000.dcm)" in caplog.text and "1.250 mm (its SliceThickness)" in caplog.text
+
+
+def test_dicom_without_modality_is_read_as_ct_with_a_warning(tmp_path, caplog):
+    from nodulekit.readers import read_dicom_series
+
+    folder = _series(tmp_path / "series", modality=None)
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        volume = read_dicom_series(folder)
+    assert volume.hu.shape == (3, 4, 5) and "3 of 3 slices have no Modality" in caplog.text
