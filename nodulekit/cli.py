@@ -39,7 +39,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import DataFormatError, MissingDataError, NodulekitError, RunFolderError
+from .errors import DataFormatError, InvalidParameterError, MissingDataError, NodulekitError, RunFolderError
 from .model_names import DEFAULT_MODEL, accepted_forms
 from .utils import configure_logging
 
@@ -233,6 +233,7 @@ def _volume_input(volume) -> LoadedInput:
                 "units": "HU",
                 "connect": True,
                 "source": str(volume.meta.get("source", volume.meta.get("path", ""))),
+                "slice_gaps": volume.meta.get("slice_gaps", []),
             }
         ],
     )
@@ -349,6 +350,8 @@ def _segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:  # fail before the long part
         raise RunFolderError("output exists; choose another --out or pass --overwrite", path=out)
+    if args.min_score is not None and segmenter.classifier is None:
+        raise InvalidParameterError(f"--min-score needs a second-stage classifier, and {args.model} has none (no classifier.json)")
     start = time.perf_counter()
     loaded = load_input(args.input, pixel_spacing=args.pixel_spacing)
     lungs = {"auto": "auto", "on": True, "off": False}[args.lungs]
@@ -377,7 +380,7 @@ def _segment(args: argparse.Namespace) -> int:
                 probabilities=args.probabilities,
                 progress=args.progress,
             )
-            summaries.append({"info": result.info, **{k: v for k, v in written.items() if k != "truth"}})
+            summaries.append({"info": result.info, "slice_gaps": stack.get("slice_gaps", []), **{k: v for k, v in written.items() if k != "truth"}})
             if written["truth"] is not None:
                 truths.extend(written["truth"])
             if len(loaded.stacks) > 1:

@@ -1152,3 +1152,123 @@ def test_dicom_without_modality_is_read_as_ct_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="nodulekit"):
         volume = read_dicom_series(folder)
     assert volume.hu.shape == (3, 4, 5) and "3 of 3 slices have no Modality" in caplog.text
+
+
+# --- segmenting such input ---------------------------------------------------------------------------
+def _disc_slices(n_slices: int, on: tuple[int, ...], size: int = 64) -> np.ndarray:
+    """Stored values (HU = 2 x stored - 1024) of lung-like -850 HU slices with a 40 HU disc of radius 5 on slices ``on``."""
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - 30) ** 2 + (xx - 34) ** 2 <= 25
+    hu = np.full((n_slices, size, size), -850.0)
+    hu[list(on)] = np.where(disc, 40.0, -850.0)
+    return ((hu + 1024) / 2).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def segmenter_folders(tmp_path_factory, bright_disc_model) -> dict[str, Path]:
+    """Saved segmenters, with and without a second stage, whose output is known in advance.
+
+    The model is the paper's preprocessing (median, per-image z-score) and conftest's
+    ``bright_disc_model``: the nodule is the bright disc in flat lung. The second stage scores
+    every candidate 0.5 (all weights 0), operating point 0.
+    """
+    from nodulekit.detection import FEATURE_NAMES, CandidateClassifier
+    from nodulekit.inference import Segmenter
+    from nodulekit.preprocessing import paper_pipeline
+
+    root = tmp_path_factory.mktemp("segmenters")
+    Segmenter(bright_disc_model, paper_pipeline()).save(root / "one_stage")
+    count = len(FEATURE_NAMES)
+    second = CandidateClassifier(FEATURE_NAMES, mean=np.zeros(count), scale=np.ones(count), coefficients=np.zeros(count), intercept=0.0, threshold=0.0)
+    Segmenter(bright_disc_model, paper_pipeline(), classifier=second).save(root / "two_stage")
+    return {"one_stage": root / "one_stage", "two_stage": root / "two_stage"}
+
+
+def _segment_cli(source: Path, out: Path, model: Path, *extra) -> int:
+    from nodulekit.cli import main
+
+    return main([str(a) for a in ("segment", source, "--model", model, "--out", out, "--no-progress", *extra)])
+
+
+def test_cli_segment_of_a_non_ct_series_names_the_file_and_leaves_no_output(tmp_path, capsys, segmenter_folders):
+    folder = _stack(tmp_path / "mr", [0.0, 2.0, 4.0], images=_disc_slices(3, (1,)), modality="MR")
+    code = _segment_cli(folder, tmp_path / "out", segmenter_folders["two_stage"])
+    err = capsys.readouterr().err
+    assert code == 1 and "000.dcm: Modality is 'MR', not CT" in err and "error" in err
+    assert _leftovers(tmp_path, "out") == []
+
+
+def test_cli_segment_of_a_series_with_a_gap_warns_and_records_it(tmp_path, caplog, segmenter_folders):
+    import json
+
+    positions = [0.0, 2.0, 4.0, 10.0, 12.0]  # 6.0 and 8.0 are missing
+    folder = _stack(tmp_path / "gap", positions, images=_disc_slices(5, (3, 4)))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        code = _segment_cli(folder, out, segmenter_folders["two_stage"])
+    assert code == 0 and "4.000 to 10.000 mm (002.dcm -> 003.dcm, about 2 missing)" in caplog.text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stacks"][0]["slice_gaps"][0]["missing_slices"] == 2 and summary["stacks"][0]["info"]["second_stage"]
+    table = pd.read_csv(out / "nodules.csv")
+    assert len(table) == 1 and table.loc[0, "score"] == pytest.approx(0.5)
+    assert (table.loc[0, "slice_first"], table.loc[0, "slice_last"]) == (3, 4)
+    assert _leftovers(tmp_path, "out") == ["out"]  # no staging folder left
+
+
+def test_single_slice_is_segmented_in_2d_without_the_second_stage(tmp_path, caplog, segmenter_folders):
+    from nodulekit.inference import load_segmenter
+    from nodulekit.readers import read_dicom_series
+
+    folder = _stack(tmp_path / "one", [5.0], images=_disc_slices(1, (0,)))
+    volume = read_dicom_series(folder)
+    segmenter = load_segmenter(segmenter_folders["two_stage"])
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        result = segmenter.segment(volume, progress=False)
+    assert "second stage scores 3-D candidates of 2+ slices" in caplog.text and "1x64x64" in caplog.text
+    assert not result.info["second_stage"] and "score" not in result.nodules
+    row = result.nodules.iloc[0]
+    assert len(result.nodules) == 1 and row["n_slices"] == 1
+    assert row["diameter_mm"] == pytest.approx(11 * 0.6, abs=0.6)  # in-plane, in mm
+
+    out = tmp_path / "out"
+    assert _segment_cli(folder, out, segmenter_folders["two_stage"]) == 0
+    assert len(pd.read_csv(out / "nodules.csv")) == 1 and np.load(out / "mask.npy").shape == (1, 64, 64)
+
+
+def test_a_slab_without_lungs_is_searched_whole_with_a_warning(caplog):
+    from nodulekit.inference import Segmenter
+
+    yy, xx = np.mgrid[:256, :256]
+    hu = np.full((3, 256, 256), -1000.0, np.float32)  # air around the body
+    hu[:, ((yy - 128) / 110) ** 2 + ((xx - 128) / 120) ** 2 <= 1] = 40.0  # an abdomen: soft tissue, no air inside
+    hu[1, (yy - 215) ** 2 + (xx - 128) ** 2 <= 36] = 300.0  # one bright lesion
+    volume = Volume(hu, (2.0, 0.7, 0.7))
+    segmenter = Segmenter(lambda batch: (np.asarray(batch) > 2.0).astype(np.float32), None, window=32)
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        result = segmenter.segment(volume, progress=False)
+    assert "no lung found (no chest in view" in caplog.text and "searching the whole image" in caplog.text
+    assert result.info["lung_mask"] is False and result.lung is None
+    assert len(result.nodules) == 1 and result.nodules.iloc[0][["centroid_y", "centroid_x"]].tolist() == pytest.approx([215, 128], abs=1)
+    hu[:, 70:190, 50:120] = hu[:, 70:190, 136:206] = -850.0  # two lungs: now they bound the search
+    with_lungs = segmenter.segment(Volume(hu, (2.0, 0.7, 0.7)), progress=False)
+    assert with_lungs.info["lung_mask"] is True and with_lungs.lung[1, 100, 80] and not with_lungs.lung[1, 215, 128]
+    assert len(with_lungs.nodules) == 0  # the lesion lies outside the lungs
+
+
+def test_cli_segment_with_a_model_folder_without_second_stage(tmp_path, caplog, capsys, segmenter_folders):
+    import json
+
+    folder = _stack(tmp_path / "scan", [0.0, 2.0, 4.0, 6.0], images=_disc_slices(4, (1, 2)))
+    assert not (segmenter_folders["one_stage"] / "classifier.json").exists()
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        code = _segment_cli(folder, out, segmenter_folders["one_stage"])
+    assert code == 0 and "no second-stage classifier (classifier.json): nodules are listed by volume" in caplog.text
+    table = pd.read_csv(out / "nodules.csv")
+    assert "score" not in table and len(table) == 1
+    assert json.loads((out / "summary.json").read_text())["stacks"][0]["info"]["second_stage"] is False
+    capsys.readouterr()
+    code = _segment_cli(folder, tmp_path / "scored", segmenter_folders["one_stage"], "--min-score", "0.5")
+    err = capsys.readouterr().err
+    assert code == 1 and "--min-score needs a second-stage classifier" in err and "no classifier.json" in err
+    assert _leftovers(tmp_path, "scored") == []
