@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--mode", choices=["sliding", "full"], help="sliding windows (training conditions) or whole slices (default: the model's)")
     seg.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default 0.5)")
     seg.add_argument("--threshold", type=float, help="probability threshold in (0, 1) (default: the model's, 0.5)")
-    seg.add_argument("--lungs", choices=["auto", "on", "off"], default="auto", help="restrict to a lung mask (auto: HU scans)")
+    seg.add_argument("--lungs", choices=["auto", "on", "off"], default="auto", help="restrict to a lung mask (auto: HU scans; no lung found: nothing is searched, use off)")
     seg.add_argument("--min-diameter", type=float, default=3.0, metavar="MM", help="drop nodules smaller than this (default 3 mm)")
     seg.add_argument(
         "--min-score",
