@@ -39,7 +39,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import DataFormatError, MissingDataError, NodulekitError, RunFolderError
+from .errors import DataFormatError, InvalidParameterError, MissingDataError, NodulekitError, RunFolderError
 from .model_names import DEFAULT_MODEL, accepted_forms
 from .utils import configure_logging
 
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--mode", choices=["sliding", "full"], help="sliding windows (training conditions) or whole slices (default: the model's)")
     seg.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default 0.5)")
     seg.add_argument("--threshold", type=float, help="probability threshold in (0, 1) (default: the model's, 0.5)")
-    seg.add_argument("--lungs", choices=["auto", "on", "off"], default="auto", help="restrict to a lung mask (auto: HU scans)")
+    seg.add_argument("--lungs", choices=["auto", "on", "off"], default="auto", help="restrict to a lung mask (auto: HU scans; no lung found: nothing is searched, use off)")
     seg.add_argument("--min-diameter", type=float, default=3.0, metavar="MM", help="drop nodules smaller than this (default 3 mm)")
     seg.add_argument(
         "--min-score",
@@ -233,6 +233,7 @@ def _volume_input(volume) -> LoadedInput:
                 "units": "HU",
                 "connect": True,
                 "source": str(volume.meta.get("source", volume.meta.get("path", ""))),
+                "slice_gaps": volume.meta.get("slice_gaps", []),
             }
         ],
     )
@@ -349,6 +350,8 @@ def _segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:  # fail before the long part
         raise RunFolderError("output exists; choose another --out or pass --overwrite", path=out)
+    if args.min_score is not None and segmenter.classifier is None:
+        raise InvalidParameterError(f"--min-score needs a second-stage classifier, and {args.model} has none (no classifier.json)")
     start = time.perf_counter()
     loaded = load_input(args.input, pixel_spacing=args.pixel_spacing)
     lungs = {"auto": "auto", "on": True, "off": False}[args.lungs]
@@ -377,7 +380,7 @@ def _segment(args: argparse.Namespace) -> int:
                 probabilities=args.probabilities,
                 progress=args.progress,
             )
-            summaries.append({"info": result.info, **{k: v for k, v in written.items() if k != "truth"}})
+            summaries.append({"info": result.info, "slice_gaps": stack.get("slice_gaps", []), **{k: v for k, v in written.items() if k != "truth"}})
             if written["truth"] is not None:
                 truths.extend(written["truth"])
             if len(loaded.stacks) > 1:

@@ -673,7 +673,9 @@ class Segmenter:
             See :meth:`predict`.
         lungs : bool or "auto"
             Restrict the search to :func:`lung_mask`. ``"auto"``: for inputs in HU of at least
-            256x256 pixels (whole CT slices), not for crops or display-scaled images.
+            256x256 pixels (whole CT slices), not for crops or display-scaled images. When no lung
+            is found (a head or abdomen slab) nothing is searched: no nodules, ``result.lung`` all
+            False and a warning (``lungs=False`` searches the whole image).
         lung_options : dict, optional
             Keyword options of :func:`lung_mask` (``threshold``, ``closing_mm``, ``margin_mm``, ...).
         threshold : float, optional
@@ -725,9 +727,12 @@ class Segmenter:
             pixel = spacing3 if np.isfinite(spacing3[1:]).all() else None
             lung = lung_mask(images, spacing=pixel, progress=False, **(lung_options or {}))
             timings["lung_mask_s"] = time.perf_counter() - tick
-            if not lung.any():
-                logger.warning("no lung found (is the input in HU?); searching the whole image")
-                lung = None
+            if not lung.any():  # searching a head or abdomen slab lists confident false positives
+                logger.warning(
+                    "no lung found in %s (no chest in view, or not in HU?): nothing searched, no nodules; lungs=False "
+                    "(--lungs off) searches the whole image",
+                    "x".join(map(str, images.shape)),
+                )
         tick = time.perf_counter()
         mode = self.mode if mode is None else mode
         probabilities = self.predict(images, mode=mode, region=lung, overlap=overlap, batch_size=batch_size, progress=progress)
@@ -746,6 +751,8 @@ class Segmenter:
         tick = time.perf_counter()
         ct_volume = connect and units == "HU" and len(images) > 1 and bool(np.isfinite(spacing3).all())
         scored = self.classifier is not None and ct_volume
+        if self.classifier is not None and connect and units == "HU" and not ct_volume:
+            logger.warning("the second stage scores 3-D candidates of 2+ slices with known spacing, not %s: nodules listed by size, without a score", "x".join(map(str, images.shape)))
         candidates = len(nodules)
         labels, nodules = self._rank(
             labels, nodules, probabilities, images, lung, spacing3, scored=scored, warn=ct_volume, min_score=min_score, max_nodules=max_nodules

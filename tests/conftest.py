@@ -41,3 +41,18 @@ def lidc_scan_dir() -> Path:
 def risk_csv() -> Path:
     """The real Kaggle risk-factor table; skips when absent."""
     return _need(RISK_CSV)
+
+
+@pytest.fixture(scope="session")
+def bright_disc_model():
+    """A Keras "segmentation model" whose output is known in advance: a 1x1 convolution + sigmoid,
+    probability > 0.5 where its input exceeds 1.5 (after the paper's per-image z-score: a bright
+    disc in a flat background)."""
+    import keras
+    import numpy as np
+
+    inputs = keras.Input((64, 64, 1))
+    layer = keras.layers.Conv2D(1, 1, activation="sigmoid")
+    model = keras.Model(inputs, layer(inputs))
+    layer.set_weights([np.full((1, 1, 1, 1), 4.0, np.float32), np.full((1,), -6.0, np.float32)])
+    return model

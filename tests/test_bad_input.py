@@ -80,6 +80,8 @@ def _write_dicom(
     slope: Any = 2.0,
     intercept: Any = -1024.0,
     position: Any = None,
+    modality: str | None = "CT",
+    orientation: Any = (1, 0, 0, 0, 1, 0),
 ) -> Path:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -95,9 +97,10 @@ def _write_dicom(
     ds.SeriesInstanceUID = series
     ds.StudyInstanceUID = study
     ds.PatientID = patient
-    ds.Modality = "CT"
+    if modality is not None:
+        ds.Modality = modality
     ds.ImagePositionPatient = [-10.0, -20.0, z] if position is None else position
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImageOrientationPatient = list(orientation)
     ds.PixelSpacing = [0.5, 0.6]
     ds.SliceThickness = 1.25
     if slope is not None:
@@ -464,6 +467,32 @@ def bad_dicom_symlink_escaping(tmp_path):
     folder = _series(tmp_path / "series")
     outside = _write_dicom(tmp_path / "elsewhere/x.dcm", z=2.5)
     (folder / "003.dcm").symlink_to(outside)
+    return _read_dicom(folder), "003.dcm"
+
+
+@case(DataFormatError, r"Modality is 'MR', not CT")
+def bad_dicom_mr_series(tmp_path):
+    folder = _series(tmp_path / "series", modality="MR")
+    return _read_dicom(folder), "000.dcm"
+
+
+@case(DataFormatError, r"Modality is 'PT', not CT")
+def bad_dicom_pet_slice_in_a_ct_series(tmp_path):
+    folder = _series(tmp_path / "series")
+    _write_dicom(folder / "003.dcm", z=2.5, modality="PT")
+    return _read_dicom(folder), "003.dcm"
+
+
+@case(DataFormatError, r"Modality is 'CR', not CT")
+def bad_dicom_radiograph(tmp_path):
+    folder = _series(tmp_path / "series", n=1, modality="CR")
+    return _read_dicom(folder), "000.dcm"
+
+
+@case(DataFormatError, r"ImageOrientationPatient .* differs from 000\.dcm's .*not one stack")
+def bad_dicom_localizer_in_the_series(tmp_path):
+    folder = _series(tmp_path / "series")
+    _write_dicom(folder / "003.dcm", z=2.5, orientation=(0, 1, 0, 0, 0, -1))  # a sagittal scout
     return _read_dicom(folder), "003.dcm"
 
 
@@ -1046,3 +1075,214 @@ def test_risk_loader_error_names_file_and_offending_values(tmp_path):
         load_risk_table(path)
     assert str(path) in str(info.value) and "'Smoking'" in str(info.value) and "12" in str(info.value)
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole-scan detection (issue 18, item 7): non-CT series, missing slices and uneven spacing, a single
+# slice, no lungs in view, a model folder without its second stage
+# --------------------------------------------------------------------------------------------------
+
+
+def _stack(folder: Path, positions, *, images=None, **options) -> Path:
+    """One DICOM file per position (mm along z), named 000.dcm, 001.dcm, ... in that order."""
+    for index, z in enumerate(positions):
+        stored = None if images is None else images[index]
+        _write_dicom(folder / f"{index:03d}.dcm", z=z, stored=stored, **options)
+    return folder
+
+
+def test_dicom_missing_slices_are_read_with_a_warning_naming_the_gap(tmp_path, caplog):
+    from nodulekit.readers import read_dicom_series
+
+    folder = _stack(tmp_path / "series", [0.0, 2.5, 5.0, 12.5, 15.0, 17.5])  # 7.5 and 10.0 are missing
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        volume = read_dicom_series(folder)
+    assert volume.hu.shape == (6, 4, 5) and volume.spacing == (2.5, 0.5, 0.6)
+    np.testing.assert_array_equal(volume.hu[:, 0, 0], [-1024, -974, -924, -774, -724, -674])  # 2 x 10 z - 1024
+    assert volume.meta["z_positions"] == [0.0, 2.5, 5.0, 12.5, 15.0, 17.5]
+    assert volume.meta["slice_gaps"] == [
+        {"after_slice": 2, "from_mm": 5.0, "to_mm": 12.5, "missing_slices": 2, "files": ["002.dcm", "003.dcm"]}
+    ]
+    assert "1 gap(s)" in caplog.text and "5.000 to 12.500 mm (002.dcm -> 003.dcm, about 2 missing)" in caplog.text
+    assert "6 slices 2.500 mm apart" in caplog.text and str(folder) in caplog.text
+    assert "uneven" not in caplog.text
+
+
+def test_dicom_uneven_spacing_beyond_the_tolerance_is_a_warning(tmp_path, caplog):
+    from nodulekit.readers import read_dicom_series
+
+    folder = _stack(tmp_path / "series", [0.0, 2.5, 5.0, 7.6, 10.0, 12.5])  # one slice 0.1 mm off
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        volume = read_dicom_series(folder)
+    assert volume.spacing[0] == 2.5 and volume.meta["slice_gaps"] == []
+    assert "uneven slice spacing: 2 of 5 steps differ from the median 2.500 mm by more than 0.025 mm" in caplog.text
+    assert "steps 2.400..2.600 mm, first between 002.dcm and 003.dcm" in caplog.text
+    assert "gap" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "positions, spacing",
+    [([0.0, 2.5, 5.004, 7.5], 2.5), ([0.0, 0.625, 1.256, 1.875, 2.5], 0.625)],  # under 1 % / under 0.01 mm
+    ids=["2.5mm", "0.625mm"],
+)
+def test_dicom_spacing_within_the_tolerance_is_read_quietly(tmp_path, caplog, positions, spacing):
+    from nodulekit.readers import read_dicom_series
+
+    folder = _stack(tmp_path / "series", positions)
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        volume = read_dicom_series(folder)
+    assert volume.spacing[0] == pytest.approx(spacing, abs=1e-6) and volume.meta["slice_gaps"] == []
+    assert caplog.text == ""
+
+
+def test_dicom_single_slice_is_a_one_slice_volume_with_a_warning(tmp_path, caplog):
+    from nodulekit.readers import read_dicom_series
+
+    folder = _stack(tmp_path / "one", [-7.5])
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        volume = read_dicom_series(folder)
+    assert volume.hu.shape == (1, 4, 5) and volume.spacing == (1.25, 0.5, 0.6)  # SliceThickness 1.25 mm
+    assert "a single slice (000.dcm)" in caplog.text and "1.250 mm (its SliceThickness)" in caplog.text
+
+
+def test_dicom_without_modality_is_read_as_ct_with_a_warning(tmp_path, caplog):
+    from nodulekit.readers import read_dicom_series
+
+    folder = _series(tmp_path / "series", modality=None)
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        volume = read_dicom_series(folder)
+    assert volume.hu.shape == (3, 4, 5) and "3 of 3 slices have no Modality" in caplog.text
+
+
+# --- segmenting such input ---------------------------------------------------------------------------
+def _disc_slices(n_slices: int, on: tuple[int, ...], size: int = 64) -> np.ndarray:
+    """Stored values (HU = 2 x stored - 1024) of lung-like -850 HU slices with a 40 HU disc of radius 5 on slices ``on``."""
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - 30) ** 2 + (xx - 34) ** 2 <= 25
+    hu = np.full((n_slices, size, size), -850.0)
+    hu[list(on)] = np.where(disc, 40.0, -850.0)
+    return ((hu + 1024) / 2).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def segmenter_folders(tmp_path_factory, bright_disc_model) -> dict[str, Path]:
+    """Saved segmenters, with and without a second stage, whose output is known in advance.
+
+    The model is the paper's preprocessing (median, per-image z-score) and conftest's
+    ``bright_disc_model``: the nodule is the bright disc in flat lung. The second stage scores
+    every candidate 0.5 (all weights 0), operating point 0.
+    """
+    from nodulekit.detection import FEATURE_NAMES, CandidateClassifier
+    from nodulekit.inference import Segmenter
+    from nodulekit.preprocessing import paper_pipeline
+
+    root = tmp_path_factory.mktemp("segmenters")
+    Segmenter(bright_disc_model, paper_pipeline()).save(root / "one_stage")
+    count = len(FEATURE_NAMES)
+    second = CandidateClassifier(FEATURE_NAMES, mean=np.zeros(count), scale=np.ones(count), coefficients=np.zeros(count), intercept=0.0, threshold=0.0)
+    Segmenter(bright_disc_model, paper_pipeline(), classifier=second).save(root / "two_stage")
+    return {"one_stage": root / "one_stage", "two_stage": root / "two_stage"}
+
+
+def _segment_cli(source: Path, out: Path, model: Path, *extra) -> int:
+    from nodulekit.cli import main
+
+    return main([str(a) for a in ("segment", source, "--model", model, "--out", out, "--no-progress", *extra)])
+
+
+def test_cli_segment_of_a_non_ct_series_names_the_file_and_leaves_no_output(tmp_path, capsys, segmenter_folders):
+    folder = _stack(tmp_path / "mr", [0.0, 2.0, 4.0], images=_disc_slices(3, (1,)), modality="MR")
+    code = _segment_cli(folder, tmp_path / "out", segmenter_folders["two_stage"])
+    err = capsys.readouterr().err
+    assert code == 1 and "000.dcm: Modality is 'MR', not CT" in err and "error" in err
+    assert _leftovers(tmp_path, "out") == []
+
+
+def test_cli_segment_of_a_series_with_a_gap_warns_and_records_it(tmp_path, caplog, segmenter_folders):
+    import json
+
+    positions = [0.0, 2.0, 4.0, 10.0, 12.0]  # 6.0 and 8.0 are missing
+    folder = _stack(tmp_path / "gap", positions, images=_disc_slices(5, (3, 4)))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        code = _segment_cli(folder, out, segmenter_folders["two_stage"])
+    assert code == 0 and "4.000 to 10.000 mm (002.dcm -> 003.dcm, about 2 missing)" in caplog.text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stacks"][0]["slice_gaps"][0]["missing_slices"] == 2 and summary["stacks"][0]["info"]["second_stage"]
+    table = pd.read_csv(out / "nodules.csv")
+    assert len(table) == 1 and table.loc[0, "score"] == pytest.approx(0.5)
+    assert (table.loc[0, "slice_first"], table.loc[0, "slice_last"]) == (3, 4)
+    assert _leftovers(tmp_path, "out") == ["out"]  # no staging folder left
+
+
+def test_single_slice_is_segmented_in_2d_without_the_second_stage(tmp_path, caplog, segmenter_folders):
+    from nodulekit.inference import load_segmenter
+    from nodulekit.readers import read_dicom_series
+
+    folder = _stack(tmp_path / "one", [5.0], images=_disc_slices(1, (0,)))
+    volume = read_dicom_series(folder)
+    segmenter = load_segmenter(segmenter_folders["two_stage"])
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        result = segmenter.segment(volume, progress=False)
+    assert "second stage scores 3-D candidates of 2+ slices" in caplog.text and "1x64x64" in caplog.text
+    assert not result.info["second_stage"] and "score" not in result.nodules
+    row = result.nodules.iloc[0]
+    assert len(result.nodules) == 1 and row["n_slices"] == 1
+    assert row["diameter_mm"] == pytest.approx(11 * 0.6, abs=0.6)  # in-plane, in mm
+
+    out = tmp_path / "out"
+    assert _segment_cli(folder, out, segmenter_folders["two_stage"]) == 0
+    assert len(pd.read_csv(out / "nodules.csv")) == 1 and np.load(out / "mask.npy").shape == (1, 64, 64)
+
+
+def test_a_slab_without_lungs_is_not_searched_unless_asked(caplog):
+    from nodulekit.inference import Segmenter
+
+    yy, xx = np.mgrid[:256, :256]
+    hu = np.full((3, 256, 256), -1000.0, np.float32)  # air around the body
+    hu[:, ((yy - 128) / 110) ** 2 + ((xx - 128) / 120) ** 2 <= 1] = 40.0  # an abdomen: soft tissue, no air inside
+    hu[1, (yy - 215) ** 2 + (xx - 128) ** 2 <= 36] = 300.0  # one bright lesion
+    segmenter = Segmenter(lambda batch: (np.asarray(batch) > 2.0).astype(np.float32), None, window=32)
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        result = segmenter.segment(Volume(hu, (2.0, 0.7, 0.7)), progress=False)
+    assert "no lung found in 3x256x256 (no chest in view" in caplog.text and "nothing searched" in caplog.text
+    assert len(result.nodules) == 0 and not result.lung.any() and not result.mask.any()
+    whole = segmenter.segment(Volume(hu, (2.0, 0.7, 0.7)), lungs=False, progress=False)  # asked: the whole image
+    assert len(whole.nodules) == 1 and whole.nodules.iloc[0][["centroid_y", "centroid_x"]].tolist() == pytest.approx([215, 128], abs=1)
+    hu[:, 70:190, 50:120] = hu[:, 70:190, 136:206] = -850.0  # two lungs: they bound the search
+    hu[1, (yy - 120) ** 2 + (xx - 85) ** 2 <= 36] = 300.0  # a lesion inside one lung
+    chest = segmenter.segment(Volume(hu, (2.0, 0.7, 0.7)), progress=False)
+    assert chest.lung[1, 100, 80] and not chest.lung[1, 215, 128]
+    assert len(chest.nodules) == 1 and chest.nodules.iloc[0][["centroid_y", "centroid_x"]].tolist() == pytest.approx([120, 85], abs=1)
+
+
+def test_cli_segment_with_a_model_folder_without_second_stage(tmp_path, caplog, capsys, segmenter_folders):
+    import json
+
+    folder = _stack(tmp_path / "scan", [0.0, 2.0, 4.0, 6.0], images=_disc_slices(4, (1, 2)))
+    assert not (segmenter_folders["one_stage"] / "classifier.json").exists()
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="nodulekit"):
+        code = _segment_cli(folder, out, segmenter_folders["one_stage"])
+    assert code == 0 and "no second-stage classifier (classifier.json): nodules are listed by volume" in caplog.text
+    table = pd.read_csv(out / "nodules.csv")
+    assert "score" not in table and len(table) == 1
+    assert json.loads((out / "summary.json").read_text())["stacks"][0]["info"]["second_stage"] is False
+    capsys.readouterr()
+    code = _segment_cli(folder, tmp_path / "scored", segmenter_folders["one_stage"], "--min-score", "0.5")
+    err = capsys.readouterr().err
+    assert code == 1 and "--min-score needs a second-stage classifier" in err and "no classifier.json" in err
+    assert _leftovers(tmp_path, "scored") == []
+
+
+def test_the_abdomen_below_lidc_0001s_lungs_lists_no_nodule(lidc_scan_dir):
+    """The 12 lowest slices of LIDC-IDRI-0001 hold no lung in the whole scan's lung mask (upper
+    abdomen). Searched whole (lungs=False) the shipped two-stage model lists 36 candidates there,
+    all at scores >= 0.99 (README, Reliability); with the lung mask it must list none."""
+    from nodulekit.inference import load_segmenter
+    from nodulekit.readers import read_dicom_series
+
+    scan = read_dicom_series(lidc_scan_dir)
+    slab = Volume(scan.hu[:12], scan.spacing)
+    result = load_segmenter("pretrained").segment(slab, progress=False)
+    assert result.info["second_stage"] and len(result.nodules) == 0

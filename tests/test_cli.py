@@ -23,7 +23,7 @@ def _disc(shape, centre, radius):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
+def models(tmp_path_factory, bright_disc_model) -> dict[str, Path]:
     """A segmenter folder, a bare .keras file and a run-folder layout.
 
     The segmenter is the paper's preprocessing (gray -> median -> per-image z-score) followed by a
@@ -37,11 +37,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     from nodulekit.preprocessing import paper_pipeline
 
     root = tmp_path_factory.mktemp("models")
-    inputs = keras.Input((64, 64, 1))
-    layer = keras.layers.Conv2D(1, 1, activation="sigmoid")
-    model = keras.Model(inputs, layer(inputs))
-    layer.set_weights([np.full((1, 1, 1, 1), 4.0, np.float32), np.full((1,), -6.0, np.float32)])
-    Segmenter(model, paper_pipeline()).save(root / "bright")
+    Segmenter(bright_disc_model, paper_pipeline()).save(root / "bright")
     keras.utils.set_random_seed(0)
     build_unet((64, 64, 1), filters=(4, 8, 16, 32, 64)).save(root / "unet.keras")
     run = root / "run"

@@ -16,13 +16,27 @@ from ..errors import DataFormatError, InvalidParameterError, MissingDataError
 from ..safety import check_image_pixels, check_volume_voxels
 from ._common import check_inside
 
-__all__ = ["read_dicom_series", "find_dicom_files"]
+__all__ = ["read_dicom_series", "find_dicom_files", "GAP_FACTOR", "SPACING_TOLERANCE_FRACTION", "SPACING_TOLERANCE_MM"]
 
 logger = logging.getLogger(__name__)
 
 
 #: SOP class of a DICOMDIR (a media index file, not an image): skipped when found in a series folder.
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+#: A step between neighbouring slices is *regular* when it differs from the series' median step by
+#: at most this fraction of the median or :data:`SPACING_TOLERANCE_MM`, whichever is larger.
+SPACING_TOLERANCE_FRACTION = 0.01
+
+#: Absolute floor of the spacing tolerance in mm (3D Slicer's DICOM reader uses the same 0.01 mm).
+SPACING_TOLERANCE_MM = 0.01
+
+#: A step longer than this many median steps is a *gap*: at least one slice is missing there.
+GAP_FACTOR = 1.5
+
+#: Slices whose ImageOrientationPatient differs from the first slice's by more than this (direction
+#: cosines) are not part of one stack (a localizer or a reformat mixed into the series).
+ORIENTATION_TOLERANCE = 1e-3
 
 
 def find_dicom_files(folder: str | os.PathLike) -> list[Path]:
@@ -116,6 +130,86 @@ def _rescale(dataset, path: Path) -> tuple[float, float, list[str]]:
     return values[0], values[1], missing
 
 
+def _check_modality(files: list[Path], datasets: list, folder: Path) -> None:
+    """Refuse a series that is not CT (``Modality`` MR, PT, CR, ...); log slices without the tag."""
+    untagged = []
+    for path, dataset in zip(files, datasets):
+        modality = str(dataset.get("Modality", "") or "").strip().upper()
+        if not modality:
+            untagged.append(path.name)
+        elif modality != "CT":
+            raise DataFormatError(
+                f"Modality is {modality!r}, not CT: nodulekit reads CT series in Hounsfield units only", path=path
+            )
+    if untagged:
+        logger.warning("%s: %d of %d slices have no Modality (e.g. %s); read as CT", folder, len(untagged), len(files), untagged[0])
+
+
+def _check_orientation(files: list[Path], datasets: list) -> None:
+    """Refuse slices that are not parallel to the first one (a localizer or a reformat in the series)."""
+    first = _numbers(datasets[0], "ImageOrientationPatient", 6, files[0], default=[1, 0, 0, 0, 1, 0])
+    for path, dataset in zip(files[1:], datasets[1:]):
+        orientation = _numbers(dataset, "ImageOrientationPatient", 6, path, default=[1, 0, 0, 0, 1, 0])
+        if np.abs(orientation - first).max() > ORIENTATION_TOLERANCE:
+            raise DataFormatError(
+                f"ImageOrientationPatient {[round(float(v), 4) for v in orientation]} differs from "
+                f"{files[0].name}'s {[round(float(v), 4) for v in first]}: the slices are not one stack "
+                "(a localizer or a reformat in the series?)",
+                path=path,
+            )
+
+
+def _slice_spacing(positions: np.ndarray, files: list[Path], folder: Path) -> tuple[float, list[dict]]:
+    """The slice spacing (median step, mm) and the gaps; gaps and uneven steps are logged as warnings."""
+    steps = np.diff(positions)
+    spacing = float(np.median(steps))
+    tolerance = max(SPACING_TOLERANCE_FRACTION * spacing, SPACING_TOLERANCE_MM)
+    gap_index = np.flatnonzero(steps > GAP_FACTOR * spacing)
+    gaps = [
+        {
+            "after_slice": int(i),
+            "from_mm": round(float(positions[i]), 3),
+            "to_mm": round(float(positions[i + 1]), 3),
+            "missing_slices": max(1, int(round(steps[i] / spacing)) - 1),
+            "files": [files[i].name, files[i + 1].name],
+        }
+        for i in gap_index
+    ]
+    if gaps:
+        shown = "; ".join(
+            f"{g['from_mm']:.3f} to {g['to_mm']:.3f} mm ({g['files'][0]} -> {g['files'][1]}, about {g['missing_slices']} missing)"
+            for g in gaps[:3]
+        )
+        logger.warning(
+            "%s: %d gap(s) along the slice direction, missing slices: %s%s; the volume stacks the %d slices "
+            "%.3f mm apart (the median step), so distances and volumes across a gap are too short",
+            folder,
+            len(gaps),
+            shown,
+            "; ..." if len(gaps) > 3 else "",
+            len(positions),
+            spacing,
+        )
+    uneven = np.abs(steps - spacing) > tolerance
+    uneven[gap_index] = False
+    if uneven.any():
+        logger.warning(
+            "%s: uneven slice spacing: %d of %d steps differ from the median %.3f mm by more than %.3f mm "
+            "(steps %.3f..%.3f mm, first between %s and %s); the volume uses %.3f mm",
+            folder,
+            int(uneven.sum()),
+            len(steps),
+            spacing,
+            tolerance,
+            float(steps[uneven].min()),
+            float(steps[uneven].max()),
+            files[int(np.argmax(uneven))].name,
+            files[int(np.argmax(uneven)) + 1].name,
+            spacing,
+        )
+    return spacing, gaps
+
+
 def read_dicom_series(
     folder: str | os.PathLike,
     *,
@@ -145,7 +239,9 @@ def read_dicom_series(
         ``hu`` (slices, rows, columns) float32, ``spacing`` (slice spacing, row spacing, column
         spacing) in mm, ``meta`` with ``source``, ``patient_id``, ``series_uid``, ``study_uid``,
         ``sop_uids`` and ``z_positions`` (per slice, in volume order), ``files``, ``origin``
-        (ImagePositionPatient of slice 0), ``orientation``, ``slice_thickness``.
+        (ImagePositionPatient of slice 0), ``orientation``, ``slice_thickness``, ``slice_gaps``
+        (one dict per gap: ``after_slice``, ``from_mm``, ``to_mm``, ``missing_slices``, ``files``;
+        empty when none).
 
     Raises
     ------
@@ -153,16 +249,33 @@ def read_dicom_series(
         The folder does not exist or holds no DICOM file.
     DataFormatError
         A file is empty, not readable DICOM, has no or undecodable pixel data, or is not one
-        grayscale slice; the folder mixes several series (without ``series_uid``), or one series
-        mixes studies or patients; slices differ in size, share a position, or lack or garble
-        ``ImagePositionPatient``; ``RescaleSlope`` is 0; a slice is larger than
-        :data:`nodulekit.safety.MAX_IMAGE_PIXELS`; a file resolves outside ``folder``.
+        grayscale slice; a slice's ``Modality`` is not ``CT`` (MR, PT, CR, ...: named with its
+        file); the folder mixes several series (without ``series_uid``), or one series
+        mixes studies or patients; slices differ in size or orientation (a localizer in the
+        series), share a position, or lack or garble ``ImagePositionPatient``; ``RescaleSlope``
+        is 0; a slice is larger than :data:`nodulekit.safety.MAX_IMAGE_PIXELS`; a file resolves
+        outside ``folder``.
     InvalidParameterError
         ``series_uid`` names no series in the folder.
 
     Notes
     -----
-    Recoveries (logged): a missing ``RescaleSlope`` is taken as 1 and a missing
+    Slice spacing, gaps and uneven spacing (warnings, the series is still read): the slice spacing
+    is the median step ``s`` between neighbouring slice positions. A step longer than
+    :data:`GAP_FACTOR` x ``s`` (1.5) is a *gap*: slices are missing there; the warning names the
+    positions, the files on both sides and about how many slices are missing, and the gap is
+    recorded in ``meta["slice_gaps"]``. Any other step that differs from ``s`` by more than
+    max(1 % of ``s``, 0.01 mm) (:data:`SPACING_TOLERANCE_FRACTION`, :data:`SPACING_TOLERANCE_MM`)
+    makes the spacing *uneven*: the warning gives how many steps, their range and the first pair of
+    files. Either way the volume stacks the slices ``s`` apart and is not resampled (no slice is
+    invented), so in-plane sizes stay right but distances and volumes across a gap or an uneven
+    step are off; ``meta["z_positions"]`` keeps each slice's true position.
+
+    A single slice is read as a 1-slice volume (warning) whose slice spacing is its
+    ``SliceThickness`` (1 mm when absent): :meth:`nodulekit.inference.Segmenter.segment` then finds
+    and measures nodules in 2-D, without the 3-D second stage.
+
+    Recoveries (logged): a slice without ``Modality`` is read as CT; a missing ``RescaleSlope`` is taken as 1 and a missing
     ``RescaleIntercept`` as 0 (the stored values are then read as HU: check the warning); a missing
     ``PixelSpacing`` as 1 mm; DICOMDIR index files and hidden files are skipped.
     """
@@ -211,12 +324,14 @@ def read_dicom_series(
                 "the files come from different scans", path=folder
             )
 
+    _check_modality(files, datasets, folder)
     for path, dataset in zip(files, datasets):
         if "PixelData" not in dataset:
             raise DataFormatError("DICOM file has no pixel data (not an image slice)", path=path)
         if "ImagePositionPatient" not in dataset:
             raise DataFormatError("DICOM slice lacks ImagePositionPatient: cannot order the series", path=path)
     normal = _slice_normal(datasets[0], files[0])
+    _check_orientation(files, datasets)
     origins = [_numbers(d, "ImagePositionPatient", 3, p) for p, d in zip(files, datasets)]
     positions = np.array([float(np.dot(normal, origin)) for origin in origins])
     order = np.argsort(positions, kind="stable")
@@ -279,19 +394,19 @@ def read_dicom_series(
     row_spacing, column_spacing = (float(v) for v in spacing_rc)
     thickness = _numbers(first, "SliceThickness", 1, files[0])
     thickness = float("nan") if thickness is None else float(thickness[0])
+    gaps: list[dict] = []
     if len(positions) > 1:
-        gaps = np.diff(positions)
-        slice_spacing = float(np.median(gaps))
-        if np.ptp(gaps) > 0.01 * slice_spacing + 1e-3:
-            logger.warning(
-                "%s: uneven slice spacing (%.3f..%.3f mm); using the median %.3f mm",
-                folder,
-                gaps.min(),
-                gaps.max(),
-                slice_spacing,
-            )
+        slice_spacing, gaps = _slice_spacing(positions, files, folder)
     else:
         slice_spacing = thickness if thickness > 0 else 1.0
+        logger.warning(
+            "%s: a single slice (%s); read as a 1-slice volume with slice spacing %.3f mm (%s): nodules are "
+            "found and measured in 2-D",
+            folder,
+            files[0].name,
+            slice_spacing,
+            "its SliceThickness" if thickness > 0 else "no SliceThickness, assumed",
+        )
     orientation = _numbers(first, "ImageOrientationPatient", 6, files[0], default=[1, 0, 0, 0, 1, 0])
     meta = {
         "source": str(folder),
@@ -305,6 +420,7 @@ def read_dicom_series(
         "origin": [float(v) for v in origins[0]],
         "orientation": [float(v) for v in orientation],
         "slice_thickness": thickness,
+        "slice_gaps": gaps,
         "manufacturer": str(first.get("Manufacturer", "")),
     }
     logger.info("read %d DICOM slices of %s from %s", len(datasets), meta["patient_id"], folder)
