@@ -41,7 +41,7 @@ from .errors import InvalidParameterError, MissingDataError, ModelFileError
 from .inference import Segmenter, load_segmenter, without_fixed_size
 from .postprocess import first_output
 from .safety import load_model
-from .utils import write_json
+from .utils import save_atomic, write_json
 
 __all__ = ["FORMATS", "export_model", "load_exported", "check_export"]
 
@@ -121,10 +121,7 @@ def export_model(
     folder.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict[str, Any]] = {}
     if "keras" in formats:
-        target = folder / FORMATS["keras"]
-        temporary = folder / ".model.tmp.keras"
-        graph_model.save(temporary)
-        os.replace(temporary, target)
+        save_atomic(graph_model.save, folder / FORMATS["keras"])
         report["keras"] = {"path": FORMATS["keras"]}
     signature = _signature(graph_model)
     if "savedmodel" in formats:

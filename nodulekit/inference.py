@@ -66,7 +66,7 @@ from .postprocess import fill_holes, first_output, keep_largest_components, labe
 from .precision import resolve_precision
 from .preprocessing import Pipeline, zscore_windows
 from .safety import load_model
-from .utils import atomic_write, write_json
+from .utils import atomic_write, save_atomic, write_json
 
 __all__ = [
     "MODES",
@@ -882,9 +882,7 @@ class Segmenter:
         if not isinstance(self.model, keras.Model):
             raise ModelFileError("only a Keras model can be saved in a segmenter folder", path=folder)
         folder.mkdir(parents=True, exist_ok=True)
-        temporary = folder / f".{_MODEL_FILE}.tmp.keras"
-        self.model.save(temporary)
-        os.replace(temporary, folder / _MODEL_FILE)
+        save_atomic(self.model.save, folder / _MODEL_FILE)
         self.save_settings(folder)
         return folder
 

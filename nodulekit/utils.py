@@ -10,7 +10,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -22,6 +22,7 @@ __all__ = [
     "is_quick",
     "atomic_write",
     "copy_atomic",
+    "save_atomic",
     "write_json",
     "read_json",
     "configure_logging",
@@ -88,6 +89,30 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def save_atomic(save: Callable[[str], Any], path: str | os.PathLike) -> str:
+    """Let ``save`` (e.g. a Keras ``model.save`` / ``save_weights``) write a temporary file beside
+    ``path``, flush it to disk, then rename it to ``path``: the file is whole or untouched, and no
+    temporary file is left behind on an error. Returns ``path``'s name."""
+    path = Path(path)
+    suffix = ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        save(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path.name
 
 
 def copy_atomic(source: str | os.PathLike, target: str | os.PathLike) -> None:

@@ -29,16 +29,15 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import keras
 import numpy as np
 
 from ..runfolder import file_sha256
-from ..utils import write_json
+from ..utils import save_atomic, write_json
 from .config import HISTORY_KEYS
 
 __all__ = [
@@ -271,24 +270,3 @@ def fit_model(
             raise
         return None, type(exc).__name__
     return history, None
-
-
-def save_atomic(save: Callable[[str], Any], path: Path) -> str:
-    """Call a Keras ``save``/``save_weights`` into a temporary name beside ``path``, then rename."""
-    suffix = ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        os.unlink(tmp)
-        save(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path.name
