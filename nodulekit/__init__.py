@@ -20,6 +20,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from . import errors  # noqa: E402
 from ._version import __version__  # noqa: E402
 from .dataset import CropSet, Volume  # noqa: E402
 from .errors import (  # noqa: E402
@@ -52,18 +53,12 @@ __all__ = [
     "__version__",
     "CropSet",
     "Volume",
-    "NodulekitError",
-    "InvalidParameterError",
-    "DataFormatError",
-    "MissingDataError",
-    "ModelFileError",
-    "TrainingError",
-    "RunFolderError",
     "set_seed",
     "is_quick",
     "configure_logging",
     "load_pretrained",
 ]
+__all__ += errors.__all__  # every error class, listed once in nodulekit.errors
 
 
 def __getattr__(name: str):

@@ -247,9 +247,7 @@ def froc(scans: Sequence[ScanDetections], *, fp_rates: Sequence[float] = FP_RATE
     scans = list(scans)
     if not scans:
         raise InvalidParameterError("froc needs at least one scan")
-    rates = [float(f) for f in fp_rates]
-    if not rates or min(rates) <= 0:
-        raise InvalidParameterError(f"fp_rates must be positive, got {fp_rates!r}")
+    rates = _rates(fp_rates)
     scores, kinds, nodule_ids = [], [], []  # kind: 0 false positive, 1 first hit on nodule, 2 ignored
     n_nodules = 0
     for scan in scans:
@@ -326,11 +324,11 @@ def froc_from_outcomes(
     scores = np.asarray(scores, float)
     nodules = np.asarray(nodules, int)
     ignored = np.zeros(len(scores), bool) if ignore is None else np.asarray(ignore, bool)
-    rates = [float(f) for f in fp_rates]
+    rates = _rates(fp_rates)
     if scores.ndim != 1 or nodules.shape != scores.shape or ignored.shape != scores.shape:
         raise InvalidParameterError(f"need one score, nodule and ignore flag per candidate, got {scores.shape}, {nodules.shape}, {ignored.shape}")
-    if int(n_scans) < 1 or int(n_nodules) < 1 or not rates or min(rates) <= 0:
-        raise InvalidParameterError(f"n_scans and n_nodules must be >= 1 and fp_rates positive, got {n_scans}, {n_nodules}, {fp_rates!r}")
+    if int(n_scans) < 1 or int(n_nodules) < 1:
+        raise InvalidParameterError(f"n_scans and n_nodules must be >= 1, got {n_scans}, {n_nodules}")
     if not np.isfinite(scores).all():
         raise InvalidParameterError("candidate scores must be finite")
     if len(nodules) and (nodules.min() < -1 or nodules.max() >= int(n_nodules)):
@@ -372,6 +370,13 @@ def _require(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in getattr(table, "columns", ())]
     if missing:
         raise InvalidParameterError(f"{what} lack column(s) {missing}")
+
+
+def _rates(fp_rates: Sequence[float]) -> list[float]:
+    rates = [float(f) for f in fp_rates]
+    if not rates or min(rates) <= 0:
+        raise InvalidParameterError(f"fp_rates must be positive, got {fp_rates!r}")
+    return rates
 
 
 def _spacing(spacing: Sequence[float]) -> tuple[float, float, float]:

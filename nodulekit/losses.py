@@ -184,15 +184,8 @@ def focal_tversky(
     0.4236
     """
     _check_gamma(gamma)
-    index = tversky_index(
-        y_true,
-        y_pred,
-        fn_weight=fn_weight,
-        fp_weight=fp_weight,
-        smooth=smooth,
-        reduction=reduction,
-    )
-    return ops.power(ops.maximum(1.0 - index, EPSILON), gamma)
+    loss = tversky(y_true, y_pred, fn_weight=fn_weight, fp_weight=fp_weight, smooth=smooth, reduction=reduction)
+    return ops.power(ops.maximum(loss, EPSILON), gamma)
 
 
 @keras.saving.register_keras_serializable(package="nodulekit")
@@ -209,14 +202,7 @@ def tversky(
 
     Parameters and returns as in :func:`focal_tversky` (without ``gamma``).
     """
-    index = tversky_index(
-        y_true,
-        y_pred,
-        fn_weight=fn_weight,
-        fp_weight=fp_weight,
-        smooth=smooth,
-        reduction=reduction,
-    )
+    index = tversky_index(y_true, y_pred, fn_weight=fn_weight, fp_weight=fp_weight, smooth=smooth, reduction=reduction)
     return 1.0 - index
 
 

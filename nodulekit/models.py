@@ -129,18 +129,7 @@ def build_unet(
     >>> model.count_params()
     1940817
     """
-    return _build(
-        input_shape,
-        attention=False,
-        filters=filters,
-        batch_norm=batch_norm,
-        dropout=dropout,
-        l2=l2,
-        upsampling=upsampling,
-        deep_supervision=deep_supervision,
-        output_bias=output_bias,
-        name=name,
-    )
+    return _build(**locals(), attention=False)  # every argument above, passed on as given
 
 
 def build_attention_unet(
@@ -194,18 +183,7 @@ def build_attention_unet(
     >>> model.count_params()
     2006341
     """
-    return _build(
-        input_shape,
-        attention=True,
-        filters=filters,
-        batch_norm=batch_norm,
-        dropout=dropout,
-        l2=l2,
-        upsampling=upsampling,
-        deep_supervision=deep_supervision,
-        output_bias=output_bias,
-        name=name,
-    )
+    return _build(**locals(), attention=True)  # every argument above, passed on as given
 
 
 _BUILDERS = {"unet": build_unet, "attention_unet": build_attention_unet}

@@ -76,16 +76,8 @@ def check_image_pixels(shape: Sequence[int], *, path: str | os.PathLike | None =
     DataFormatError
         More pixels than :data:`MAX_IMAGE_PIXELS` (a decompression bomb or not a CT image).
     """
-    pixels = 1
-    for size in shape:
-        pixels *= int(size)
-    if pixels > MAX_IMAGE_PIXELS:
-        raise DataFormatError(
-            f"image declares {' x '.join(str(int(s)) for s in shape)} = {pixels:,} pixels, more than the limit of "
-            f"{MAX_IMAGE_PIXELS:,} (possible decompression bomb; raise nodulekit.safety.MAX_IMAGE_PIXELS "
-            "if the file is trusted)",
-            path=path,
-        )
+    why = "possible decompression bomb; "
+    _refuse_oversize(shape, MAX_IMAGE_PIXELS, "MAX_IMAGE_PIXELS", what="image", unit="pixels", why=why, path=path)
 
 
 def check_volume_voxels(shape: Sequence[int], *, path: str | os.PathLike | None = None) -> None:
@@ -96,13 +88,22 @@ def check_volume_voxels(shape: Sequence[int], *, path: str | os.PathLike | None 
     DataFormatError
         More voxels than :data:`MAX_VOLUME_VOXELS`.
     """
-    voxels = 1
+    _refuse_oversize(shape, MAX_VOLUME_VOXELS, "MAX_VOLUME_VOXELS", what="volume", unit="voxels", path=path)
+
+
+def _refuse_oversize(shape: Sequence[int], limit: int, setting: str, *, what: str, unit: str, why: str = "", path) -> None:
+    """Raise :class:`DataFormatError` when ``shape`` declares more than ``limit`` elements.
+
+    ``setting`` names the module constant that holds ``limit`` (the message tells how to raise it);
+    ``why`` is put in front of that advice.
+    """
+    count = 1
     for size in shape:
-        voxels *= int(size)
-    if voxels > MAX_VOLUME_VOXELS:
+        count *= int(size)
+    if count > limit:
         raise DataFormatError(
-            f"volume declares {' x '.join(str(int(s)) for s in shape)} = {voxels:,} voxels, more than the limit of "
-            f"{MAX_VOLUME_VOXELS:,} (raise nodulekit.safety.MAX_VOLUME_VOXELS if the file is trusted)",
+            f"{what} declares {' x '.join(str(int(s)) for s in shape)} = {count:,} {unit}, more than the limit of "
+            f"{limit:,} ({why}raise nodulekit.safety.{setting} if the file is trusted)",
             path=path,
         )
 

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from ..dataset import CropSet
@@ -51,6 +52,18 @@ def _check(cropset: CropSet, root) -> Path:
 def _save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, format="PNG")
+
+
+def _save_mask(mask: np.ndarray, path: Path) -> None:
+    """A mask as an 8-bit PNG with values {0, 255}, as both layouts store them."""
+    _save_png((mask > 0).astype(np.uint8) * 255, path)
+
+
+def _write_table(table: pd.DataFrame, column: str, values: list[str], root: Path) -> None:
+    """``crops.csv`` beside the images: the CropSet table with ``column`` (where each crop went) first."""
+    table = table.copy()
+    table.insert(0, column, values)
+    table.to_csv(root / "crops.csv", index=False)
 
 
 def write_image_folder(cropset: CropSet, root: str | os.PathLike, *, rgb: bool = True) -> Path:
@@ -87,10 +100,8 @@ def write_image_folder(cropset: CropSet, root: str | os.PathLike, *, rgb: bool =
         names.append(name)
         image = np.repeat(images[index][..., None], 3, axis=-1) if rgb else images[index]
         _save_png(image, root / "images" / f"{name}.png")
-        _save_png((cropset.masks[index] > 0).astype(np.uint8) * 255, root / "masks" / f"{name}.png")
-    table = cropset.table.copy()
-    table.insert(0, "name", names)
-    table.to_csv(root / "crops.csv", index=False)
+        _save_mask(cropset.masks[index], root / "masks" / f"{name}.png")
+    _write_table(cropset.table, "name", names, root)
     return root
 
 
@@ -145,9 +156,7 @@ def write_lidc_release(cropset: CropSet, root: str | os.PathLike) -> Path:
         name = f"slice-{int(row['slice_index'])}.png"
         _save_png(images[index], folder / "images" / name)
         for reader in range(readers.shape[1]):
-            _save_png((readers[index, reader] > 0).astype(np.uint8) * 255, folder / f"mask-{reader}" / name)
+            _save_mask(readers[index, reader], folder / f"mask-{reader}" / name)
         folders.append(str(folder.relative_to(root)))
-    out = table.copy()
-    out.insert(0, "folder", folders)
-    out.to_csv(root / "crops.csv", index=False)
+    _write_table(table, "folder", folders, root)
     return root
