@@ -39,14 +39,8 @@ found 10/12, Dice 0.68, in 18-22 s; with 25 % overlap 8/12, Dice 0.48 (2 shared 
 centred on nodules (the paper's data) never saw a crop without one, so on a whole scan it also
 marks vessels; :func:`measure_nodules` reports every component with its size and probability.
 
-References
-----------
-.. [1] O. Ronneberger, P. Fischer, T. Brox, "U-Net: Convolutional Networks for Biomedical Image
-   Segmentation", MICCAI 2015 (overlap-tile inference).
-.. [2] F. Isensee et al., "nnU-Net", Nature Methods 18:203-211, 2021 (Gaussian-weighted sliding
-   window blending, sigma = 1/8 of the window).
-.. [3] S. G. Armato III et al., "The Lung Image Database Consortium (LIDC) and Image Database
-   Resource Initiative (IDRI)", Med. Phys. 38:915-931, 2011 (nodules >= 3 mm).
+References: the overlap-tile and Gaussian-blending papers in :mod:`.windows`, LIDC-IDRI's 3 mm
+nodules in :mod:`.measure`.
 """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -11,7 +12,9 @@ from tqdm.auto import tqdm
 from ..errors import InvalidParameterError
 from ..postprocess import fill_holes, keep_largest_components, label_components
 
-__all__ = ["lung_mask"]
+__all__ = ["lung_mask", "search_region"]
+
+logger = logging.getLogger(__name__)
 
 
 def lung_mask(
@@ -97,6 +100,51 @@ def lung_mask(
         if mask[index].any():
             mask[index] = _close_fill_dilate(mask[index], pixel, float(closing_mm), float(margin_mm))
     return mask[0] if hu.ndim == 2 else mask
+
+
+
+def search_region(
+    images: np.ndarray, *, units: str, spacing: Sequence[float], lungs: bool | str = "auto", options: dict | None = None
+) -> np.ndarray | None:
+    """Where a whole-scan search looks: the :func:`lung_mask` of CT slices, or None (everywhere).
+
+    Parameters
+    ----------
+    images : ndarray, shape (slices, rows, columns)
+    units : str
+        Units of ``images`` (``"HU"``, ``"uint8"``, ...).
+    spacing : sequence of float
+        Voxel size in mm ``(slice, row, column)``, NaN where unknown (0.7 mm pixels are then assumed).
+    lungs : bool or "auto"
+        Use the lung mask; ``"auto"``: for images in HU of at least 256x256 pixels (whole CT slices).
+    options : dict, optional
+        Keyword options of :func:`lung_mask`.
+
+    Returns
+    -------
+    ndarray of bool or None
+        The lung mask (all False, with a warning, when no lung is found: nothing is searched), or
+        None when the lungs are not used.
+
+    Raises
+    ------
+    InvalidParameterError
+        When ``lungs`` is not True, False or "auto".
+    """
+    use_lungs = lungs if isinstance(lungs, bool) else (units == "HU" and min(images.shape[1:]) >= 256)
+    if lungs not in (True, False, "auto"):
+        raise InvalidParameterError(f"lungs must be True, False or 'auto', got {lungs!r}")
+    if not use_lungs:
+        return None
+    pixel = spacing if np.isfinite(spacing[1:]).all() else None
+    lung = lung_mask(images, spacing=pixel, progress=False, **(options or {}))
+    if not lung.any():  # searching a head or abdomen slab lists confident false positives
+        logger.warning(
+            "no lung found in %s (no chest in view, or not in HU?): nothing searched, no nodules; lungs=False "
+            "(--lungs off) searches the whole image",
+            "x".join(map(str, images.shape)),
+        )
+    return lung
 
 
 def _close_fill_dilate(mask2d: np.ndarray, pixel: tuple[float, float], closing_mm: float, margin_mm: float) -> np.ndarray:

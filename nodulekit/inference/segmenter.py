@@ -28,7 +28,7 @@ from ..precision import resolve_precision
 from ..preprocessing import zscore_windows
 from .forward import make_forward
 from .io import as_stack, read_segmenter_files, write_segmenter_files
-from .lung import lung_mask
+from .lung import search_region
 from .measure import measure_nodules
 from .result import SegmentationResult
 from .windows import local_zscore, predict_full, predict_sliding
@@ -336,22 +336,11 @@ class Segmenter:
         connect = connect if connect_slices is None else bool(connect_slices)
         if units not in (self.units, "zscore") and not self._scale_invariant:
             logger.warning("input is in %s but the model was trained on %s without a z-score: results may be off", units, self.units)
-        use_lungs = lungs if isinstance(lungs, bool) else (units == "HU" and min(images.shape[1:]) >= 256)
-        if lungs not in (True, False, "auto"):
-            raise InvalidParameterError(f"lungs must be True, False or 'auto', got {lungs!r}")
         timings: dict[str, float] = {}
-        lung = None
-        if use_lungs:
-            tick = time.perf_counter()
-            pixel = spacing3 if np.isfinite(spacing3[1:]).all() else None
-            lung = lung_mask(images, spacing=pixel, progress=False, **(lung_options or {}))
+        tick = time.perf_counter()
+        lung = search_region(images, units=units, spacing=spacing3, lungs=lungs, options=lung_options)
+        if lung is not None:
             timings["lung_mask_s"] = time.perf_counter() - tick
-            if not lung.any():  # searching a head or abdomen slab lists confident false positives
-                logger.warning(
-                    "no lung found in %s (no chest in view, or not in HU?): nothing searched, no nodules; lungs=False "
-                    "(--lungs off) searches the whole image",
-                    "x".join(map(str, images.shape)),
-                )
         tick = time.perf_counter()
         mode = self.mode if mode is None else mode
         probabilities = self.predict(images, mode=mode, region=lung, overlap=overlap, batch_size=batch_size, progress=progress)
@@ -368,13 +357,9 @@ class Segmenter:
         )
         timings["measure_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        ct_volume = connect and units == "HU" and len(images) > 1 and bool(np.isfinite(spacing3).all())
-        scored = self.classifier is not None and ct_volume
-        if self.classifier is not None and connect and units == "HU" and not ct_volume:
-            logger.warning("the second stage scores 3-D candidates of 2+ slices with known spacing, not %s: nodules listed by size, without a score", "x".join(map(str, images.shape)))
         candidates = len(nodules)
-        labels, nodules = self._rank(
-            labels, nodules, probabilities, images, lung, spacing3, scored=scored, warn=ct_volume, min_score=min_score, max_nodules=max_nodules
+        labels, nodules, scored = self._rank(
+            labels, nodules, probabilities, images, lung, spacing3, units=units, connect=connect, min_score=min_score, max_nodules=max_nodules
         )
         timings["rank_s"] = time.perf_counter() - tick
         timings["total_s"] = time.perf_counter() - start
@@ -407,25 +392,33 @@ class Segmenter:
             info=info,
         )
 
-    def _rank(self, labels, nodules, probabilities, images, lung, spacing, *, scored, warn, min_score, max_nodules):
-        """Score, sort and filter the candidates with the second stage (or keep the largest without one)."""
+    def _rank(self, labels, nodules, probabilities, images, lung, spacing, *, units, connect, min_score, max_nodules):
+        """Score, sort and filter the candidates with the second stage (or keep the largest without one).
+
+        Returns the labels, the nodule table and whether the second stage scored them (it scores
+        the 3-D candidates of a CT volume in HU of 2+ slices with known spacing).
+        """
+        ct_volume = connect and units == "HU" and len(images) > 1 and bool(np.isfinite(spacing).all())
+        scored = self.classifier is not None and ct_volume
+        if self.classifier is not None and connect and units == "HU" and not ct_volume:
+            logger.warning("the second stage scores 3-D candidates of 2+ slices with known spacing, not %s: nodules listed by size, without a score", "x".join(map(str, images.shape)))
         if scored:
             features = candidate_features(labels, nodules, probabilities=probabilities, hu=images, lung=lung, spacing=spacing)
             scores = self.classifier.predict_proba(features) if len(nodules) else np.zeros(0)
             floor = self.classifier.threshold if min_score is None else float(min_score)
-            return rank_candidates(labels, nodules, scores, min_score=floor, max_nodules=max_nodules)
+            return (*rank_candidates(labels, nodules, scores, min_score=floor, max_nodules=max_nodules), True)
         if min_score is not None:
             raise InvalidParameterError(
                 "min_score needs a second-stage classifier (classifier.json in the model folder) and a CT volume in HU"
             )
-        if self.classifier is None and warn:
+        if self.classifier is None and ct_volume:
             logger.warning("no second-stage classifier (%s): nodules are listed by volume, without a score", CLASSIFIER_FILE)
         if max_nodules is not None:
             if int(max_nodules) < 0:
                 raise InvalidParameterError(f"max_nodules must be >= 0, got {max_nodules!r}")
             nodules = nodules.head(int(max_nodules))
             labels = np.where(labels <= len(nodules), labels, 0).astype(np.int32)
-        return labels, nodules
+        return labels, nodules, False
 
     def predict_crops(self, images: np.ndarray, *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Probabilities for training-style crops: the whole training pipeline (centre crop included), one pass.
