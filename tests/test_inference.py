@@ -139,6 +139,31 @@ def test_sliding_and_full_agree_exactly_for_a_pixelwise_model():
     assert segmenter._last_counts["windows"] < 2 * 9  # only windows touching the region ran
 
 
+def test_window_functions_are_pure_and_take_any_predictor():
+    """``predict_sliding`` / ``predict_full`` need no Segmenter: images, a predictor, the settings."""
+    from nodulekit.inference.windows import predict_full, predict_sliding
+
+    slices = np.random.default_rng(2).uniform(0, 1, size=(3, 70, 50)).astype(np.float32)
+    calls = []
+
+    def square(batch):  # a pixel-wise "model"
+        calls.append(batch.shape)
+        return batch**2
+
+    sliding, counts = predict_sliding(slices, square, window=32, overlap=0.5, batch_size=7)
+    np.testing.assert_allclose(sliding, slices**2, rtol=1e-5)
+    assert counts["windows"] == sum(shape[0] for shape in calls) == 3 * 4 * 3  # 4 x 3 windows a slice
+    assert max(shape[0] for shape in calls) <= 7
+    region = np.zeros(slices.shape, bool)
+    region[1, 20:30, 10:20] = True
+    calls.clear()
+    full, counts = predict_full(slices, square, window=32, region=region, preprocess=lambda x: x + 1)
+    assert counts["slices"] == 1 and [shape[1:] for shape in calls] == [(32, 32)]  # one slice, the box padded to 16s
+    row0, row1, column0, column1 = counts["box"]
+    np.testing.assert_allclose(full[1, row0:row1, column0:column1], (slices[1, row0:row1, column0:column1] + 1) ** 2, rtol=1e-5)
+    assert not full[[0, 2]].any()
+
+
 def test_bfloat16_inference_keeps_float32_weights_and_output():
     from nodulekit.models import build_unet
 

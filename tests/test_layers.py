@@ -41,7 +41,7 @@ def test_the_package_keeps_its_layers():
     [
         ("errors.py", "from .cli import main\n", "nodulekit.errors -> nodulekit.cli"),
         ("crops.py", "from .readers import read_any\n", "nodulekit.crops -> nodulekit.readers"),
-        ("inference.py", "from .plots import save_figure\n", "nodulekit.inference -> nodulekit.plots"),
+        ("inference/segmenter.py", "from ..plots import save_figure\n", "nodulekit.inference.segmenter -> nodulekit.plots"),
     ],
 )
 def test_an_upward_import_breaks_the_contract(tmp_path, module, line, shown):
