@@ -95,7 +95,7 @@ def write_dicom_seg(
     MissingDataError
         A slice file of the series is gone.
     InvalidParameterError
-        ``mask`` holds negative values, or ``nodules`` has no ``nodule_id`` column, repeats an id
+        ``source`` is not a Volume; ``mask`` is not boolean or integer or holds negative values, or ``nodules`` has no ``nodule_id`` column, repeats an id
         or lists more than 65,535 nodules.
 
     Examples
@@ -157,9 +157,11 @@ def write_dicom_seg(
 
 def _source_files(source: Volume, shape: tuple[int, ...]) -> list[str]:
     """The slice files of ``source`` in volume order, checked against the mask's ``shape``."""
-    meta = getattr(source, "meta", None)
-    if not isinstance(source, Volume) or meta.get("format") != "dicom" or "files" not in meta or "sop_uids" not in meta:
-        what = meta.get("format") or meta.get("source") if isinstance(meta, dict) else type(source).__name__
+    if not isinstance(source, Volume):
+        raise InvalidParameterError(f"source must be the Volume that read_dicom_series returned, got {type(source).__name__}")
+    meta = source.meta
+    if meta.get("format") != "dicom" or "files" not in meta or "sop_uids" not in meta:
+        what = meta.get("format") or meta.get("source") or "a volume without slice files"
         raise DataFormatError(
             f"a DICOM SEG references the slices of a DICOM series, but the source is {what!r}: "
             "read the scan with read_dicom_series"

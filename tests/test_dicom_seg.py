@@ -115,10 +115,12 @@ def test_binary_mask_is_one_candidates_segment_with_coded_concepts(series, tmp_p
 
 def test_source_that_is_not_dicom_is_refused(series, tmp_path):
     nifti = Volume(hu=series.hu, spacing=series.spacing, meta={"source": "scan.nii.gz", "format": "nifti"})
-    with pytest.raises(DataFormatError, match="not|DICOM"):
+    with pytest.raises(DataFormatError, match="the source is 'nifti'"):
         write_dicom_seg(np.zeros(series.hu.shape, np.uint8), nifti, tmp_path / "seg.dcm")
     with pytest.raises(DataFormatError, match="read_dicom_series"):
         write_dicom_seg(np.zeros(series.hu.shape, np.uint8), Volume(hu=series.hu, spacing=series.spacing), tmp_path / "seg.dcm")
+    with pytest.raises(InvalidParameterError, match="source must be the Volume"):
+        write_dicom_seg(np.zeros(series.hu.shape, np.uint8), series.meta["source"], tmp_path / "seg.dcm")
     assert not (tmp_path / "seg.dcm").exists()
 
 
