@@ -8,13 +8,18 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/whole_scan_memory.py                    # 600 slices, 0.5 mm (~10 min on 2 cores)
     .venv/bin/python benchmarks/whole_scan_memory.py --slices 133 --spacing 2.5
     .venv/bin/python benchmarks/whole_scan_memory.py --slices 600 --slices 133 --spacing 0.5 --spacing 2.5
+    .venv/bin/python benchmarks/whole_scan_memory.py --keep /tmp/scan600 --steps   # reuses a kept scan; per step
 
 Each scan is a ``nodulekit.phantom.generate_volume`` chest (512x512 slices, nodules of every kind),
 written as a DICOM series (int16, one file per slice, as a scanner exports it) into a temporary
 folder; then ``python -m nodulekit segment SCAN --out DIR --no-progress`` runs in a child process
 with the shipped models (the default ``--model``). The table gives, per scan, the child's wall
 time and its peak resident memory (``os.wait4``'s ``ru_maxrss`` of that one child, imports and
-TensorFlow included) and the time at which the RSS, sampled every 0.2 s, peaked.
+TensorFlow included) and the time at which the RSS, sampled every 0.2 s, peaked; then the seconds
+per step from ``summary.json`` and the RSS over time. ``--steps`` runs the same command inside a
+child of this script that wraps each step (reading, lung mask, prediction, measurement, the second
+stage's features and ranking, writing) and prints its seconds and RSS before, at its peak and
+after. ``--keep DIR`` keeps the scans (a rerun reuses them), the outputs and every RSS sample.
 
 The synthetic chest is at most 1.3 x its height long (210-270 mm), so 600 slices fit at 0.5 mm
 (300 mm), not at 0.625 mm; memory depends on the voxel count (600 x 512 x 512), not on the
@@ -38,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_scan", "write_dicom_series", "measure_segment", "main"]
+__all__ = ["make_scan", "measure_segment", "main"]
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -67,35 +72,6 @@ def make_scan(slices: int, spacing: float, *, seed: int = 4):
     return dataclasses.replace(rendered, hu=hu, spacing=(spacing, *rendered.spacing[1:]), mask=None, nodules=None)
 
 
-def write_dicom_series(hu: np.ndarray, spacing: tuple[float, float, float], folder: Path) -> Path:
-    """Write ``hu`` (slices, rows, columns) as a CT DICOM series, one int16 file per slice."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    series, study, frame = generate_uid(), generate_uid(), generate_uid()
-    for index, plane in enumerate(hu):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"{index:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = series, study, frame
-        ds.PatientID, ds.PatientName, ds.Modality, ds.InstanceNumber = f"BENCH-{len(hu)}", "Bench^Scan", "CT", index + 1
-        ds.ImagePositionPatient = [-180.0, -180.0, float(index * spacing[0])]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [float(spacing[1]), float(spacing[2])]
-        ds.SliceThickness = float(spacing[0])
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.Rows, ds.Columns = plane.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = np.clip(np.rint(plane + 1024), -32768, 32767).astype(np.int16).tobytes()
-        ds.save_as(folder / f"{index:04d}.dcm", enforce_file_format=True)
-    return folder
-
-
 def _sample_rss(pid: int, samples: list[tuple[float, float]], done: threading.Event) -> None:
     """Append (seconds since start, RSS in GB) of process ``pid`` every 0.2 s until ``done``."""
     import psutil
@@ -110,9 +86,16 @@ def _sample_rss(pid: int, samples: list[tuple[float, float]], done: threading.Ev
         return
 
 
-def measure_segment(scan: Path, out: Path, extra: list[str] | None = None) -> dict:
-    """Run ``python -m nodulekit segment scan --out out`` in a child; its wall time and peak RSS."""
-    command = [sys.executable, "-m", "nodulekit", "segment", str(scan), "--out", str(out), "--no-progress", *(extra or [])]
+def measure_segment(scan: Path, out: Path, extra: list[str] | None = None, *, steps: bool = False) -> dict:
+    """Run ``python -m nodulekit segment scan --out out`` in a child; its wall time and peak RSS.
+
+    With ``steps``, the child is this script, which runs the same command in-process and prints
+    each step's seconds and RSS (``extra`` options are then not passed).
+    """
+    if steps:
+        command = [sys.executable, str(Path(__file__).resolve()), "--steps-child", str(scan), str(out)]
+    else:
+        command = [sys.executable, "-m", "nodulekit", "segment", str(scan), "--out", str(out), "--no-progress", *(extra or [])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))}
     start = time.perf_counter()
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -138,17 +121,95 @@ def measure_segment(scan: Path, out: Path, extra: list[str] | None = None) -> di
     }
 
 
-def _row(slices: int, spacing: float, folder: Path, extra: list[str]) -> dict:
+#: The steps ``--steps`` times: (module that defines it, name or Class.method), patched wherever the
+#: object is bound among the loaded nodulekit modules, so a moved import still gets caught.
+STEPS = (
+    ("nodulekit.cli", "load_input"),
+    ("nodulekit.inference", "lung_mask"),
+    ("nodulekit.inference", "Segmenter.predict"),
+    ("nodulekit.inference", "measure_nodules"),
+    ("nodulekit.detection", "candidate_features"),
+    ("nodulekit.detection", "rank_candidates"),
+    ("nodulekit.inference", "write_segmentation"),
+)
+
+
+def _patch_step(module_name: str, name: str, report) -> None:
+    """Wrap one step so that ``report(name, seconds, rss_before, rss_after)`` runs after each call."""
+    import importlib
+
+    import psutil
+
+    process = psutil.Process()
+    owner = importlib.import_module(module_name)
+    path = name.split(".")
+    for part in path[:-1]:
+        owner = getattr(owner, part, None)
+    original = getattr(owner, path[-1], None)
+    if original is None:
+        print(f"step {module_name}.{name} not found: not timed", flush=True)
+        return
+
+    def timed(*args, **kwargs):
+        before, start = process.memory_info().rss, time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            report(name, time.perf_counter() - start, before, process.memory_info().rss)
+
+    if len(path) > 1:
+        setattr(owner, path[-1], timed)
+        return
+    for module in [m for n, m in sys.modules.items() if n.startswith("nodulekit") and m is not None]:
+        if getattr(module, path[-1], None) is original:
+            setattr(module, path[-1], timed)
+
+
+def _steps_child(scan: str, out: str) -> int:
+    """In this process: ``nodulekit segment scan --out out`` with each step's seconds and RSS peak."""
+    import importlib
+
+    import psutil
+
+    process = psutil.Process()
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append((time.perf_counter(), process.memory_info().rss / 1e9))
+            done.wait(0.05)
+
+    def report(name: str, seconds: float, before: int, after: int) -> None:
+        now = time.perf_counter()
+        peak = max([gb for t, gb in samples if now - seconds <= t <= now] + [before / 1e9, after / 1e9])
+        print(f"step {name:<22} {seconds:7.1f} s   RSS {before / 1e9:5.2f} -> peak {peak:5.2f} -> {after / 1e9:5.2f} GB", flush=True)
+
+    for module_name in {module for module, _ in STEPS}:
+        importlib.import_module(module_name)
+    for module_name, name in STEPS:
+        _patch_step(module_name, name, report)
+    threading.Thread(target=sample, daemon=True).start()
+    from nodulekit.cli import main as cli_main
+
+    return cli_main(["segment", scan, "--out", out, "--no-progress"])
+
+
+def _row(slices: int, spacing: float, folder: Path, extra: list[str], steps: bool = False) -> dict:
+    from nodulekit.readers import write_dicom_series
+
     start = time.perf_counter()
     scan = folder / f"scan_{slices}"
     if len(list(scan.glob("*.dcm"))) != slices:  # a kept scan of this size is reused
         volume = make_scan(slices, spacing)
-        write_dicom_series(volume.hu, volume.spacing, scan)
+        write_dicom_series(volume, scan, patient_id=f"BENCH-{slices}")
         del volume
     prepared = time.perf_counter() - start
     print(f"{slices} slices: scan made and written in {prepared:.0f} s; segmenting ...", flush=True)
     shutil.rmtree(folder / f"out_{slices}", ignore_errors=True)
-    result = measure_segment(scan, folder / f"out_{slices}", extra)
+    result = measure_segment(scan, folder / f"out_{slices}", extra, steps=steps)
+    if steps:
+        print("\n".join(line for line in result["output"].splitlines() if line.startswith("step ")))
     result.update(slices=slices, spacing=spacing, phases=_phases(folder / f"out_{slices}"))
     if result["returncode"] != 0:
         print(result["output"][-3000:], file=sys.stderr)
@@ -197,8 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, action="append", help="slices of a scan (repeatable; default 600)")
     parser.add_argument("--spacing", type=float, action="append", help="slice spacing in mm, one per --slices (default 0.5)")
     parser.add_argument("--keep", type=Path, help="keep the scans, outputs and RSS samples (whole_scan_memory.json) here")
+    parser.add_argument("--steps", action="store_true", help="also time each step in the child (RSS before, peak, after)")
+    parser.add_argument("--steps-child", nargs=2, metavar=("SCAN", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("segment_options", nargs=argparse.REMAINDER, help="after --: more `nodulekit segment` options")
     args = parser.parse_args(argv)
+    if args.steps_child:
+        return _steps_child(*args.steps_child)
     slices = args.slices or [600]
     spacings = args.spacing or [0.5] * len(slices)
     if len(spacings) != len(slices):
@@ -206,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = [option for option in args.segment_options if option != "--"]
     folder = args.keep or Path(tempfile.mkdtemp(prefix="nodulekit-bench-scan-"))
     try:
-        rows = [_row(n, s, folder, extra) for n, s in zip(slices, spacings)]
+        rows = [_row(n, s, folder, extra, args.steps) for n, s in zip(slices, spacings)]
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)

@@ -13,40 +13,23 @@ pytest.importorskip("highdicom")
 
 import highdicom as hd  # noqa: E402
 import pydicom  # noqa: E402
-from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from nodulekit.dataset import Volume  # noqa: E402
 from nodulekit.dicom_seg import ANATOMIC_REGION, SEGMENT_CATEGORY, SEGMENT_TYPE, write_dicom_seg  # noqa: E402
 from nodulekit.errors import DataFormatError, InvalidParameterError, MissingDataError, NodulekitError  # noqa: E402
-from nodulekit.readers import read_dicom_series, read_lidc_xml  # noqa: E402
+from nodulekit.readers import read_dicom_series, read_lidc_xml, write_dicom_series  # noqa: E402
 from nodulekit._version import __version__  # noqa: E402
 
 
 def _write_series(folder: Path, *, slices: int = 5, shape=(12, 10), frame_of_reference: bool = True) -> Path:
-    """A small CT series with the attributes a SEG copies; files written in reverse slice order."""
-    folder.mkdir(parents=True, exist_ok=True)
-    series, study, frame = generate_uid(), generate_uid(), generate_uid()
-    for index in range(slices):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"{slices - index:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.SeriesInstanceUID, ds.StudyInstanceUID = series, study
-        if frame_of_reference:
-            ds.FrameOfReferenceUID = frame
-        ds.PatientID, ds.PatientName, ds.Modality = "SEG-TEST", "Test^Seg", "CT"
-        ds.ImagePositionPatient = [-10.0, -20.0, 2.5 * index]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 2.5
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.Rows, ds.Columns = shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = np.full(shape, index, np.int16).tobytes()
-        ds.save_as(folder / f"{slices - index:03d}.dcm", enforce_file_format=True)
+    """A small CT series (write_dicom_series); optionally without a FrameOfReferenceUID."""
+    hu = np.arange(slices, dtype=np.float32)[:, None, None] + np.zeros(shape, np.float32)
+    write_dicom_series(Volume(hu=hu, spacing=(2.5, 0.7, 0.7)), folder, patient_id="SEG-TEST")
+    if not frame_of_reference:
+        for path in folder.glob("*.dcm"):
+            dataset = pydicom.dcmread(path)
+            del dataset.FrameOfReferenceUID
+            dataset.save_as(path)
     return folder
 
 
@@ -208,3 +191,10 @@ def test_lidc_consensus_and_a_sphere_round_trip(lidc_volume, tmp_path):
 def test_lidc_mask_of_another_shape_is_refused(lidc_volume, tmp_path):
     with pytest.raises(DataFormatError, match="differs from the series'"):
         write_dicom_seg(np.zeros((132, 512, 512), np.uint8), lidc_volume, tmp_path / "seg.dcm")
+
+
+def test_write_dicom_series_reads_back_in_hu(tmp_path):
+    hu = np.random.default_rng(0).uniform(-1100, 900, (3, 6, 7)).astype(np.float32)
+    volume = read_dicom_series(write_dicom_series(Volume(hu=hu, spacing=(1.25, 0.6, 0.7)), tmp_path / "ct"))
+    np.testing.assert_array_equal(volume.hu, np.rint(hu))
+    assert volume.spacing == pytest.approx((1.25, 0.6, 0.7)) and volume.meta["patient_id"] == "NODULEKIT"
