@@ -95,13 +95,15 @@ def write_dicom_seg(
     MissingDataError
         A slice file of the series is gone.
     InvalidParameterError
-        ``source`` is not a Volume; ``mask`` is not boolean or integer or holds negative values, or ``nodules`` has no ``nodule_id`` column, repeats an id
-        or lists more than 65,535 nodules.
+        ``source`` is not a Volume; ``mask`` is not boolean or integer, or holds negative values;
+        ``nodules`` has no ``nodule_id`` column, repeats an id or lists more than 65,535 nodules.
 
     Examples
     --------
-    >>> volume = read_dicom_series("LIDC-IDRI-0001")                   # doctest: +SKIP
-    >>> result = Segmenter.load("pretrained").segment(volume)         # doctest: +SKIP
+    >>> from nodulekit.inference import load_segmenter            # doctest: +SKIP
+    >>> from nodulekit.readers import read_dicom_series           # doctest: +SKIP
+    >>> volume = read_dicom_series("LIDC-IDRI-0001")                  # doctest: +SKIP
+    >>> result = load_segmenter("lidc_attention_unet").segment(volume)  # doctest: +SKIP
     >>> write_dicom_seg(result.labels, volume, "out/nodules.seg.dcm", nodules=result.nodules)  # doctest: +SKIP
     """
     import highdicom as hd

@@ -131,9 +131,10 @@ def test_slice_file_gone_or_replaced_is_refused(series, tmp_path):
     Path(series.meta["files"][2]).unlink()
     with pytest.raises(MissingDataError, match="gone"):
         write_dicom_seg(mask, series, tmp_path / "seg.dcm")
-    other = read_dicom_series(_write_series(tmp_path / "other"))
+    other = read_dicom_series(_write_series(tmp_path / "other"))  # its files now hold other SOP Instances
+    replaced = Volume(hu=other.hu, spacing=other.spacing, meta={**other.meta, "sop_uids": series.meta["sop_uids"]})
     with pytest.raises(DataFormatError, match="the series changed"):
-        write_dicom_seg(mask, other.__class__(hu=other.hu, spacing=other.spacing, meta={**other.meta, "sop_uids": series.meta["sop_uids"]}), tmp_path / "seg.dcm")
+        write_dicom_seg(mask, replaced, tmp_path / "seg.dcm")
 
 
 def test_series_without_frame_of_reference_is_refused(tmp_path):
