@@ -74,6 +74,8 @@ def write_dicom_seg(
         One segment per row, in the table's order (``nodules.csv``: ranked by score): the voxels
         where ``mask`` equals the row's ``nodule_id``, labelled "Nodule <rank>" and, when the
         table has one, its ``score``. Default: one segment "Nodule candidates" for ``mask > 0``.
+        An empty table (nothing found) gives that one segment, empty: the SEG then holds every
+        slice as an empty frame, so that a viewer shows "no nodules" on the series.
     model_name : str
         The model named in the algorithm identification (e.g. ``lidc_attention_unet``).
     series_description : str
@@ -146,6 +148,7 @@ def write_dicom_seg(
             series_description=series_description,
             content_label="NODULES",
             content_description="Lung nodules found by nodulekit",
+            omit_empty_frames=bool(labelmap.any()),  # an empty SEG keeps its frames (highdicom needs one)
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise DataFormatError(
@@ -210,13 +213,14 @@ def _segments(mask: np.ndarray, nodules: pd.DataFrame | None, model_name: str) -
         raise InvalidParameterError(f"mask must be boolean or integer (nodule ids), got {mask.dtype}")
     if mask.size and mask.min() < 0:
         raise InvalidParameterError("mask must hold 0 (background) and positive nodule ids, not negative values")
-    if nodules is None:
-        return (mask > 0).astype(np.uint8), [(1, CANDIDATES_LABEL, "nodule candidates")]
+    if nodules is None or not len(nodules):
+        found = mask > 0 if nodules is None else np.zeros(mask.shape, bool)
+        return found.astype(np.uint8), [(1, CANDIDATES_LABEL, "nodule candidates")]
     if "nodule_id" not in nodules:
         raise InvalidParameterError(f"nodules needs a nodule_id column, has {list(nodules.columns)}")
     ids = [int(i) for i in nodules["nodule_id"]]
-    if len(set(ids)) != len(ids) or not 0 < len(ids) <= np.iinfo(np.uint16).max:
-        raise InvalidParameterError(f"nodules must list 1 to 65535 distinct nodule_id values, got {len(ids)} ({len(set(ids))} distinct)")
+    if len(set(ids)) != len(ids) or len(ids) > np.iinfo(np.uint16).max:
+        raise InvalidParameterError(f"nodules must list at most 65535 distinct nodule_id values, got {len(ids)} ({len(set(ids))} distinct)")
     lookup = np.zeros(max(int(mask.max(initial=0)), max(ids)) + 1, np.uint16 if len(ids) > 255 else np.uint8)
     descriptions = []
     scores = nodules["score"] if "score" in nodules else [None] * len(ids)

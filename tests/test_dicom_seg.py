@@ -96,6 +96,14 @@ def test_binary_mask_is_one_candidates_segment_with_coded_concepts(series, tmp_p
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("nodulekit", __version__)
 
 
+@pytest.mark.parametrize("nodules", [None, pd.DataFrame({"nodule_id": [], "score": []})])
+def test_nothing_found_gives_an_empty_segment_on_every_slice(series, tmp_path, nodules, recwarn):
+    seg, back = _read_back(write_dicom_seg(np.zeros(series.hu.shape, np.int32), series, tmp_path / "seg.dcm", nodules=nodules), series)
+    assert not back.any() and seg.NumberOfFrames == len(series.hu)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Nodule candidates"]
+    assert not [w for w in recwarn if "empty" in str(w.message)]
+
+
 def test_source_that_is_not_dicom_is_refused(series, tmp_path):
     nifti = Volume(hu=series.hu, spacing=series.spacing, meta={"source": "scan.nii.gz", "format": "nifti"})
     with pytest.raises(DataFormatError, match="the source is 'nifti'"):
