@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 from nodulekit.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
+from nodulekit.dataset import Volume
+from nodulekit.readers import write_dicom_series
 
 # --------------------------------------------------------------------------------------------------
 # A model with a known answer and inputs of every kind
@@ -66,30 +68,7 @@ def _crop_png(size=(64, 64), centre=(30, 30), radius=5) -> tuple[np.ndarray, np.
 
 
 def _write_dicom_series(folder: Path, hu: np.ndarray, spacing=(2.0, 0.7, 0.7)) -> Path:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    series = generate_uid()
-    for index, image in enumerate(hu):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"{index:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.PatientID, ds.Modality = series, "1.2.3", "CLI-TEST", "CT"
-        ds.ImagePositionPatient = [0.0, 0.0, index * spacing[0]]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [spacing[1], spacing[2]]
-        ds.SliceThickness = spacing[0]
-        ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-        ds.Rows, ds.Columns = image.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = (image + 1024).astype(np.int16).tobytes()
-        ds.save_as(folder / f"{index:03d}.dcm", enforce_file_format=True)
-    return folder
+    return write_dicom_series(Volume(hu=hu, spacing=spacing), folder, patient_id="CLI-TEST")
 
 
 def _write_sitk(path: Path, hu: np.ndarray, spacing=(2.0, 0.7, 0.7)) -> Path:

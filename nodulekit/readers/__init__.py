@@ -23,7 +23,7 @@ from ..dataset import CropSet, Volume
 from ..errors import DataFormatError, InvalidParameterError, MissingDataError
 from ..crops import consensus_mask
 from ._common import IMAGE_EXTENSIONS, check_inside, read_image
-from .dicom import find_dicom_files, read_dicom_series
+from .dicom import find_dicom_files, read_dicom_series, write_dicom_series
 from .lidc_xml import parse_lidc_xml, polygon_mask, read_lidc_xml
 from .luna import read_luna16, sphere_mask
 from .nifti import is_nifti, read_nifti
@@ -34,6 +34,7 @@ __all__ = [
     "read_lidc_release",
     "read_image_folder",
     "read_dicom_series",
+    "write_dicom_series",
     "read_lidc_xml",
     "read_luna16",
     "read_nifti",

@@ -16,7 +16,7 @@ from ..errors import DataFormatError, InvalidParameterError, MissingDataError
 from ..safety import check_image_pixels, check_volume_voxels
 from ._common import check_inside
 
-__all__ = ["read_dicom_series", "find_dicom_files", "GAP_FACTOR", "SPACING_TOLERANCE_FRACTION", "SPACING_TOLERANCE_MM"]
+__all__ = ["read_dicom_series", "write_dicom_series", "find_dicom_files", "GAP_FACTOR", "SPACING_TOLERANCE_FRACTION", "SPACING_TOLERANCE_MM"]
 
 logger = logging.getLogger(__name__)
 
@@ -425,3 +425,55 @@ def read_dicom_series(
     }
     logger.info("read %d DICOM slices of %s from %s", len(datasets), meta["patient_id"], folder)
     return Volume(hu=hu, spacing=(slice_spacing, row_spacing, column_spacing), meta=meta)
+
+
+def write_dicom_series(volume: Volume, folder: str | os.PathLike, *, patient_id: str | None = None) -> Path:
+    """Write a volume in Hounsfield units as a CT DICOM series, one file per slice.
+
+    For synthetic scans (:func:`nodulekit.phantom.generate_volume`) that should go through the
+    DICOM path: :func:`read_dicom_series`, ``nodulekit segment`` and its DICOM SEG. Stored values
+    are int16 ``round(HU) + 1024`` with ``RescaleIntercept`` -1024; axial slices ``spacing[0]``
+    apart from z = 0, feet to head; new Study, Series, Frame of Reference and SOP Instance UIDs.
+
+    Parameters
+    ----------
+    volume : Volume
+        ``hu`` (slices, rows, columns) and ``spacing`` (slice, row, column) in mm.
+    folder : path
+        Created if needed; gets ``0000.dcm``, ``0001.dcm``, ...
+    patient_id : str, optional
+        Default: ``volume.meta["patient_id"]``, else ``"NODULEKIT"``.
+
+    Returns
+    -------
+    Path
+        ``folder``.
+    """
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    patient = patient_id or str(volume.meta.get("patient_id") or "NODULEKIT")
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    slice_mm, row_mm, column_mm = volume.spacing
+    for index, plane in enumerate(volume.hu):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"{index:04d}.dcm"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.PatientID, ds.PatientName, ds.Modality, ds.InstanceNumber = patient, f"{patient}^", "CT", index + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(index * slice_mm)]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [float(row_mm), float(column_mm)], float(slice_mm)
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.Rows, ds.Columns = plane.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.clip(np.rint(plane) + 1024, -32768, 32767).astype(np.int16).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+    return folder
