@@ -378,6 +378,8 @@ def _segment(args: argparse.Namespace) -> int:
                 truth=stack["truth"],
                 overlays=args.overlays,
                 probabilities=args.probabilities,
+                source=stack["data"],
+                model_name=str(args.model),
                 progress=args.progress,
             )
             summaries.append({"info": result.info, "slice_gaps": stack.get("slice_gaps", []), **{k: v for k, v in written.items() if k != "truth"}})

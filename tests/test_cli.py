@@ -124,6 +124,14 @@ def test_segment_volumes(kind, tmp_path, models):
     nifti = sitk.ReadImage(str(out / "mask.nii.gz"))
     assert nifti.GetSpacing() == pytest.approx((0.7, 0.7, 2.0))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(nifti), mask)
+    assert (out / "nodules.seg.dcm").exists() == (kind == "dicom")  # a DICOM SEG for DICOM input only
+    if kind == "dicom":
+        import highdicom
+
+        seg = highdicom.seg.segread(out / "nodules.seg.dcm")
+        assert seg.number_of_segments == 1 and seg.get_segment_description(1).segment_label.startswith("Nodule 1")
+        sources = {uid for _, _, uid in seg.get_source_image_uids()}
+        assert len(sources) == 4  # every slice of the series is referenced
     assert not list(tmp_path.glob(".out.*"))  # no staging folder left
 
 

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..dataset import CropSet, Volume
 from ..detection import CLASSIFIER_FILE, load_classifier
+from ..dicom_seg import write_dicom_seg
 from ..errors import DataFormatError, InvalidParameterError, MissingDataError, ModelFileError
 from ..model_names import accepted_forms, resolve_model
 from ..overlay import overlay_rgb
@@ -167,6 +168,8 @@ def write_segmentation(
     overlays: str = "nodules",
     nifti: bool = True,
     probabilities: bool = False,
+    source: Volume | None = None,
+    model_name: str = "nodulekit",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write a segmentation to ``folder``: masks, volume, overlays, nodule table.
@@ -175,7 +178,9 @@ def write_segmentation(
     stack), ``labels.npy`` (int32 nodule ids), ``mask.nii.gz`` (volumes only, with the voxel
     spacing; SimpleITK), ``overlays/<name>.png`` (slice with red contours and green boxes; yellow
     ground-truth contours when ``truth`` is given), ``nodules.csv``, ``truth_nodules.csv`` (when
-    ``truth`` is given, see :func:`match_nodules`) and optionally ``probabilities.npy`` (float16).
+    ``truth`` is given, see :func:`match_nodules`), optionally ``probabilities.npy`` (float16) and,
+    when ``source`` is a DICOM series, ``nodules.seg.dcm``: a DICOM SEG with one segment per ranked
+    nodule that opens on the series in 3D Slicer or OHIF (:func:`nodulekit.dicom_seg.write_dicom_seg`).
 
     Parameters
     ----------
@@ -190,6 +195,11 @@ def write_segmentation(
         Overlay PNGs for the slices with a nodule (or ground truth), for every slice, or none.
     nifti, probabilities : bool
         Also write ``mask.nii.gz`` / ``probabilities.npy``.
+    source : Volume, optional
+        The volume that was segmented; a DICOM series (``meta["format"] == "dicom"``) also gets
+        ``nodules.seg.dcm``.
+    model_name : str
+        The model named in the DICOM SEG's algorithm identification.
     progress : bool
         Progress bar over slices.
 
@@ -249,6 +259,9 @@ def write_segmentation(
         matched = match_nodules(result, truth)
         matched.to_csv(folder / "truth_nodules.csv", index=False, float_format="%.4g")
         files["truth_csv"] = "truth_nodules.csv"
+    if isinstance(source, Volume) and source.meta.get("format") == "dicom":
+        write_dicom_seg(result.labels, source, folder / "nodules.seg.dcm", nodules=result.nodules, model_name=model_name)
+        files["dicom_seg"] = "nodules.seg.dcm"
     return {
         "files": files,
         "n_nodules": int(len(result.nodules)),
