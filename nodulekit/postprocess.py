@@ -96,8 +96,16 @@ def label_components(mask: np.ndarray, *, connectivity: int, within_slices: bool
 
 
 def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
-    """Pixels (voxels) in each component 1 .. ``count`` of a label image, as int64 (count,)."""
-    return np.bincount(np.asarray(labels).ravel(), minlength=int(count) + 1)[1 : int(count) + 1]
+    """Pixels (voxels) in each component 1 .. ``count`` of a label image, as int64 (count,).
+
+    Counted slice by slice: ``np.bincount`` copies its input to int64, which for a 600-slice
+    512x512 label volume is 1.26 GB more at the peak of a whole-scan run.
+    """
+    labels = np.asarray(labels)
+    sizes = np.zeros(int(count) + 1, np.int64)
+    for part in labels.reshape(-1, labels.shape[-1]) if labels.ndim < 3 else labels:
+        sizes += np.bincount(part.ravel(), minlength=int(count) + 1)[: int(count) + 1]
+    return sizes[1:]
 
 
 def keep_largest_components(mask: np.ndarray, *, connectivity: int, keep: int = 1, min_fraction: float = 0.0) -> np.ndarray:
