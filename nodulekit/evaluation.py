@@ -337,8 +337,20 @@ def predict_recipe(model: keras.Model, images: np.ndarray, recipe: Recipe) -> tu
     return probabilities, binary
 
 
-def score_predictions(crops: CropSet, binary: np.ndarray) -> dict[str, Any]:
+def score_predictions(crops: CropSet, binary: np.ndarray, *, per_nodule: bool = False) -> dict[str, Any]:
     """Per-slice and per-nodule scores of binary predictions against ``crops.masks``.
+
+    One call of :func:`nodulekit.metrics.score_crops` with the ``"separate"`` empty policy
+    (slice scores over slices with a non-empty consensus; nodule Dice pools all slices).
+
+    Parameters
+    ----------
+    crops : CropSet
+        Crops with ground-truth masks and a ``nodule_id`` column.
+    binary : ndarray, shape (n, h, w)
+        Predicted binary masks (nonzero = nodule).
+    per_nodule : bool
+        Also return ``per_nodule``: the ``nodule_id`` and ``dice`` lists of every nodule.
 
     Returns
     -------
@@ -349,27 +361,28 @@ def score_predictions(crops: CropSet, binary: np.ndarray) -> dict[str, Any]:
         and of predicting nothing), ``n_slices``, ``n_nodules``, ``n_empty_slices`` and
         ``n_empty_slices_kept_empty``, and ``empty_policy``.
     """
-    truth = crops.masks.astype(bool)
-    pred = np.asarray(binary).astype(bool)
-    nonempty = truth.reshape(len(truth), -1).any(axis=1)
-    per_slice = metrics.per_image_scores(truth[nonempty], pred[nonempty], empty="exclude")
-    nodules = metrics.per_nodule_dice(truth, pred, crops.table["nodule_id"].to_numpy(), empty="exclude")
-    pred_empty = ~pred.reshape(len(pred), -1).any(axis=1)
-    return {
-        "slice_dice": float(per_slice["dice"].mean()),
-        "slice_iou": float(per_slice["iou"].mean()),
-        "slice_precision": float(np.nanmean(per_slice["precision"])),
-        "slice_recall": float(np.nanmean(per_slice["recall"])),
+    scores = metrics.score_crops(
+        crops.masks.astype(bool), np.asarray(binary).astype(bool), empty="separate", nodule_ids=crops.table["nodule_id"].to_numpy()
+    )
+    report, nodules = scores.report, scores.per_nodule
+    result = {
+        "slice_dice": report["dice"],
+        "slice_iou": report["iou"],
+        "slice_precision": report["precision"],
+        "slice_recall": report["recall"],
         "nodule_dice": float(nodules["dice"].mean()),
         "nodule_dice_median": float(nodules["dice"].median()),
-        "accuracy": float(metrics.accuracy(truth, pred)),
-        "background_accuracy": float(metrics.background_accuracy(truth)),
-        "n_slices": int(len(truth)),
+        "accuracy": scores.pooled_accuracy,
+        "background_accuracy": report["background_accuracy"],
+        "n_slices": report["n_images"],
         "n_nodules": int(nodules["dice"].notna().sum()),
-        "n_empty_slices": int((~nonempty).sum()),
-        "n_empty_slices_kept_empty": int((~nonempty & pred_empty).sum()),
+        "n_empty_slices": report["n_true_empty"],
+        "n_empty_slices_kept_empty": report["n_both_empty"],
         "empty_policy": "slice Dice over non-empty consensus slices; nodule Dice pools all slices",
     }
+    if per_nodule:
+        result["per_nodule"] = nodules[["nodule_id", "dice"]].to_dict(orient="list")
+    return result
 
 
 #: How every cross-validation fold model is scored: as trained, and with test-time augmentation
@@ -463,10 +476,7 @@ def run_fold(
     }
     for variant, change in variants.items():
         _, binary = predict_recipe(model, test_images, recipe.replace(**change))
-        scores = score_predictions(test, binary)
-        per_nodule = metrics.per_nodule_dice(test.masks, binary, test.table["nodule_id"].to_numpy(), empty="exclude")
-        scores["per_nodule"] = per_nodule[["nodule_id", "dice"]].to_dict(orient="list")
-        result[variant] = scores
+        result[variant] = score_predictions(test, binary, per_nodule=True)
     keras.backend.clear_session()
     return result
 

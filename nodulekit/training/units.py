@@ -357,7 +357,7 @@ def _evaluate(checkpoint: Path, data: UnitData, config: TrainConfig) -> dict[str
     """Score the kept checkpoint on validation (and test, when given) with the numpy metrics."""
     import keras
 
-    from ..metrics import background_accuracy, segmentation_report
+    from ..metrics import score_crops
     from ..models import predict_probabilities
 
     model = load_model(checkpoint)
@@ -367,8 +367,7 @@ def _evaluate(checkpoint: Path, data: UnitData, config: TrainConfig) -> dict[str
         splits.append(("test", data.test_images, data.test_masks))
     for prefix, images, masks in splits:
         probabilities = predict_probabilities(model, images, batch_size=64)
-        report = segmentation_report(masks, probabilities, threshold=config.threshold, empty=config.empty)
-        report.setdefault("background_accuracy", background_accuracy(masks))
+        report = score_crops(masks, probabilities, threshold=config.threshold, empty=config.empty).report
         scores.update({f"{prefix}_{k}": _plain(v) for k, v in report.items() if _is_scalar(v) and k != "threshold"})
     del model
     keras.backend.clear_session()
