@@ -40,11 +40,12 @@ from .dataset import CropSet
 from .errors import InvalidParameterError, RunFolderError, TrainingError
 from .models import build_model, predict_probabilities
 from .phantom import generate_crops
-from .postprocess import dihedral, dihedral_tta, postprocess
+from .postprocess import dihedral_tta, postprocess
 from .postprocess import keep_central_component  # noqa: F401  (evaluation.keep_central_component, as before)
 from .preprocessing import Pipeline, zscore_windows
 from .readers import consensus_mask
 from .splits import patient_kfold, patient_split
+from .training.augment import RECIPE_AUGMENTATION, Augmentation, augment_batch
 from .training.callbacks import KeepBestWeights, fit_model
 from .utils import as_rng, read_json, set_seed, write_json
 
@@ -87,8 +88,12 @@ class Recipe:
         A :func:`nodulekit.losses.get_loss` name; ``loss_options`` its keyword options.
     learning_rate, batch_size, epochs : float, int, int
         Adam's learning rate, images per step and passes over the training crops.
-    augment : bool
-        Random dihedral flips/rotations and a small intensity jitter on every training batch.
+    augment : bool or Augmentation
+        The training batches' augmentation (:class:`nodulekit.training.augment.Augmentation`,
+        applied by :func:`nodulekit.training.augment.augment_batch`): ``True`` is
+        :data:`~nodulekit.training.augment.RECIPE_AUGMENTATION` (the 8 symmetries of the square and
+        a normal intensity jitter of sd 0.1, no affine part), ``False`` none. Saved recipes keep
+        ``true``/``false``, so cached results made before stay valid (same draws, same numbers).
     preprocessing : dict
         A :class:`nodulekit.preprocessing.Pipeline` config (applied to every crop before the model).
     tta : bool
@@ -118,7 +123,7 @@ class Recipe:
     learning_rate: float = 1e-3
     batch_size: int = 16
     epochs: int = 30
-    augment: bool = False
+    augment: bool | Augmentation = False
     preprocessing: dict = field(default_factory=lambda: {"steps": [{"name": "to_grayscale"}, {"name": "median_filter", "size": 3}, {"name": "zscore", "per_image": True}]})
     tta: bool = False
     postprocess: bool = False
@@ -127,9 +132,23 @@ class Recipe:
     window: int | None = None
     jitter: int = 0
 
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):  # an Augmentation read back from JSON
+            self.augment = Augmentation(**self.augment)
+
+    @property
+    def augmentation(self) -> Augmentation | None:
+        """The training augmentation, or ``None`` without one."""
+        if isinstance(self.augment, Augmentation):
+            return self.augment
+        return RECIPE_AUGMENTATION if self.augment else None
+
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain JSON-able values."""
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        if isinstance(self.augment, Augmentation):
+            values["augment"] = self.augment.to_dict()
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Recipe":
@@ -165,9 +184,11 @@ class AugmentedSequence(keras.utils.PyDataset):
     images, masks : ndarray, shape (n, height, width)
         Preprocessed images and binary masks.
     batch_size : int
-    augment : bool
-        Random flips / 90-degree rotations (the 8 symmetries of the square) per image, and an
-        intensity jitter ``x * (1 + 0.1 u) + 0.1 v`` with u, v standard normal per image.
+    augment : bool or Augmentation
+        Augment every batch with :func:`nodulekit.training.augment.augment_batch`; ``True`` is
+        :data:`~nodulekit.training.augment.RECIPE_AUGMENTATION` (random flips / 90-degree
+        rotations, the 8 symmetries of the square, per image, and an intensity jitter
+        ``x * (1 + 0.1 u) + 0.1 v`` with u, v standard normal per image).
     seed : int
         Seeds the shuffle, the windows and the augmentation.
     window : int, optional
@@ -183,7 +204,7 @@ class AugmentedSequence(keras.utils.PyDataset):
         masks: np.ndarray,
         *,
         batch_size: int,
-        augment: bool,
+        augment: bool | Augmentation,
         seed: int = 0,
         window: int | None = None,
         jitter: int = 0,
@@ -192,7 +213,7 @@ class AugmentedSequence(keras.utils.PyDataset):
         self.images = np.asarray(images, dtype=np.float32)[..., np.newaxis]
         self.masks = np.asarray(masks, dtype=np.float32)[..., np.newaxis]
         self.batch_size = int(batch_size)
-        self.augment = bool(augment)
+        self.augmentation = augment if isinstance(augment, Augmentation) else (RECIPE_AUGMENTATION if augment else None)
         self.window, self.jitter = _check_window(window, jitter, self.images.shape[1:3])
         self.rng = as_rng(seed)
         self.order = self.rng.permutation(len(self.images))
@@ -205,14 +226,8 @@ class AugmentedSequence(keras.utils.PyDataset):
         x, y = self.images[take], self.masks[take]
         if self.window is not None:
             x, y = _random_windows(x, y, self.window, self.jitter, self.rng)
-        if self.augment:
-            x, y = x.copy(), y.copy()
-            for i in range(len(take)):
-                k, flip = self.rng.integers(4), self.rng.integers(2)
-                x[i], y[i] = dihedral(x[i], k, flip), dihedral(y[i], k, flip)
-            gain = 1.0 + 0.1 * self.rng.standard_normal((len(take), 1, 1, 1))
-            shift = 0.1 * self.rng.standard_normal((len(take), 1, 1, 1))
-            x = (x * gain + shift).astype(np.float32)
+        if self.augmentation is not None:
+            x, y = augment_batch(x, y, self.augmentation, self.rng)
         return x, y
 
     def on_epoch_end(self) -> None:
@@ -310,7 +325,7 @@ def train_recipe(
         metrics=[metrics.DiceCoefficient()],
     )
     train = AugmentedSequence(
-        images[train_idx], masks[train_idx], batch_size=recipe.batch_size, augment=recipe.augment, seed=seed, window=recipe.window, jitter=recipe.jitter
+        images[train_idx], masks[train_idx], batch_size=recipe.batch_size, augment=recipe.augmentation or False, seed=seed, window=recipe.window, jitter=recipe.jitter
     )
     callbacks, validation = [], None
     if len(val_idx):

@@ -1,7 +1,9 @@
 """Training: the paper's grid search and k-fold cross-validation as one resumable, reproducible run.
 
 Modules: :mod:`~nodulekit.training.config` (:class:`TrainConfig`, the one configuration object),
-:mod:`~nodulekit.training.data` (``tf.data`` pipeline and augmentation),
+:mod:`~nodulekit.training.augment` (the one augmentation: :class:`Augmentation`, applied by the
+``tf.data`` pipeline and by the real-CT recipes' NumPy feeder), :mod:`~nodulekit.training.data`
+(``tf.data`` pipeline),
 :mod:`~nodulekit.training.callbacks` (the one ``fit`` path, :func:`~nodulekit.training.callbacks.fit_model`:
 a single ``model.fit`` call with the best checkpoint, the resume state and early stopping as Keras
 callbacks; the real-CT recipes of :mod:`nodulekit.evaluation` train through it too),

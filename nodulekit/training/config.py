@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import InvalidParameterError
 from ..utils import read_json, write_json
-from .data import Augmentation
+from .augment import Augmentation
 
 __all__ = ["TrainConfig", "PRECISIONS", "EMPTY_POLICIES", "NON_RESULT_FIELDS", "HISTORY_KEYS"]
 
@@ -245,7 +245,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        values = dataclasses.asdict(self)
+        values["augmentation"] = self.augmentation.to_dict()  # as saved before intensity_noise existed
+        return json.loads(json.dumps(values))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
