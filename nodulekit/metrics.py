@@ -314,12 +314,9 @@ def score_crops(
 
     Parameters
     ----------
-    y_true : array_like, shape (n, height, width[, 1])
-        Ground-truth masks.
-    y_prob : array_like, same shape
-        Predicted probabilities (or binary masks).
-    threshold : float
-        Binarisation threshold (``y_prob > threshold``).
+    y_true, y_prob, threshold
+        Masks ``(n, height, width[, 1])``, predicted probabilities or binary masks of the same
+        shape, and the binarisation threshold (``y_prob > threshold``).
     empty : {"one", "zero", "exclude", "separate"}
         Empty-mask policy of the per-image means (see :func:`segmentation_report`). The per-image
         table and the per-nodule Dice take ``"exclude"`` for ``"separate"`` (a nodule empty in

@@ -79,11 +79,14 @@ from __future__ import annotations
 from ..precision import precision_policy, resolve_precision
 from ..safety import check_writable
 from .config import TrainConfig
-from .data import Augmentation, augment_pair, make_dataset
+from . import protocol
+from .augment import Augmentation, augment_pair
+from .data import make_dataset
 from .distributed import make_strategy, worker_role
 from .protocol import (
     RESULT_TABLES,
     SUMMARY_METRICS,
+    build_parser,
     grid_search,
     load_results,
     main,
@@ -91,6 +94,7 @@ from .protocol import (
     run_protocol,
     select_hyperparameters,
     summarize_folds,
+    train_command,
     tune_grid_distributed,
 )
 from .units import UnitData, UnitSpec, load_finished, train_unit
@@ -100,15 +104,8 @@ __all__ = [
     "Augmentation",
     "make_dataset",
     "augment_pair",
-    "run_protocol",
-    "grid_search",
-    "run_folds",
-    "select_hyperparameters",
-    "summarize_folds",
-    "load_results",
-    "main",
-    "RESULT_TABLES",
-    "SUMMARY_METRICS",
+    *protocol.__all__,  # the protocol's public names, listed once (in protocol.py)
+    "tune_grid_distributed",
     "UnitSpec",
     "UnitData",
     "train_unit",
@@ -118,5 +115,4 @@ __all__ = [
     "precision_policy",
     "resolve_precision",
     "worker_role",
-    "tune_grid_distributed",
 ]

@@ -234,34 +234,3 @@ def _warp(image, transform, interpolation: str):
         fill_mode="NEAREST",
     )
     return tf.ensure_shape(out[0], image.shape)
-
-
-def _affine_transform(size, *, angle, zoom, shift):
-    """The 8-parameter projective transform (output -> input coordinates) of a rotation and zoom
-    about the image centre followed by a shift, as ``ImageProjectiveTransformV3`` wants it."""
-    import tensorflow as tf
-
-    height, width = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
-    cy, cx = (height - 1.0) / 2.0, (width - 1.0) / 2.0
-    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
-    # input = R^-1 (output - centre - shift) + centre
-    a0, a1 = cos, sin
-    b0, b1 = -sin, cos
-    ox, oy = cx + shift[1], cy + shift[0]
-    a2 = cx - a0 * ox - a1 * oy
-    b2 = cy - b0 * ox - b1 * oy
-    return tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0])
-
-
-def _warp(image, transform, interpolation: str):
-    import tensorflow as tf
-
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[tf.newaxis],
-        transforms=transform[tf.newaxis],
-        output_shape=tf.shape(image)[:2],
-        fill_value=0.0,
-        interpolation=interpolation,
-        fill_mode="NEAREST",
-    )
-    return tf.ensure_shape(out[0], image.shape)

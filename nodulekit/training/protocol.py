@@ -202,6 +202,11 @@ class _Protocol:
             verbose=self.verbose,
         )
 
+    def run_units(self, specs: list[UnitSpec]) -> list[dict[str, Any]]:
+        """Run ``specs`` one after the other, the progress bar sized to their epochs."""
+        self.bar.total = sum(spec.epochs for spec in specs)
+        return [self.run_unit(spec) for spec in specs]
+
     def close(self) -> None:
         self.bar.close()
         if not self.is_chief:
@@ -232,19 +237,10 @@ def grid_search(
     Trials train on the train split and are scored on the validation split with their
     lowest-validation-loss checkpoint. Finished trials are skipped, an interrupted one resumes.
 
-    Parameters
-    ----------
-    crops, run_dir, config, pipeline, strategy, progress
-        As in :func:`run_protocol`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The grid table (see :func:`run_protocol`).
+    The arguments are :func:`run_protocol`'s; the result is the grid table it describes.
     """
     with _Protocol(crops, run_dir=run_dir, config=config, pipeline=pipeline, strategy=strategy, progress=progress) as protocol:
-        protocol.bar.total = len(protocol.grid_specs()) * protocol.config.trial_epochs
-        return _grid_table([protocol.run_unit(spec) for spec in protocol.grid_specs()])
+        return _grid_table(protocol.run_units(protocol.grid_specs()))
 
 
 def select_hyperparameters(grid: pd.DataFrame, *, metric: str = "val_dice") -> pd.DataFrame:
@@ -306,8 +302,7 @@ def run_folds(
         The folds table (see :func:`run_protocol`).
     """
     with _Protocol(crops, run_dir=run_dir, config=config, pipeline=pipeline, strategy=strategy, progress=progress) as protocol:
-        protocol.bar.total = len(_as_choice(selection)) * protocol.config.n_folds * protocol.config.epochs
-        return _folds_table([protocol.run_unit(spec) for spec in _cv_specs(protocol, selection)])
+        return _folds_table(protocol.run_units(_cv_specs(protocol, selection)))
 
 
 def run_protocol(

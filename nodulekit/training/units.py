@@ -123,14 +123,13 @@ def load_finished(folder: str | os.PathLike, meta: dict[str, Any]) -> dict[str, 
     unit = UnitFolder(Path(folder))
     if not unit.done.exists():
         return None
+    done = _read_for(unit.done, meta, what="done marker", then="redoing the unit")
+    if done is None:
+        return None
     try:
-        done = read_json(unit.done)
         record = read_json(unit.metrics)
     except (OSError, ValueError) as exc:
-        logger.warning("%s: unreadable done marker or metrics (%s); redoing the unit", folder, exc)
-        return None
-    if done.get("meta") != meta:
-        logger.warning("%s: finished with other settings or data; redoing the unit", folder)
+        logger.warning("%s: unreadable metrics (%s); redoing the unit", folder, exc)
         return None
     if done.get("status") == "ok":
         checkpoint = unit.checkpoint
@@ -391,13 +390,8 @@ def _load_state(state_dir: Path, meta: dict) -> dict | None:
     path = state_dir / "state.json"
     if not path.exists():
         return None
-    try:
-        state = read_json(path)
-    except (OSError, ValueError) as exc:
-        logger.warning("%s: unreadable resume state (%s); restarting the unit", path, exc)
-        return None
-    if state.get("meta") != meta:
-        logger.warning("%s: resume state of other settings or data; restarting the unit", path)
+    state = _read_for(path, meta, what="resume state", then="restarting the unit")
+    if state is None:
         return None
     for key in ("weights", "best"):
         name = state.get(key)
@@ -406,6 +400,20 @@ def _load_state(state_dir: Path, meta: dict) -> dict | None:
             return None
     state["best_val_loss"] = math.inf if state.get("best_val_loss") is None else float(state["best_val_loss"])
     return state
+
+
+def _read_for(path: Path, meta: dict, *, what: str, then: str) -> dict | None:
+    """The JSON record at ``path`` when it is readable and was written for ``meta``; else ``None``
+    (logged as ``"<path>: unreadable <what> ...; <then>"`` or ``"... of other settings or data"``)."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: unreadable %s (%s); %s", path, what, exc, then)
+        return None
+    if record.get("meta") != meta:
+        logger.warning("%s: %s of other settings or data; %s", path, what, then)
+        return None
+    return record
 
 
 def _reset(folder: Path) -> None:
