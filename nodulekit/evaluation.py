@@ -2,7 +2,7 @@
 
 A :class:`Recipe` is everything that decides a model's accuracy — architecture and options, loss,
 optimiser settings, training length, augmentation, preprocessing, test-time augmentation (TTA) and
-post-processing — as one serialisable object. :func:`cross_validate` trains it on k-1 patient folds
+post-processing — as one serialisable object. :func:`cross_validate_all_patients` trains it on k-1 patient folds
 and scores the held-out patients, per slice and per nodule (3-D Dice pooled over a nodule's slices,
 the figure published LIDC-IDRI results report), with the empty-mask policy stated in the result.
 
@@ -44,7 +44,7 @@ from .postprocess import dihedral_tta, postprocess
 from .postprocess import keep_central_component  # noqa: F401  (evaluation.keep_central_component, as before)
 from .preprocessing import Pipeline, zscore_windows
 from .readers import consensus_mask
-from .splits import patient_kfold, patient_split
+from .splits import all_patient_folds, patient_split
 from .training.augment import RECIPE_AUGMENTATION, Augmentation, augment_batch
 from .training.callbacks import KeepBestWeights, fit_model
 from .utils import as_rng, read_json, set_seed, write_json
@@ -61,7 +61,8 @@ __all__ = [
     "VARIANTS",
     "REAL_CT_RECIPES",
     "real_ct_recipe",
-    "run_fold",
+    "train_and_score_fold",
+    "cross_validate_all_patients",
     "cross_validate",
     "synthetic_to_real",
     "summarise_cv",
@@ -434,7 +435,7 @@ def real_ct_recipe(recipe: str, *, recipes: dict[str, dict[str, Any]] | None = N
     return PAPER_RECIPE.replace(**{"name": recipe, **recipes[recipe], **changes})
 
 
-def run_fold(
+def train_and_score_fold(
     crops: CropSet,
     recipe: Recipe,
     fold: int,
@@ -454,7 +455,7 @@ def run_fold(
     fold : int
         Held-out fold, in ``[0, n_folds)``.
     n_folds, seed : int
-        Patient-grouped folds (:func:`nodulekit.splits.patient_kfold`); the training seed is
+        Patient-grouped folds over all patients (:func:`nodulekit.splits.all_patient_folds`); the training seed is
         ``seed + fold``.
     variants : dict, optional
         Name -> ``{"tta": bool, "postprocess": bool}``: each scores the same trained model
@@ -473,7 +474,8 @@ def run_fold(
     if not 0 <= int(fold) < int(n_folds):
         raise InvalidParameterError(f"fold must be in [0, {n_folds}), got {fold!r}")
     images = recipe.pipeline().apply(crops.images) if images is None else images
-    train_idx, test_idx = patient_kfold(crops.groups, n_folds=n_folds, seed=seed)[int(fold)]
+    split = all_patient_folds(crops.groups, n_folds=n_folds, seed=seed)[int(fold)]
+    train_idx, test_idx = split.train, split.test
     start = time.perf_counter()
     model, history = train_recipe(images[train_idx], crops.masks[train_idx], crops.groups[train_idx], recipe, seed=seed + int(fold))
     seconds = time.perf_counter() - start
@@ -496,7 +498,7 @@ def run_fold(
     return result
 
 
-def cross_validate(
+def cross_validate_all_patients(
     crops: CropSet,
     recipe: Recipe,
     *,
@@ -507,7 +509,12 @@ def cross_validate(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Patient-grouped k-fold cross-validation of ``recipe`` on ``crops``, resumable fold by fold.
+    """Patient-grouped k-fold cross-validation of ``recipe`` over all patients of ``crops``, resumable fold by fold.
+
+    The real-CT split (:func:`nodulekit.splits.all_patient_folds`): every patient is tested once.
+    The paper protocol's cross-validation (k folds of the train + validation patients of a
+    60/20/20 split, all scored on the same test patients) is
+    :func:`nodulekit.training.run_development_folds`. Also available as ``cross_validate``.
 
     Parameters
     ----------
@@ -524,7 +531,7 @@ def cross_validate(
         How each fold model is scored (default :data:`VARIANTS`: as trained, and with TTA +
         post-processing).
     cache_dir : path, optional
-        Each fold's :func:`run_fold` result is written to ``cache_dir/cv_<recipe>_fold<k>.json``
+        Each fold's :func:`train_and_score_fold` result is written to ``cache_dir/cv_<recipe>_fold<k>.json``
         and read back instead of retrained when present (a record made with other recipe fields,
         folds or seed is an error, not silently reused).
 
@@ -552,7 +559,7 @@ def cross_validate(
             _check_cached(result, result["recipe_fields"], recipe, variants=variants, path=path, n_folds=int(n_folds), seed=int(seed))
         else:
             images = recipe.pipeline().apply(crops.images) if images is None else images
-            result = run_fold(crops, recipe, fold, n_folds=n_folds, seed=seed, variants=variants, images=images)
+            result = train_and_score_fold(crops, recipe, fold, n_folds=n_folds, seed=seed, variants=variants, images=images)
             result.update({"n_folds": int(n_folds), "seed": int(seed)})
             if path is not None:
                 write_json(path, result)
@@ -565,6 +572,10 @@ def cross_validate(
     table = pd.DataFrame(rows)
     table.attrs["per_nodule"] = pd.concat(nodule_rows, ignore_index=True).to_dict(orient="records")
     return table
+
+
+#: The name notebook 06, ``experiments/real_ct.py`` and the README use.
+cross_validate = cross_validate_all_patients
 
 
 def _check_cached(record: dict, fields: dict, recipe: Recipe, *, variants: dict, path: Path, **settings: Any) -> None:
@@ -612,7 +623,7 @@ def synthetic_to_real(
     seed : int
         Seeds the generator and the training.
     variants : dict, optional
-        As in :func:`cross_validate`.
+        As in :func:`cross_validate_all_patients`.
     cache : path, optional
         JSON record: read back instead of retrained when present (and made with the same recipe
         and ``n_synthetic``), written otherwise.
@@ -645,7 +656,7 @@ def synthetic_to_real(
 
 
 def summarise_cv(table: pd.DataFrame, *, metrics_shown: Sequence[str] = ("nodule_dice", "slice_dice", "slice_precision", "slice_recall")) -> pd.DataFrame:
-    """Mean ± sd over folds of :func:`cross_validate` tables (concatenated), one row per recipe and variant.
+    """Mean ± sd over folds of :func:`cross_validate_all_patients` tables (concatenated), one row per recipe and variant.
 
     Returns
     -------

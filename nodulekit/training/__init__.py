@@ -90,7 +90,7 @@ from .protocol import (
     grid_search,
     load_results,
     main,
-    run_folds,
+    run_development_folds,
     run_protocol,
     select_hyperparameters,
     summarize_folds,

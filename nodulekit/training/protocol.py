@@ -32,7 +32,7 @@ from ..precision import resolve_precision
 from ..preprocessing import CenterCrop, paper_pipeline
 from ..readers import read_any
 from ..runfolder import RunFolder
-from ..splits import patient_kfold, patient_split
+from ..splits import development_folds
 from ..utils import atomic_write, configure_logging, copy_atomic, read_json, set_seed, write_json
 from .config import TrainConfig
 from .distributed import make_strategy, worker_role
@@ -41,7 +41,7 @@ from .units import HISTORY_KEYS, UnitData, UnitSpec, train_unit
 __all__ = [
     "run_protocol",
     "grid_search",
-    "run_folds",
+    "run_development_folds",
     "select_hyperparameters",
     "summarize_folds",
     "load_results",
@@ -109,13 +109,9 @@ class _Protocol:
         self.crops = crops
         self.fingerprint = _fingerprint(self.images, self.masks, self.groups)
 
-        split = patient_split(self.groups, fractions=self.config.fractions, seed=self.config.seed)
-        self.train, self.val, self.test = (np.sort(split[k]) for k in ("train", "val", "test"))
-        development = np.sort(np.concatenate([self.train, self.val]))
-        self.folds = [
-            (development[np.sort(fit)], development[np.sort(hold)])
-            for fit, hold in patient_kfold(self.groups[development], n_folds=self.config.n_folds, seed=self.config.seed)
-        ]
+        plan = development_folds(self.groups, fractions=self.config.fractions, n_folds=self.config.n_folds, seed=self.config.seed)
+        self.train, self.val, self.test = plan.train, plan.val, plan.test
+        self.folds = [(fold.train, fold.validation) for fold in plan.folds]
         self._check_folder()
 
         total = len(self.grid_specs()) * self.config.trial_epochs
@@ -273,7 +269,7 @@ def select_hyperparameters(grid: pd.DataFrame, *, metric: str = "val_dice") -> p
     return pd.DataFrame(rows)
 
 
-def run_folds(
+def run_development_folds(
     crops: CropSet | None = None,
     *,
     run_dir: str | os.PathLike,
@@ -284,10 +280,12 @@ def run_folds(
     progress: bool = True,
 ) -> pd.DataFrame:
     """The protocol's cross-validation phase: patient-grouped k folds of each architecture with its
-    chosen hyper-parameters (the real-CT recipes' cross-validation is :func:`nodulekit.evaluation.cross_validate`).
+    chosen hyper-parameters (the real-CT recipes' cross-validation over all patients is
+    :func:`nodulekit.evaluation.cross_validate_all_patients`).
 
-    The folds split the train + validation patients; each fold trains ``config.epochs`` epochs,
-    keeps the lowest-validation-loss checkpoint and scores it on the held-out test patients.
+    The folds split the train + validation ("development") patients
+    (:func:`nodulekit.splits.development_folds`); each fold trains ``config.epochs`` epochs, keeps
+    the lowest-validation-loss checkpoint and scores it on the held-out test patients.
 
     Parameters
     ----------
