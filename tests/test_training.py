@@ -222,6 +222,23 @@ def test_config_with_the_default_augmentation_saves_as_before():
     assert TrainConfig.from_dict(normal.to_dict()) == normal
 
 
+def test_the_protocols_units_are_recipes():
+    from nodulekit.evaluation import PAPER_RECIPE, Recipe
+    from nodulekit.training.recipe import PAPER_RECIPE as ENGINE_PAPER_RECIPE
+
+    assert PAPER_RECIPE is ENGINE_PAPER_RECIPE  # evaluation re-exports the engine's recipes
+    config = TrainConfig(early_stopping_patience=3, model_options={"batch_norm": True, "dropout": 0.1})
+    grid, fold = config.recipe("attention_unet", 1e-2, 32, phase="grid"), config.recipe("attention_unet", 1e-2, 32)
+    assert isinstance(grid, Recipe) and (grid.learning_rate, grid.batch_size, grid.architecture) == (1e-2, 32, "attention_unet")
+    assert (grid.epochs, fold.epochs) == (config.trial_epochs, config.epochs)
+    assert fold.model_options == {"filters": config.filters, "output_bias": "prior", "batch_norm": True, "dropout": 0.1}
+    assert fold.loss_options == {"fn_weight": 0.7, "fp_weight": 0.3, "gamma": 0.75} and fold.early_stopping_patience == 3
+    assert fold.augmentation == config.augmentation and config.replace(augment=False).recipe("unet", 1e-3, 8).augmentation is None
+    assert Recipe.from_dict(json.loads(json.dumps(fold.to_dict()))) == fold.replace(model_options={**fold.model_options, "filters": list(config.filters)})
+    with pytest.raises(InvalidParameterError, match="phase"):
+        config.recipe("unet", 1e-3, 8, phase="test")
+
+
 def test_make_dataset_refuses_mismatched_arrays():
     with pytest.raises(InvalidParameterError, match="same|shape"):
         make_dataset(np.zeros((4, 8, 8)), np.zeros((3, 8, 8)), batch_size=2)

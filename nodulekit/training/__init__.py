@@ -1,6 +1,8 @@
 """Training: the paper's grid search and k-fold cross-validation as one resumable, reproducible run.
 
-Modules: :mod:`~nodulekit.training.config` (:class:`TrainConfig`, the one configuration object),
+Modules: :mod:`~nodulekit.training.recipe` (:class:`Recipe`: how to train one model, the engine's one
+training configuration), :mod:`~nodulekit.training.config` (:class:`TrainConfig`: the paper's
+protocol, a grid and folds whose units are recipes, ``config.recipe(architecture, lr, batch)``),
 :mod:`~nodulekit.training.augment` (the one augmentation: :class:`Augmentation`, applied by the
 ``tf.data`` pipeline and by the real-CT recipes' NumPy feeder), :mod:`~nodulekit.training.data`
 (``tf.data`` pipeline),
@@ -97,9 +99,11 @@ from .protocol import (
     train_command,
     tune_grid_distributed,
 )
+from .recipe import Recipe
 from .units import UnitData, UnitSpec, load_finished, train_unit
 
 __all__ = [
+    "Recipe",
     "TrainConfig",
     "Augmentation",
     "make_dataset",

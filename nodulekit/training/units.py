@@ -163,7 +163,9 @@ def train_unit(
     folder : path
         The unit's folder (created).
     config : TrainConfig
-        Loss, model options, augmentation, precision, early stopping, threshold, seed.
+        The protocol: the unit trains ``config.recipe(spec.architecture, spec.learning_rate,
+        spec.batch_size, phase=spec.phase)`` (model, loss, augmentation, threshold, early
+        stopping) under its precision, seed and empty-mask policy.
     strategy : tf.distribute.Strategy, optional
         The model, its optimizer and ``compile`` are created inside ``strategy.scope()``.
     read_from : path, optional
@@ -220,25 +222,24 @@ def train_unit(
         logger.info("%s: resuming after epoch %d", spec.name, state["epoch"])
 
     seed = unit_seed(config.seed, spec)
+    recipe = config.recipe(spec.architecture, spec.learning_rate, spec.batch_size, phase=spec.phase)
     height, width = data.train_images.shape[1:]
     keras.backend.clear_session()  # before the policy: clear_session also resets Keras's dtype policy
     with precision_policy(config.mixed_precision):
         keras.utils.set_random_seed(seed)
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         with scope:
-            bias = config.output_bias
-            if bias == "prior":
-                bias = initial_output_bias(data.train_masks) if data.train_masks.any() else None
-            model = build_model(
-                spec.architecture, (height, width, 1), filters=config.filters, output_bias=bias, **config.model_options
-            )
+            options = dict(recipe.model_options)  # filters, output_bias and the other build_model options
+            if options.get("output_bias") == "prior":
+                options["output_bias"] = initial_output_bias(data.train_masks) if data.train_masks.any() else None
+            model = build_model(recipe.architecture, (height, width, 1), **options)
             model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate=spec.learning_rate),
-                loss=get_loss(config.loss, **config.loss_options),
+                optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate),
+                loss=get_loss(recipe.loss, **recipe.loss_options),
                 metrics=[
-                    keras.metrics.BinaryAccuracy(name="accuracy", threshold=config.threshold),
+                    keras.metrics.BinaryAccuracy(name="accuracy", threshold=recipe.threshold),
                     DiceCoefficient(
-                        name="dice", threshold=config.threshold, empty="exclude" if config.empty == "separate" else config.empty
+                        name="dice", threshold=recipe.threshold, empty="exclude" if config.empty == "separate" else config.empty
                     ),
                 ],
                 jit_compile=config.jit_compile,
@@ -254,7 +255,7 @@ def train_unit(
             # every crop).
             return 0 < n % spec.batch_size < replicas
 
-        stopping = ResumableEarlyStopping(state, patience=config.early_stopping_patience)
+        stopping = ResumableEarlyStopping(state, patience=recipe.early_stopping_patience)
         callbacks: list = [
             EpochRecord(state, learning_rate=spec.learning_rate),
             BestCheckpoint(state, directory=state_dir),
@@ -274,7 +275,7 @@ def train_unit(
                 data.train_masks,
                 batch_size=spec.batch_size,
                 shuffle=True,
-                augment=config.augmentation if config.augment else False,
+                augment=recipe.augmentation or False,
                 seed=seed,
                 epoch=state["epoch"],
                 epochs=spec.epochs - state["epoch"],
