@@ -1,9 +1,10 @@
 """Honest accuracy on radiologist-annotated crops: recipes, patient-grouped CV, per-nodule Dice.
 
-A :class:`Recipe` is everything that decides a model's accuracy — architecture and options, loss,
+A :class:`~nodulekit.training.recipe.Recipe` (defined in the engine's :mod:`nodulekit.training.recipe`,
+re-exported here) is everything that decides a model's accuracy — architecture and options, loss,
 optimiser settings, training length, augmentation, preprocessing, test-time augmentation (TTA) and
-post-processing — as one serialisable object. :func:`cross_validate` trains it on k-1 patient folds
-and scores the held-out patients, per slice and per nodule (3-D Dice pooled over a nodule's slices,
+post-processing — as one serialisable object. :func:`cross_validate_all_patients` trains it on k-1
+patient folds and scores the held-out patients, per slice and per nodule (3-D Dice pooled over a nodule's slices,
 the figure published LIDC-IDRI results report), with the empty-mask policy stated in the result.
 
 Everything here uses Keras 3 and NumPy only (no ``tf.data``), so the same code runs on the
@@ -19,13 +20,11 @@ their false positives.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -40,12 +39,14 @@ from .dataset import CropSet
 from .errors import InvalidParameterError, RunFolderError, TrainingError
 from .models import build_model, predict_probabilities
 from .phantom import generate_crops
-from .postprocess import dihedral, dihedral_tta, postprocess
+from .postprocess import dihedral_tta, postprocess
 from .postprocess import keep_central_component  # noqa: F401  (evaluation.keep_central_component, as before)
-from .preprocessing import Pipeline, zscore_windows
+from .preprocessing import zscore_windows
 from .readers import consensus_mask
-from .splits import patient_kfold, patient_split
+from .splits import all_patient_folds, patient_split
+from .training.augment import RECIPE_AUGMENTATION, Augmentation, augment_batch
 from .training.callbacks import KeepBestWeights, fit_model
+from .training.recipe import PAPER_RECIPE, REAL_CT_RECIPES, Recipe, real_ct_recipe
 from .utils import as_rng, read_json, set_seed, write_json
 
 __all__ = [
@@ -60,7 +61,8 @@ __all__ = [
     "VARIANTS",
     "REAL_CT_RECIPES",
     "real_ct_recipe",
-    "run_fold",
+    "train_and_score_fold",
+    "cross_validate_all_patients",
     "cross_validate",
     "synthetic_to_real",
     "summarise_cv",
@@ -68,89 +70,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Recipe:
-    """Everything that decides a segmentation model's accuracy, serialisable with :meth:`to_dict`.
-
-    Attributes
-    ----------
-    name : str
-        Label in result tables.
-    architecture : {"unet", "attention_unet"}
-    model_options : dict
-        Keyword options of :func:`nodulekit.models.build_model` (``batch_norm``, ``dropout``,
-        ``filters``, ...). ``output_bias="prior"`` starts the output at the training masks'
-        foreground fraction (:func:`nodulekit.losses.initial_output_bias`).
-    loss : str
-        A :func:`nodulekit.losses.get_loss` name; ``loss_options`` its keyword options.
-    learning_rate, batch_size, epochs : float, int, int
-        Adam's learning rate, images per step and passes over the training crops.
-    augment : bool
-        Random dihedral flips/rotations and a small intensity jitter on every training batch.
-    preprocessing : dict
-        A :class:`nodulekit.preprocessing.Pipeline` config (applied to every crop before the model).
-    tta : bool
-        Average the probabilities of the 8 flips/rotations of every crop at prediction time.
-    postprocess : bool
-        Keep the predicted component at (or nearest to) the crop centre and fill its holes.
-    threshold : float
-        Probability threshold for the binary mask.
-    validation_fraction : float
-        Share of the training patients held out to keep the weights of the lowest validation loss
-        (the paper keeps the model with the lowest validation loss).
-    window : int, optional
-        Train on ``window x window`` windows cut at random from larger crops (e.g. 64 from the
-        release's 128x128 crops), each re-normalised to zero mean and unit variance, so the model
-        also sees nodule-free lung, vessels and pleura, as it will on a whole slice. ``None``:
-        train on the crops as given (the paper).
-    jitter : int
-        Largest shift of a training window's centre from the crop centre, in pixels, uniform per
-        axis (only with ``window``). Validation uses the centred window.
-    """
-
-    name: str = "paper"
-    architecture: str = "unet"
-    model_options: dict = field(default_factory=dict)
-    loss: str = "focal_tversky"
-    loss_options: dict = field(default_factory=lambda: {"fn_weight": 0.7, "fp_weight": 0.3, "gamma": 0.75})
-    learning_rate: float = 1e-3
-    batch_size: int = 16
-    epochs: int = 30
-    augment: bool = False
-    preprocessing: dict = field(default_factory=lambda: {"steps": [{"name": "to_grayscale"}, {"name": "median_filter", "size": 3}, {"name": "zscore", "per_image": True}]})
-    tta: bool = False
-    postprocess: bool = False
-    threshold: float = 0.5
-    validation_fraction: float = 0.15
-    window: int | None = None
-    jitter: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The recipe as plain JSON-able values."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Recipe":
-        """Rebuild a recipe from :meth:`to_dict` output (unknown keys are an error)."""
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise InvalidParameterError(f"unknown recipe fields {unknown}")
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> "Recipe":
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
-
-    def pipeline(self) -> Pipeline:
-        """The preprocessing :class:`Pipeline` of this recipe."""
-        return Pipeline.from_config(self.preprocessing)
-
-
-#: The paper's recipe: U-Net, focal Tversky (0.7/0.3/0.75), Adam 1e-3, batch 16, 30 epochs,
-#: gray -> median -> per-image z-score, no augmentation, no TTA, no post-processing.
-PAPER_RECIPE = Recipe()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,9 +84,11 @@ class AugmentedSequence(keras.utils.PyDataset):
     images, masks : ndarray, shape (n, height, width)
         Preprocessed images and binary masks.
     batch_size : int
-    augment : bool
-        Random flips / 90-degree rotations (the 8 symmetries of the square) per image, and an
-        intensity jitter ``x * (1 + 0.1 u) + 0.1 v`` with u, v standard normal per image.
+    augment : bool or Augmentation
+        Augment every batch with :func:`nodulekit.training.augment.augment_batch`; ``True`` is
+        :data:`~nodulekit.training.augment.RECIPE_AUGMENTATION` (random flips / 90-degree
+        rotations, the 8 symmetries of the square, per image, and an intensity jitter
+        ``x * (1 + 0.1 u) + 0.1 v`` with u, v standard normal per image).
     seed : int
         Seeds the shuffle, the windows and the augmentation.
     window : int, optional
@@ -183,7 +104,7 @@ class AugmentedSequence(keras.utils.PyDataset):
         masks: np.ndarray,
         *,
         batch_size: int,
-        augment: bool,
+        augment: bool | Augmentation,
         seed: int = 0,
         window: int | None = None,
         jitter: int = 0,
@@ -192,7 +113,7 @@ class AugmentedSequence(keras.utils.PyDataset):
         self.images = np.asarray(images, dtype=np.float32)[..., np.newaxis]
         self.masks = np.asarray(masks, dtype=np.float32)[..., np.newaxis]
         self.batch_size = int(batch_size)
-        self.augment = bool(augment)
+        self.augmentation = augment if isinstance(augment, Augmentation) else (RECIPE_AUGMENTATION if augment else None)
         self.window, self.jitter = _check_window(window, jitter, self.images.shape[1:3])
         self.rng = as_rng(seed)
         self.order = self.rng.permutation(len(self.images))
@@ -205,14 +126,8 @@ class AugmentedSequence(keras.utils.PyDataset):
         x, y = self.images[take], self.masks[take]
         if self.window is not None:
             x, y = _random_windows(x, y, self.window, self.jitter, self.rng)
-        if self.augment:
-            x, y = x.copy(), y.copy()
-            for i in range(len(take)):
-                k, flip = self.rng.integers(4), self.rng.integers(2)
-                x[i], y[i] = dihedral(x[i], k, flip), dihedral(y[i], k, flip)
-            gain = 1.0 + 0.1 * self.rng.standard_normal((len(take), 1, 1, 1))
-            shift = 0.1 * self.rng.standard_normal((len(take), 1, 1, 1))
-            x = (x * gain + shift).astype(np.float32)
+        if self.augmentation is not None:
+            x, y = augment_batch(x, y, self.augmentation, self.rng)
         return x, y
 
     def on_epoch_end(self) -> None:
@@ -310,7 +225,7 @@ def train_recipe(
         metrics=[metrics.DiceCoefficient()],
     )
     train = AugmentedSequence(
-        images[train_idx], masks[train_idx], batch_size=recipe.batch_size, augment=recipe.augment, seed=seed, window=recipe.window, jitter=recipe.jitter
+        images[train_idx], masks[train_idx], batch_size=recipe.batch_size, augment=recipe.augmentation or False, seed=seed, window=recipe.window, jitter=recipe.jitter
     )
     callbacks, validation = [], None
     if len(val_idx):
@@ -319,6 +234,8 @@ def train_recipe(
             val_images, val_masks = zscore_windows(centre_windows(val_images, recipe.window)), centre_windows(val_masks, recipe.window)
         validation = (val_images, val_masks)
         callbacks.append(KeepBestWeights())
+        if recipe.early_stopping_patience is not None:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(recipe.early_stopping_patience)))
     # shuffle=True: Keras also shuffles the PyDataset's batch order (seeded by set_seed), as it always did here
     history, out_of_memory = fit_model(model, train, epochs=recipe.epochs, validation_data=validation, callbacks=callbacks, shuffle=True, verbose=verbose)
     if out_of_memory is not None:
@@ -337,8 +254,20 @@ def predict_recipe(model: keras.Model, images: np.ndarray, recipe: Recipe) -> tu
     return probabilities, binary
 
 
-def score_predictions(crops: CropSet, binary: np.ndarray) -> dict[str, Any]:
+def score_predictions(crops: CropSet, binary: np.ndarray, *, per_nodule: bool = False) -> dict[str, Any]:
     """Per-slice and per-nodule scores of binary predictions against ``crops.masks``.
+
+    One call of :func:`nodulekit.metrics.score_crops` with the ``"separate"`` empty policy
+    (slice scores over slices with a non-empty consensus; nodule Dice pools all slices).
+
+    Parameters
+    ----------
+    crops : CropSet
+        Crops with ground-truth masks and a ``nodule_id`` column.
+    binary : ndarray, shape (n, h, w)
+        Predicted binary masks (nonzero = nodule).
+    per_nodule : bool
+        Also return ``per_nodule``: the ``nodule_id`` and ``dice`` lists of every nodule.
 
     Returns
     -------
@@ -349,64 +278,35 @@ def score_predictions(crops: CropSet, binary: np.ndarray) -> dict[str, Any]:
         and of predicting nothing), ``n_slices``, ``n_nodules``, ``n_empty_slices`` and
         ``n_empty_slices_kept_empty``, and ``empty_policy``.
     """
-    truth = crops.masks.astype(bool)
-    pred = np.asarray(binary).astype(bool)
-    nonempty = truth.reshape(len(truth), -1).any(axis=1)
-    per_slice = metrics.per_image_scores(truth[nonempty], pred[nonempty], empty="exclude")
-    nodules = metrics.per_nodule_dice(truth, pred, crops.table["nodule_id"].to_numpy(), empty="exclude")
-    pred_empty = ~pred.reshape(len(pred), -1).any(axis=1)
-    return {
-        "slice_dice": float(per_slice["dice"].mean()),
-        "slice_iou": float(per_slice["iou"].mean()),
-        "slice_precision": float(np.nanmean(per_slice["precision"])),
-        "slice_recall": float(np.nanmean(per_slice["recall"])),
+    scores = metrics.score_crops(
+        crops.masks.astype(bool), np.asarray(binary).astype(bool), empty="separate", nodule_ids=crops.table["nodule_id"].to_numpy()
+    )
+    report, nodules = scores.report, scores.per_nodule
+    result = {
+        "slice_dice": report["dice"],
+        "slice_iou": report["iou"],
+        "slice_precision": report["precision"],
+        "slice_recall": report["recall"],
         "nodule_dice": float(nodules["dice"].mean()),
         "nodule_dice_median": float(nodules["dice"].median()),
-        "accuracy": float(metrics.accuracy(truth, pred)),
-        "background_accuracy": float(metrics.background_accuracy(truth)),
-        "n_slices": int(len(truth)),
+        "accuracy": scores.pooled_accuracy,
+        "background_accuracy": report["background_accuracy"],
+        "n_slices": report["n_images"],
         "n_nodules": int(nodules["dice"].notna().sum()),
-        "n_empty_slices": int((~nonempty).sum()),
-        "n_empty_slices_kept_empty": int((~nonempty & pred_empty).sum()),
+        "n_empty_slices": report["n_true_empty"],
+        "n_empty_slices_kept_empty": report["n_both_empty"],
         "empty_policy": "slice Dice over non-empty consensus slices; nodule Dice pools all slices",
     }
+    if per_nodule:
+        result["per_nodule"] = nodules[["nodule_id", "dice"]].to_dict(orient="list")
+    return result
 
 
 #: How every cross-validation fold model is scored: as trained, and with test-time augmentation
 #: plus central-component post-processing (the same trained weights both times).
 VARIANTS: dict[str, dict[str, bool]] = {"plain": {"tta": False, "postprocess": False}, "tta_pp": {"tta": True, "postprocess": True}}
 
-_BN_AUG: dict[str, Any] = {"architecture": "attention_unet", "model_options": {"output_bias": "prior", "batch_norm": True}, "augment": True, "epochs": 20, "batch_size": 32}
-
-#: The recipes compared on the LIDC-IDRI dev set (notebook 06, ``experiments/real_ct.py``); each
-#: is a change to :data:`PAPER_RECIPE`, kept only when patient-grouped CV says it helps.
-REAL_CT_RECIPES: dict[str, dict[str, Any]] = {
-    # The paper's recipe as written: no batch norm, zero output bias, focal Tversky 0.7/0.3/0.75,
-    # Adam 1e-3, batch 16, 30 epochs (lowest validation loss kept).
-    "paper_unet": {},
-    "paper_attention_unet": {"architecture": "attention_unet"},
-    # The collapse fix alone: start the output at the foreground prior.
-    "paper_unet_prior": {"model_options": {"output_bias": "prior"}},
-    "paper_attention_unet_prior": {"architecture": "attention_unet", "model_options": {"output_bias": "prior"}},
-    # nodulekit's best so far (the shipped model): + batch norm, prior bias, augmentation, batch 32.
-    "bn_aug": _BN_AUG,
-    "bn_aug_unet": {**_BN_AUG, "architecture": "unet"},
-    # bn_aug with balanced focal Tversky weights (precision trails recall with 0.7 / 0.3): measured,
-    # not kept (per-nodule Dice -0.003 plain, +0.004 with TTA + post-processing, paired over folds).
-    "bn_aug_balanced": {**_BN_AUG, "loss_options": {"fn_weight": 0.5, "fp_weight": 0.5, "gamma": 0.75}},
-}
-
-
-def real_ct_recipe(recipe: str, *, recipes: dict[str, dict[str, Any]] | None = None, **changes: Any) -> Recipe:
-    """The entry ``recipe`` of ``recipes`` (default :data:`REAL_CT_RECIPES`) as a :class:`Recipe`,
-    with further changes (e.g. ``name=``, ``epochs=``)."""
-    recipes = REAL_CT_RECIPES if recipes is None else recipes
-    if recipe not in recipes:
-        raise InvalidParameterError(f"unknown recipe {recipe!r}; known: {', '.join(recipes)}")
-    return PAPER_RECIPE.replace(**{"name": recipe, **recipes[recipe], **changes})
-
-
-def run_fold(
+def train_and_score_fold(
     crops: CropSet,
     recipe: Recipe,
     fold: int,
@@ -426,7 +326,7 @@ def run_fold(
     fold : int
         Held-out fold, in ``[0, n_folds)``.
     n_folds, seed : int
-        Patient-grouped folds (:func:`nodulekit.splits.patient_kfold`); the training seed is
+        Patient-grouped folds over all patients (:func:`nodulekit.splits.all_patient_folds`); the training seed is
         ``seed + fold``.
     variants : dict, optional
         Name -> ``{"tta": bool, "postprocess": bool}``: each scores the same trained model
@@ -445,7 +345,8 @@ def run_fold(
     if not 0 <= int(fold) < int(n_folds):
         raise InvalidParameterError(f"fold must be in [0, {n_folds}), got {fold!r}")
     images = recipe.pipeline().apply(crops.images) if images is None else images
-    train_idx, test_idx = patient_kfold(crops.groups, n_folds=n_folds, seed=seed)[int(fold)]
+    split = all_patient_folds(crops.groups, n_folds=n_folds, seed=seed)[int(fold)]
+    train_idx, test_idx = split.train, split.test
     start = time.perf_counter()
     model, history = train_recipe(images[train_idx], crops.masks[train_idx], crops.groups[train_idx], recipe, seed=seed + int(fold))
     seconds = time.perf_counter() - start
@@ -463,15 +364,12 @@ def run_fold(
     }
     for variant, change in variants.items():
         _, binary = predict_recipe(model, test_images, recipe.replace(**change))
-        scores = score_predictions(test, binary)
-        per_nodule = metrics.per_nodule_dice(test.masks, binary, test.table["nodule_id"].to_numpy(), empty="exclude")
-        scores["per_nodule"] = per_nodule[["nodule_id", "dice"]].to_dict(orient="list")
-        result[variant] = scores
+        result[variant] = score_predictions(test, binary, per_nodule=True)
     keras.backend.clear_session()
     return result
 
 
-def cross_validate(
+def cross_validate_all_patients(
     crops: CropSet,
     recipe: Recipe,
     *,
@@ -482,7 +380,12 @@ def cross_validate(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Patient-grouped k-fold cross-validation of ``recipe`` on ``crops``, resumable fold by fold.
+    """Patient-grouped k-fold cross-validation of ``recipe`` over all patients of ``crops``, resumable fold by fold.
+
+    The real-CT split (:func:`nodulekit.splits.all_patient_folds`): every patient is tested once.
+    The paper protocol's cross-validation (k folds of the train + validation patients of a
+    60/20/20 split, all scored on the same test patients) is
+    :func:`nodulekit.training.run_development_folds`. Also available as ``cross_validate``.
 
     Parameters
     ----------
@@ -499,7 +402,7 @@ def cross_validate(
         How each fold model is scored (default :data:`VARIANTS`: as trained, and with TTA +
         post-processing).
     cache_dir : path, optional
-        Each fold's :func:`run_fold` result is written to ``cache_dir/cv_<recipe>_fold<k>.json``
+        Each fold's :func:`train_and_score_fold` result is written to ``cache_dir/cv_<recipe>_fold<k>.json``
         and read back instead of retrained when present (a record made with other recipe fields,
         folds or seed is an error, not silently reused).
 
@@ -527,7 +430,7 @@ def cross_validate(
             _check_cached(result, result["recipe_fields"], recipe, variants=variants, path=path, n_folds=int(n_folds), seed=int(seed))
         else:
             images = recipe.pipeline().apply(crops.images) if images is None else images
-            result = run_fold(crops, recipe, fold, n_folds=n_folds, seed=seed, variants=variants, images=images)
+            result = train_and_score_fold(crops, recipe, fold, n_folds=n_folds, seed=seed, variants=variants, images=images)
             result.update({"n_folds": int(n_folds), "seed": int(seed)})
             if path is not None:
                 write_json(path, result)
@@ -540,6 +443,10 @@ def cross_validate(
     table = pd.DataFrame(rows)
     table.attrs["per_nodule"] = pd.concat(nodule_rows, ignore_index=True).to_dict(orient="records")
     return table
+
+
+#: The name notebook 06, ``experiments/real_ct.py`` and the README use.
+cross_validate = cross_validate_all_patients
 
 
 def _check_cached(record: dict, fields: dict, recipe: Recipe, *, variants: dict, path: Path, **settings: Any) -> None:
@@ -587,7 +494,7 @@ def synthetic_to_real(
     seed : int
         Seeds the generator and the training.
     variants : dict, optional
-        As in :func:`cross_validate`.
+        As in :func:`cross_validate_all_patients`.
     cache : path, optional
         JSON record: read back instead of retrained when present (and made with the same recipe
         and ``n_synthetic``), written otherwise.
@@ -620,7 +527,7 @@ def synthetic_to_real(
 
 
 def summarise_cv(table: pd.DataFrame, *, metrics_shown: Sequence[str] = ("nodule_dice", "slice_dice", "slice_precision", "slice_recall")) -> pd.DataFrame:
-    """Mean ± sd over folds of :func:`cross_validate` tables (concatenated), one row per recipe and variant.
+    """Mean ± sd over folds of :func:`cross_validate_all_patients` tables (concatenated), one row per recipe and variant.
 
     Returns
     -------

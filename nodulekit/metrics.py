@@ -28,6 +28,7 @@ paper's "94 % accuracy" says little on its own.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Sequence
 
 import keras
@@ -50,6 +51,8 @@ __all__ = [
     "background_accuracy",
     "per_image_scores",
     "segmentation_report",
+    "score_crops",
+    "CropScores",
     "per_nodule_dice",
     "detection_scores",
     "hd95",
@@ -273,10 +276,84 @@ def segmentation_report(y_true, y_prob, *, threshold: float = 0.5, empty: str = 
     >>> segmentation_report(t, p, empty="one")["dice"], segmentation_report(t, p, empty="separate")["n_scored"]
     (1.0, 1)
     """
+    return score_crops(y_true, y_prob, threshold=threshold, empty=empty).report
+
+
+@dataclass(frozen=True)
+class CropScores:
+    """Everything :func:`score_crops` measures on one set of crops.
+
+    Attributes
+    ----------
+    report : dict
+        :func:`segmentation_report`'s dict: means over images under the ``empty`` policy, pooled
+        Dice, background accuracy and the empty-mask counts.
+    per_image : pandas.DataFrame
+        :func:`per_image_scores` (with ``"exclude"`` for the ``"separate"`` policy).
+    per_nodule : pandas.DataFrame or None
+        :func:`per_nodule_dice` (empty policy ``"exclude"`` for ``"separate"``), when nodule ids
+        were given.
+    pooled_accuracy : float
+        Pixel accuracy over all pixels of all images (every image counted, whatever ``empty``).
+    """
+
+    report: dict
+    per_image: pd.DataFrame
+    per_nodule: pd.DataFrame | None
+    pooled_accuracy: float
+
+
+def score_crops(
+    y_true, y_prob, *, threshold: float = 0.5, empty: str = "one", nodule_ids: Sequence | None = None
+) -> CropScores:
+    """Score predicted crops against their masks: per image, pooled and (with ids) per nodule.
+
+    The one scorer of predicted crops: the training units' validation and test scores, the real-CT
+    cross-validation (:func:`nodulekit.evaluation.score_predictions`) and the study's held-out and
+    baseline tables all go through it, so one ``empty`` policy means the same everywhere.
+
+    Parameters
+    ----------
+    y_true, y_prob, threshold
+        Masks ``(n, height, width[, 1])``, predicted probabilities or binary masks of the same
+        shape, and the binarisation threshold (``y_prob > threshold``).
+    empty : {"one", "zero", "exclude", "separate"}
+        Empty-mask policy of the per-image means (see :func:`segmentation_report`). The per-image
+        table and the per-nodule Dice take ``"exclude"`` for ``"separate"`` (a nodule empty in
+        truth and prediction on every slice has no Dice).
+    nodule_ids : sequence of length n, optional
+        The nodule of every crop; adds the per-nodule 3-D Dice.
+
+    Returns
+    -------
+    CropScores
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = np.zeros((2, 4, 4)); t[0, :2, :2] = 1
+    >>> s = score_crops(t, t, empty="separate", nodule_ids=["a", "a"])
+    >>> s.report["dice"], s.report["n_scored"], s.per_nodule["dice"].tolist()
+    (1.0, 1, [1.0])
+    """
     if empty not in (*EMPTY_POLICIES, "separate"):
         raise InvalidParameterError(f"empty must be one of {(*EMPTY_POLICIES, 'separate')}, got {empty!r}")
-    frame = per_image_scores(y_true, y_prob, threshold=threshold, empty="exclude" if empty == "separate" else empty)
+    image_empty = "exclude" if empty == "separate" else empty
+    frame = per_image_scores(y_true, y_prob, threshold=threshold, empty=image_empty)
     truth, pred = _binarise(y_true, y_prob, threshold)
+    nodules = None
+    if nodule_ids is not None:
+        nodules = per_nodule_dice(truth, pred, nodule_ids, empty=image_empty)
+    return CropScores(
+        report=_report(frame, truth, pred, threshold=threshold, empty=empty),
+        per_image=frame,
+        per_nodule=nodules,
+        pooled_accuracy=float(accuracy(truth, pred)),
+    )
+
+
+def _report(frame: pd.DataFrame, truth: np.ndarray, pred: np.ndarray, *, threshold: float, empty: str) -> dict:
+    """:func:`segmentation_report`'s dict from the per-image table and the binarised masks."""
     counted = ~frame["true_empty"] if empty == "separate" else np.ones(len(frame), bool)
     scored = frame[counted]
     report: dict = {}
@@ -305,6 +382,7 @@ def segmentation_report(y_true, y_prob, *, threshold: float = 0.5, empty: str = 
         report["empty_correct_fraction"] = float(both_empty.sum() / n_true_empty) if n_true_empty else float("nan")
         report["empty_false_positive_pixels"] = int(frame.loc[frame["true_empty"], "pred_pixels"].sum())
     return report
+
 
 
 # --------------------------------------------------------------------------------------------------

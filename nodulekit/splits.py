@@ -3,10 +3,21 @@
 Slices of one nodule are strongly correlated, so a random split by slice leaks. Both splitters
 group by patient with scikit-learn's :class:`~sklearn.model_selection.GroupShuffleSplit` and
 :class:`~sklearn.model_selection.GroupKFold` and are seeded.
+
+Two cross-validation strategies are built from them, one per way the package measures a model:
+
+* :func:`development_folds` — the paper protocol (:mod:`nodulekit.training`): patients split
+  60/20/20 into train / validation / test; k folds over the train + validation patients, each fold
+  training on k-1 parts and keeping the weights of the lowest loss on the k-th; every fold's model
+  is scored on the same held-out test patients.
+* :func:`all_patient_folds` — the real-CT recipes (:mod:`nodulekit.evaluation`): k folds over all
+  patients; each fold's model is scored on its held-out part, so every patient is tested once (the
+  trainer carves its own validation patients from the fold's training part).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -14,7 +25,7 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 from .errors import InvalidParameterError
 
-__all__ = ["patient_split", "patient_kfold", "check_no_leak"]
+__all__ = ["patient_split", "patient_kfold", "check_no_leak", "Fold", "DevelopmentFolds", "development_folds", "all_patient_folds"]
 
 
 def _groups(groups: Sequence | np.ndarray) -> np.ndarray:
@@ -153,6 +164,94 @@ def patient_kfold(
     splitter = GroupKFold(n_splits=int(n_folds), shuffle=True, random_state=seed)
     index = np.arange(len(groups))
     return [(np.sort(train), np.sort(val)) for train, val in splitter.split(index, groups=groups)]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One cross-validation fold as sorted positions into the samples.
+
+    Attributes
+    ----------
+    train : ndarray
+        What the fold's model trains on.
+    validation : ndarray or None
+        What picks its kept weights (lowest validation loss); ``None`` when the trainer carves its
+        own validation patients from ``train`` (the real-CT recipes' ``validation_fraction``).
+    test : ndarray
+        What its model is scored on.
+    """
+
+    train: np.ndarray
+    validation: np.ndarray | None
+    test: np.ndarray
+
+
+@dataclass(frozen=True)
+class DevelopmentFolds:
+    """The paper protocol's split (:func:`development_folds`): the 60/20/20 sets and the folds."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    folds: list[Fold]
+
+
+def development_folds(
+    groups: Sequence | np.ndarray,
+    *,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    n_folds: int = 4,
+    seed: int = 0,
+) -> DevelopmentFolds:
+    """The paper protocol's split: train / validation / test by patient, then k folds of train + validation.
+
+    The grid search trains on ``train`` and selects on ``val``; fold ``k`` trains on the other
+    folds' development patients, keeps the weights of the lowest loss on its own part
+    (``Fold.validation``) and is scored on the common ``test`` patients.
+
+    Parameters
+    ----------
+    groups : sequence, length n_samples
+        Patient id of each sample.
+    fractions : (float, float, float)
+        As in :func:`patient_split`.
+    n_folds, seed : int
+        As in :func:`patient_kfold` (the folds of the development patients).
+
+    Returns
+    -------
+    DevelopmentFolds
+    """
+    groups = _groups(groups)
+    split = patient_split(groups, fractions=fractions, seed=seed)
+    train, val, test = (np.sort(split[k]) for k in ("train", "val", "test"))
+    development = np.sort(np.concatenate([train, val]))
+    folds = [
+        Fold(train=development[np.sort(fit)], validation=development[np.sort(hold)], test=test)
+        for fit, hold in patient_kfold(groups[development], n_folds=n_folds, seed=seed)
+    ]
+    return DevelopmentFolds(train=train, val=val, test=test, folds=folds)
+
+
+def all_patient_folds(groups: Sequence | np.ndarray, *, n_folds: int = 4, seed: int = 0) -> list[Fold]:
+    """The real-CT recipes' split: k patient-grouped folds over all patients, each tested once.
+
+    Fold ``k`` trains on the other folds' patients (its trainer holds out validation patients of
+    its own) and is scored on fold ``k``'s patients.
+
+    Parameters
+    ----------
+    groups : sequence, length n_samples
+        Patient id of each sample.
+    n_folds, seed : int
+        As in :func:`patient_kfold`.
+
+    Returns
+    -------
+    list of Fold
+        ``n_folds`` folds with ``validation=None``.
+    """
+    return [Fold(train=train, validation=None, test=test) for train, test in patient_kfold(groups, n_folds=n_folds, seed=seed)]
 
 
 def check_no_leak(groups: Sequence | np.ndarray, *index_sets: np.ndarray) -> None:

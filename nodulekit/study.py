@@ -493,7 +493,7 @@ def predict_held_out(crops: CropSet, *, run_dir: str | os.PathLike, batch_size: 
         The run has no ``data.json`` / ``preprocessing.json`` or no finished fold, or none of the
         test patients is in ``crops``.
     """
-    from .metrics import per_image_scores
+    from .metrics import score_crops
     from .models import predict_probabilities
 
     run = RunFolder(run_dir)
@@ -516,7 +516,7 @@ def predict_held_out(crops: CropSet, *, run_dir: str | os.PathLike, batch_size: 
         model = load_fold_model(run.root, architecture, fold)
         probabilities = predict_probabilities(model, inputs, batch_size=batch_size)
         result.probabilities[(architecture, fold)] = probabilities
-        frame = per_image_scores(test.masks, probabilities, threshold=threshold, empty=empty)
+        frame = score_crops(test.masks, probabilities, threshold=threshold, empty=empty).per_image
         frame.insert(0, "slice_index", test.table["slice_index"].to_numpy())
         frame.insert(0, "nodule_id", test.table["nodule_id"].to_numpy())
         frame.insert(0, "patient_id", test.table["patient_id"].to_numpy())
@@ -554,10 +554,10 @@ def baseline_scores(masks: np.ndarray, *, empty: str = "one") -> dict[str, float
         ``dice, iou, precision, recall, accuracy, global_dice, background_accuracy, n_images,
         n_true_empty``.
     """
-    from .metrics import segmentation_report
+    from .metrics import score_crops
 
     masks = np.asarray(masks)
-    report = segmentation_report(masks, np.zeros(masks.shape, np.float32), empty=empty)
+    report = score_crops(masks, np.zeros(masks.shape, np.float32), empty=empty).report
     keys = ("dice", "iou", "precision", "recall", "accuracy", "global_dice", "background_accuracy")
     return {k: report[k] for k in (*keys, "n_images", "n_true_empty")}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -79,6 +81,16 @@ def test_recipe_round_trip_and_unknown_fields():
     assert [s.name for s in recipe.pipeline().steps] == ["to_grayscale", "median_filter", "zscore"]
     with pytest.raises(InvalidParameterError, match="unknown recipe fields"):
         ev.Recipe.from_dict({"nope": 1})
+
+
+def test_recipe_augmentation_is_an_augmentation_value():
+    from nodulekit.training.augment import RECIPE_AUGMENTATION, Augmentation
+
+    assert ev.PAPER_RECIPE.augmentation is None
+    assert ev.PAPER_RECIPE.replace(augment=True).augmentation == RECIPE_AUGMENTATION
+    assert ev.PAPER_RECIPE.replace(augment=True).to_dict()["augment"] is True  # cached records still compare equal
+    custom = ev.PAPER_RECIPE.replace(name="y", augment=Augmentation(rotation_degrees=0, scale=0, shift_pixels=0, intensity=0.2))
+    assert ev.Recipe.from_dict(json.loads(json.dumps(custom.to_dict()))) == custom
 
 
 def test_augmented_sequence_keeps_images_and_masks_aligned():

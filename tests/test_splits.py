@@ -95,3 +95,21 @@ def test_real_release_splits_never_leak(lidc_slices_dir):
     assert not nodules["train"] & nodules["test"] and not nodules["train"] & nodules["val"]
     for train, val in patient_kfold(crops.groups, n_folds=4, seed=0):
         check_no_leak(crops.groups, train, val)
+
+
+def test_the_two_cross_validation_strategies():
+    from nodulekit.splits import all_patient_folds, development_folds
+
+    groups = np.repeat([f"p{i:02d}" for i in range(20)], 3)
+    plan = development_folds(groups, fractions=(0.6, 0.2, 0.2), n_folds=4, seed=0)
+    split = patient_split(groups, fractions=(0.6, 0.2, 0.2), seed=0)
+    np.testing.assert_array_equal(plan.test, split["test"])
+    development = np.sort(np.concatenate([plan.train, plan.val]))
+    for fold, (fit, hold) in zip(plan.folds, patient_kfold(groups[development], n_folds=4, seed=0)):
+        np.testing.assert_array_equal(fold.train, development[fit])  # as the protocol always built them
+        np.testing.assert_array_equal(fold.validation, development[hold])
+        np.testing.assert_array_equal(fold.test, plan.test)  # every fold scored on the same test patients
+        check_no_leak(groups, fold.train, fold.validation, fold.test)
+    tested = np.concatenate([fold.test for fold in all_patient_folds(groups, n_folds=4, seed=0)])
+    assert sorted(tested) == list(range(len(groups)))  # every patient tested once
+    assert all(fold.validation is None for fold in all_patient_folds(groups, n_folds=4, seed=0))

@@ -181,6 +181,64 @@ def test_intensity_jitter_changes_only_the_image():
     assert np.all(np.abs(values[:, 0] - 1.0) <= 0.2 + 1e-6) and np.std(values[:, 0]) > 0
 
 
+def test_normal_intensity_jitter_in_the_tf_pipeline():
+    masks = tiny_crops(8).masks
+    images = np.ones(masks.shape, np.float32)
+    jitter = Augmentation(flips=False, rotate90=False, rotation_degrees=0, scale=0, shift_pixels=0, intensity_noise="normal")
+    augmented_images, augmented_masks = _batches(make_dataset(images, masks, batch_size=8, augment=jitter, seed=0))[0]
+    np.testing.assert_array_equal(augmented_masks[..., 0], masks)
+    values = augmented_images.reshape(8, -1)
+    assert np.allclose(values, values[:, :1]) and np.std(values[:, 0]) > 0
+
+
+def test_numpy_augmentation_is_the_same_description():
+    from nodulekit.training.augment import RECIPE_AUGMENTATION, augment_batch
+
+    masks = tiny_crops(12).masks[..., np.newaxis].astype(np.float32)
+    rng = np.random.default_rng(0)
+    for moves in ({}, {"flips": False}, {"rotate90": False}):
+        geometric = Augmentation(rotation_degrees=0, scale=0, shift_pixels=0, intensity=0, **moves)
+        x, y = augment_batch(masks, masks, geometric, rng)
+        np.testing.assert_array_equal(x, y)  # image == mask: the geometry is shared and exact
+        np.testing.assert_array_equal(y.sum(axis=(1, 2, 3)), masks.sum(axis=(1, 2, 3)))
+        assert not np.array_equal(y, masks)
+    ones = np.ones((6, 8, 8, 1), np.float32)
+    for noise in ("uniform", "normal"):
+        jitter = Augmentation(flips=False, rotate90=False, rotation_degrees=0, scale=0, shift_pixels=0, intensity_noise=noise)
+        x, _ = augment_batch(ones, ones, jitter, rng)
+        assert np.allclose(x.reshape(6, -1), x.reshape(6, -1)[:, :1]) and np.std(x[:, 0, 0, 0]) > 0
+    assert RECIPE_AUGMENTATION.flips and RECIPE_AUGMENTATION.rotate90 and not RECIPE_AUGMENTATION.affine
+    with pytest.raises(InvalidParameterError, match="affine"):
+        augment_batch(ones, ones, Augmentation(), rng)
+    with pytest.raises(InvalidParameterError, match="intensity_noise"):
+        Augmentation(intensity_noise="laplace")
+
+
+def test_config_with_the_default_augmentation_saves_as_before():
+    saved = TrainConfig().to_dict()["augmentation"]
+    assert "intensity_noise" not in saved  # config.json of existing run folders still compares equal
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+    normal = TrainConfig(augmentation=Augmentation(intensity_noise="normal"))
+    assert TrainConfig.from_dict(normal.to_dict()) == normal
+
+
+def test_the_protocols_units_are_recipes():
+    from nodulekit.evaluation import PAPER_RECIPE, Recipe
+    from nodulekit.training.recipe import PAPER_RECIPE as ENGINE_PAPER_RECIPE
+
+    assert PAPER_RECIPE is ENGINE_PAPER_RECIPE  # evaluation re-exports the engine's recipes
+    config = TrainConfig(early_stopping_patience=3, model_options={"batch_norm": True, "dropout": 0.1})
+    grid, fold = config.recipe("attention_unet", 1e-2, 32, phase="grid"), config.recipe("attention_unet", 1e-2, 32)
+    assert isinstance(grid, Recipe) and (grid.learning_rate, grid.batch_size, grid.architecture) == (1e-2, 32, "attention_unet")
+    assert (grid.epochs, fold.epochs) == (config.trial_epochs, config.epochs)
+    assert fold.model_options == {"filters": config.filters, "output_bias": "prior", "batch_norm": True, "dropout": 0.1}
+    assert fold.loss_options == {"fn_weight": 0.7, "fp_weight": 0.3, "gamma": 0.75} and fold.early_stopping_patience == 3
+    assert fold.augmentation == config.augmentation and config.replace(augment=False).recipe("unet", 1e-3, 8).augmentation is None
+    assert Recipe.from_dict(json.loads(json.dumps(fold.to_dict()))) == fold.replace(model_options={**fold.model_options, "filters": list(config.filters)})
+    with pytest.raises(InvalidParameterError, match="phase"):
+        config.recipe("unet", 1e-3, 8, phase="test")
+
+
 def test_make_dataset_refuses_mismatched_arrays():
     with pytest.raises(InvalidParameterError, match="same|shape"):
         make_dataset(np.zeros((4, 8, 8)), np.zeros((3, 8, 8)), batch_size=2)

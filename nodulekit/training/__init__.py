@@ -1,7 +1,11 @@
 """Training: the paper's grid search and k-fold cross-validation as one resumable, reproducible run.
 
-Modules: :mod:`~nodulekit.training.config` (:class:`TrainConfig`, the one configuration object),
-:mod:`~nodulekit.training.data` (``tf.data`` pipeline and augmentation),
+Modules: :mod:`~nodulekit.training.recipe` (:class:`Recipe`: how to train one model, the engine's one
+training configuration), :mod:`~nodulekit.training.config` (:class:`TrainConfig`: the paper's
+protocol, a grid and folds whose units are recipes, ``config.recipe(architecture, lr, batch)``),
+:mod:`~nodulekit.training.augment` (the one augmentation: :class:`Augmentation`, applied by the
+``tf.data`` pipeline and by the real-CT recipes' NumPy feeder), :mod:`~nodulekit.training.data`
+(``tf.data`` pipeline),
 :mod:`~nodulekit.training.callbacks` (the one ``fit`` path, :func:`~nodulekit.training.callbacks.fit_model`:
 a single ``model.fit`` call with the best checkpoint, the resume state and early stopping as Keras
 callbacks; the real-CT recipes of :mod:`nodulekit.evaluation` train through it too),
@@ -77,36 +81,35 @@ from __future__ import annotations
 from ..precision import precision_policy, resolve_precision
 from ..safety import check_writable
 from .config import TrainConfig
-from .data import Augmentation, augment_pair, make_dataset
+from . import protocol
+from .augment import Augmentation, augment_pair
+from .data import make_dataset
 from .distributed import make_strategy, worker_role
 from .protocol import (
     RESULT_TABLES,
     SUMMARY_METRICS,
+    build_parser,
     grid_search,
     load_results,
     main,
-    run_folds,
+    run_development_folds,
     run_protocol,
     select_hyperparameters,
     summarize_folds,
+    train_command,
     tune_grid_distributed,
 )
+from .recipe import Recipe
 from .units import UnitData, UnitSpec, load_finished, train_unit
 
 __all__ = [
+    "Recipe",
     "TrainConfig",
     "Augmentation",
     "make_dataset",
     "augment_pair",
-    "run_protocol",
-    "grid_search",
-    "run_folds",
-    "select_hyperparameters",
-    "summarize_folds",
-    "load_results",
-    "main",
-    "RESULT_TABLES",
-    "SUMMARY_METRICS",
+    *protocol.__all__,  # the protocol's public names, listed once (in protocol.py)
+    "tune_grid_distributed",
     "UnitSpec",
     "UnitData",
     "train_unit",
@@ -116,5 +119,4 @@ __all__ = [
     "precision_policy",
     "resolve_precision",
     "worker_role",
-    "tune_grid_distributed",
 ]

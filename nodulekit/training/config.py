@@ -1,4 +1,10 @@
-"""The one configuration object of a training run: every choice of the protocol, with the paper's values.
+"""The paper protocol's configuration: every choice of the protocol, with the paper's values.
+
+:class:`TrainConfig` is a protocol over the engine's one training configuration,
+:class:`~nodulekit.training.recipe.Recipe`: a grid of learning rates x batch sizes x
+architectures, the folds, the split fractions, the seed and the precision, whose units (grid trials
+and folds) each train one recipe, :meth:`TrainConfig.recipe`. The real-CT recipes are values of the
+same :class:`~nodulekit.training.recipe.Recipe`.
 
 :class:`TrainConfig` is a frozen dataclass saved as ``config.json`` at the top of every run folder.
 Re-running a protocol in the same folder with a different configuration is refused (the folder's
@@ -18,7 +24,8 @@ from typing import Any
 
 from ..errors import InvalidParameterError
 from ..utils import read_json, write_json
-from .data import Augmentation
+from .augment import Augmentation
+from .recipe import Recipe
 
 __all__ = ["TrainConfig", "PRECISIONS", "EMPTY_POLICIES", "NON_RESULT_FIELDS", "HISTORY_KEYS"]
 
@@ -243,9 +250,56 @@ class TrainConfig:
             return {"fn_weight": self.fn_weight, "fp_weight": self.fp_weight}
         return {}
 
+    def recipe(self, architecture: str, learning_rate: float, batch_size: int, *, phase: str = "cv") -> Recipe:
+        """The :class:`~nodulekit.training.recipe.Recipe` one unit of the protocol trains.
+
+        Parameters
+        ----------
+        architecture : str
+            One of :attr:`architectures`.
+        learning_rate, batch_size : float, int
+            A point of the grid (or the values selected on it).
+        phase : {"grid", "cv"}
+            A grid trial trains :attr:`trial_epochs` epochs and validates on the validation split
+            (its share of train + validation patients is ``validation_fraction``); a fold trains
+            :attr:`epochs` epochs and validates on one of :attr:`n_folds` parts.
+
+        Returns
+        -------
+        Recipe
+            ``model_options`` holds ``filters``, ``output_bias`` and :attr:`model_options`;
+            preprocessing is the paper's (the protocol's ``pipeline`` argument may replace it);
+            no TTA, no post-processing, no windows (the protocol scores the model as trained).
+
+        Examples
+        --------
+        >>> r = TrainConfig().recipe("unet", 1e-3, 16)
+        >>> r.name, r.loss, r.epochs, r.augmentation == TrainConfig().augmentation
+        ('unet_lr=0.001_bs=16', 'focal_tversky', 30, True)
+        """
+        if phase not in ("grid", "cv"):
+            raise InvalidParameterError(f"phase must be 'grid' or 'cv', got {phase!r}")
+        train, val, _ = self.fractions
+        return Recipe(
+            name=f"{architecture}_lr={float(learning_rate):g}_bs={int(batch_size)}",
+            architecture=architecture,
+            model_options={"filters": self.filters, "output_bias": self.output_bias, **self.model_options},
+            loss=self.loss,
+            loss_options=self.loss_options,
+            learning_rate=float(learning_rate),
+            batch_size=int(batch_size),
+            epochs=self.trial_epochs if phase == "grid" else self.epochs,
+            augment=self.augmentation if self.augment else False,
+            threshold=self.threshold,
+            validation_fraction=val / (train + val) if phase == "grid" else 1.0 / self.n_folds,
+            early_stopping_patience=self.early_stopping_patience,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        values = dataclasses.asdict(self)
+        values["augmentation"] = self.augmentation.to_dict()  # as saved before intensity_noise existed
+        return json.loads(json.dumps(values))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":

@@ -32,7 +32,7 @@ from ..precision import resolve_precision
 from ..preprocessing import CenterCrop, paper_pipeline
 from ..readers import read_any
 from ..runfolder import RunFolder
-from ..splits import patient_kfold, patient_split
+from ..splits import development_folds
 from ..utils import atomic_write, configure_logging, copy_atomic, read_json, set_seed, write_json
 from .config import TrainConfig
 from .distributed import make_strategy, worker_role
@@ -41,7 +41,7 @@ from .units import HISTORY_KEYS, UnitData, UnitSpec, train_unit
 __all__ = [
     "run_protocol",
     "grid_search",
-    "run_folds",
+    "run_development_folds",
     "select_hyperparameters",
     "summarize_folds",
     "load_results",
@@ -109,13 +109,9 @@ class _Protocol:
         self.crops = crops
         self.fingerprint = _fingerprint(self.images, self.masks, self.groups)
 
-        split = patient_split(self.groups, fractions=self.config.fractions, seed=self.config.seed)
-        self.train, self.val, self.test = (np.sort(split[k]) for k in ("train", "val", "test"))
-        development = np.sort(np.concatenate([self.train, self.val]))
-        self.folds = [
-            (development[np.sort(fit)], development[np.sort(hold)])
-            for fit, hold in patient_kfold(self.groups[development], n_folds=self.config.n_folds, seed=self.config.seed)
-        ]
+        plan = development_folds(self.groups, fractions=self.config.fractions, n_folds=self.config.n_folds, seed=self.config.seed)
+        self.train, self.val, self.test = plan.train, plan.val, plan.test
+        self.folds = [(fold.train, fold.validation) for fold in plan.folds]
         self._check_folder()
 
         total = len(self.grid_specs()) * self.config.trial_epochs
@@ -202,6 +198,11 @@ class _Protocol:
             verbose=self.verbose,
         )
 
+    def run_units(self, specs: list[UnitSpec]) -> list[dict[str, Any]]:
+        """Run ``specs`` one after the other, the progress bar sized to their epochs."""
+        self.bar.total = sum(spec.epochs for spec in specs)
+        return [self.run_unit(spec) for spec in specs]
+
     def close(self) -> None:
         self.bar.close()
         if not self.is_chief:
@@ -232,19 +233,10 @@ def grid_search(
     Trials train on the train split and are scored on the validation split with their
     lowest-validation-loss checkpoint. Finished trials are skipped, an interrupted one resumes.
 
-    Parameters
-    ----------
-    crops, run_dir, config, pipeline, strategy, progress
-        As in :func:`run_protocol`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The grid table (see :func:`run_protocol`).
+    The arguments are :func:`run_protocol`'s; the result is the grid table it describes.
     """
     with _Protocol(crops, run_dir=run_dir, config=config, pipeline=pipeline, strategy=strategy, progress=progress) as protocol:
-        protocol.bar.total = len(protocol.grid_specs()) * protocol.config.trial_epochs
-        return _grid_table([protocol.run_unit(spec) for spec in protocol.grid_specs()])
+        return _grid_table(protocol.run_units(protocol.grid_specs()))
 
 
 def select_hyperparameters(grid: pd.DataFrame, *, metric: str = "val_dice") -> pd.DataFrame:
@@ -277,7 +269,7 @@ def select_hyperparameters(grid: pd.DataFrame, *, metric: str = "val_dice") -> p
     return pd.DataFrame(rows)
 
 
-def run_folds(
+def run_development_folds(
     crops: CropSet | None = None,
     *,
     run_dir: str | os.PathLike,
@@ -288,10 +280,12 @@ def run_folds(
     progress: bool = True,
 ) -> pd.DataFrame:
     """The protocol's cross-validation phase: patient-grouped k folds of each architecture with its
-    chosen hyper-parameters (the real-CT recipes' cross-validation is :func:`nodulekit.evaluation.cross_validate`).
+    chosen hyper-parameters (the real-CT recipes' cross-validation over all patients is
+    :func:`nodulekit.evaluation.cross_validate_all_patients`).
 
-    The folds split the train + validation patients; each fold trains ``config.epochs`` epochs,
-    keeps the lowest-validation-loss checkpoint and scores it on the held-out test patients.
+    The folds split the train + validation ("development") patients
+    (:func:`nodulekit.splits.development_folds`); each fold trains ``config.epochs`` epochs, keeps
+    the lowest-validation-loss checkpoint and scores it on the held-out test patients.
 
     Parameters
     ----------
@@ -306,8 +300,7 @@ def run_folds(
         The folds table (see :func:`run_protocol`).
     """
     with _Protocol(crops, run_dir=run_dir, config=config, pipeline=pipeline, strategy=strategy, progress=progress) as protocol:
-        protocol.bar.total = len(_as_choice(selection)) * protocol.config.n_folds * protocol.config.epochs
-        return _folds_table([protocol.run_unit(spec) for spec in _cv_specs(protocol, selection)])
+        return _folds_table(protocol.run_units(_cv_specs(protocol, selection)))
 
 
 def run_protocol(

@@ -123,14 +123,13 @@ def load_finished(folder: str | os.PathLike, meta: dict[str, Any]) -> dict[str, 
     unit = UnitFolder(Path(folder))
     if not unit.done.exists():
         return None
+    done = _read_for(unit.done, meta, what="done marker", then="redoing the unit")
+    if done is None:
+        return None
     try:
-        done = read_json(unit.done)
         record = read_json(unit.metrics)
     except (OSError, ValueError) as exc:
-        logger.warning("%s: unreadable done marker or metrics (%s); redoing the unit", folder, exc)
-        return None
-    if done.get("meta") != meta:
-        logger.warning("%s: finished with other settings or data; redoing the unit", folder)
+        logger.warning("%s: unreadable metrics (%s); redoing the unit", folder, exc)
         return None
     if done.get("status") == "ok":
         checkpoint = unit.checkpoint
@@ -164,7 +163,9 @@ def train_unit(
     folder : path
         The unit's folder (created).
     config : TrainConfig
-        Loss, model options, augmentation, precision, early stopping, threshold, seed.
+        The protocol: the unit trains ``config.recipe(spec.architecture, spec.learning_rate,
+        spec.batch_size, phase=spec.phase)`` (model, loss, augmentation, threshold, early
+        stopping) under its precision, seed and empty-mask policy.
     strategy : tf.distribute.Strategy, optional
         The model, its optimizer and ``compile`` are created inside ``strategy.scope()``.
     read_from : path, optional
@@ -221,25 +222,24 @@ def train_unit(
         logger.info("%s: resuming after epoch %d", spec.name, state["epoch"])
 
     seed = unit_seed(config.seed, spec)
+    recipe = config.recipe(spec.architecture, spec.learning_rate, spec.batch_size, phase=spec.phase)
     height, width = data.train_images.shape[1:]
     keras.backend.clear_session()  # before the policy: clear_session also resets Keras's dtype policy
     with precision_policy(config.mixed_precision):
         keras.utils.set_random_seed(seed)
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         with scope:
-            bias = config.output_bias
-            if bias == "prior":
-                bias = initial_output_bias(data.train_masks) if data.train_masks.any() else None
-            model = build_model(
-                spec.architecture, (height, width, 1), filters=config.filters, output_bias=bias, **config.model_options
-            )
+            options = dict(recipe.model_options)  # filters, output_bias and the other build_model options
+            if options.get("output_bias") == "prior":
+                options["output_bias"] = initial_output_bias(data.train_masks) if data.train_masks.any() else None
+            model = build_model(recipe.architecture, (height, width, 1), **options)
             model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate=spec.learning_rate),
-                loss=get_loss(config.loss, **config.loss_options),
+                optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate),
+                loss=get_loss(recipe.loss, **recipe.loss_options),
                 metrics=[
-                    keras.metrics.BinaryAccuracy(name="accuracy", threshold=config.threshold),
+                    keras.metrics.BinaryAccuracy(name="accuracy", threshold=recipe.threshold),
                     DiceCoefficient(
-                        name="dice", threshold=config.threshold, empty="exclude" if config.empty == "separate" else config.empty
+                        name="dice", threshold=recipe.threshold, empty="exclude" if config.empty == "separate" else config.empty
                     ),
                 ],
                 jit_compile=config.jit_compile,
@@ -255,7 +255,7 @@ def train_unit(
             # every crop).
             return 0 < n % spec.batch_size < replicas
 
-        stopping = ResumableEarlyStopping(state, patience=config.early_stopping_patience)
+        stopping = ResumableEarlyStopping(state, patience=recipe.early_stopping_patience)
         callbacks: list = [
             EpochRecord(state, learning_rate=spec.learning_rate),
             BestCheckpoint(state, directory=state_dir),
@@ -275,7 +275,7 @@ def train_unit(
                 data.train_masks,
                 batch_size=spec.batch_size,
                 shuffle=True,
-                augment=config.augmentation if config.augment else False,
+                augment=recipe.augmentation or False,
                 seed=seed,
                 epoch=state["epoch"],
                 epochs=spec.epochs - state["epoch"],
@@ -357,7 +357,7 @@ def _evaluate(checkpoint: Path, data: UnitData, config: TrainConfig) -> dict[str
     """Score the kept checkpoint on validation (and test, when given) with the numpy metrics."""
     import keras
 
-    from ..metrics import background_accuracy, segmentation_report
+    from ..metrics import score_crops
     from ..models import predict_probabilities
 
     model = load_model(checkpoint)
@@ -367,8 +367,7 @@ def _evaluate(checkpoint: Path, data: UnitData, config: TrainConfig) -> dict[str
         splits.append(("test", data.test_images, data.test_masks))
     for prefix, images, masks in splits:
         probabilities = predict_probabilities(model, images, batch_size=64)
-        report = segmentation_report(masks, probabilities, threshold=config.threshold, empty=config.empty)
-        report.setdefault("background_accuracy", background_accuracy(masks))
+        report = score_crops(masks, probabilities, threshold=config.threshold, empty=config.empty).report
         scores.update({f"{prefix}_{k}": _plain(v) for k, v in report.items() if _is_scalar(v) and k != "threshold"})
     del model
     keras.backend.clear_session()
@@ -392,13 +391,8 @@ def _load_state(state_dir: Path, meta: dict) -> dict | None:
     path = state_dir / "state.json"
     if not path.exists():
         return None
-    try:
-        state = read_json(path)
-    except (OSError, ValueError) as exc:
-        logger.warning("%s: unreadable resume state (%s); restarting the unit", path, exc)
-        return None
-    if state.get("meta") != meta:
-        logger.warning("%s: resume state of other settings or data; restarting the unit", path)
+    state = _read_for(path, meta, what="resume state", then="restarting the unit")
+    if state is None:
         return None
     for key in ("weights", "best"):
         name = state.get(key)
@@ -407,6 +401,20 @@ def _load_state(state_dir: Path, meta: dict) -> dict | None:
             return None
     state["best_val_loss"] = math.inf if state.get("best_val_loss") is None else float(state["best_val_loss"])
     return state
+
+
+def _read_for(path: Path, meta: dict, *, what: str, then: str) -> dict | None:
+    """The JSON record at ``path`` when it is readable and was written for ``meta``; else ``None``
+    (logged as ``"<path>: unreadable <what> ...; <then>"`` or ``"... of other settings or data"``)."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: unreadable %s (%s); %s", path, what, exc, then)
+        return None
+    if record.get("meta") != meta:
+        logger.warning("%s: %s of other settings or data; %s", path, what, then)
+        return None
+    return record
 
 
 def _reset(folder: Path) -> None:
