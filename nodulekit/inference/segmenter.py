@@ -461,16 +461,17 @@ class Segmenter:
         Returns
         -------
         dict
-            :func:`nodulekit.metrics.segmentation_report` plus ``n_crops`` and ``threshold``.
+            The pooled report of :func:`nodulekit.metrics.score_crops` (the one scorer of
+            predicted crops) plus ``n_crops`` and ``threshold``.
         """
-        from ..metrics import segmentation_report  # Keras: imported on first use
+        from ..metrics import score_crops  # metrics imports Keras: loaded on first use
 
         threshold = self.threshold if threshold is None else float(threshold)
         probabilities = self.predict_crops(crops.images, batch_size=batch_size, progress=progress)
         masks = crops.masks
         if masks.shape[1:] != probabilities.shape[1:]:
             masks = center_crop(masks, probabilities.shape[1:])
-        report = dict(segmentation_report(masks, probabilities, threshold=threshold))
+        report = dict(score_crops(masks, probabilities, threshold=threshold).report)
         report.update({"n_crops": int(len(crops)), "threshold": threshold})
         return report
 
