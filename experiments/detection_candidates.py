@@ -53,7 +53,7 @@ def union_candidates(hu, probabilities, lung, spacing, *, threshold: float = 0.5
     start = time.perf_counter()
     blob = blob_candidates(hu, lung, spacing)
     seconds = time.perf_counter() - start
-    union = merge_candidates(*segmenter, *blob)
+    union = merge_candidates(*segmenter, *blob, spacing=spacing)
     return segmenter, blob, union, seconds
 
 
@@ -268,7 +268,7 @@ def command_lidc(args) -> int:
 
     blob_labels, blob_table = blob_candidates(hu, result.lung, spacing)
     blob_seconds = time.perf_counter() - start
-    labels, table = merge_candidates(result.labels, result.nodules, blob_labels, blob_table)
+    labels, table = merge_candidates(result.labels, result.nodules, blob_labels, blob_table, spacing=spacing)
     frame = union_features(labels, table, probabilities=result.probabilities, hu=hu, lung=result.lung, spacing=spacing)
     classifier = load_classifier(out / CLASSIFIER_FOLDER)
     scores = classifier.predict_proba(frame)

@@ -704,16 +704,30 @@ def merge_candidates(
     segmenter_table: pd.DataFrame,
     blob_labels: np.ndarray,
     blob_table: pd.DataFrame,
+    *,
+    spacing: Sequence[float],
+    min_distance_mm: float = 3.0,
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """The union of two candidate sources, each nodule once: a blob overlapping a segmenter component is dropped.
+    """The union of two candidate sources, each nodule once.
+
+    A blob is the segmenter's nodule again, and is dropped, when it overlaps a segmenter component
+    whose centre lies within the blob's radius (at least ``min_distance_mm``) of the blob's peak. A
+    blob that only touches a component centred elsewhere (a nodule at the end of a vessel the
+    segmenter marked with it, whose centre falls off the nodule) is kept, without the voxels the
+    segmenter's component already has; a segmenter component gets the strongest response of the
+    blobs overlapping it as its ``blob_strength`` (0 when none: vessels and pleura rarely have one).
 
     Parameters
     ----------
     segmenter_labels, blob_labels : ndarray of int, same 3-D shape
         Components, label = ``nodule_id`` of their table.
     segmenter_table, blob_table : pandas.DataFrame
-        Their tables (:func:`nodulekit.inference.measure_nodules`, :func:`blob_candidates`), at least
-        ``nodule_id`` and the centre columns.
+        Their tables (:func:`nodulekit.inference.measure_nodules`, :func:`blob_candidates`):
+        ``nodule_id`` and the centre columns; ``blob_strength`` and ``blob_radius_mm`` for blobs.
+    spacing : sequence of float
+        Voxel size in mm (slice, row, column).
+    min_distance_mm : float
+        Smallest distance (mm) within which a segmenter centre makes a blob a duplicate.
 
     Returns
     -------
@@ -721,35 +735,56 @@ def merge_candidates(
         Segmenter components keep their ids; kept blobs follow (``len(segmenter_table) + 1``, ...).
     table : pandas.DataFrame
         Both tables stacked with ``nodule_id`` renumbered likewise, ``source`` ("segmenter" or
-        "blob") and ``blob_strength`` (0 for segmenter components).
+        "blob") and ``blob_strength``.
 
     Raises
     ------
     InvalidParameterError
-        On label volumes of different shapes or not 3-D.
+        On label volumes of different shapes or not 3-D, or an unknown spacing.
 
     Examples
     --------
     >>> seg = np.array([[[1, 1, 0, 0, 0, 0]]])
     >>> blob = np.array([[[0, 1, 0, 2, 2, 0]]])
-    >>> seg_table = pd.DataFrame({"nodule_id": [1]})
-    >>> blob_table = pd.DataFrame({"nodule_id": [1, 2], "blob_strength": [50.0, 30.0]})
-    >>> labels, table = merge_candidates(seg, seg_table, blob, blob_table)
-    >>> labels.tolist(), table["source"].tolist()
-    ([[[1, 1, 0, 2, 2, 0]]], ['segmenter', 'blob'])
+    >>> centres = {"centroid_z": 0.0, "centroid_y": 0.0}
+    >>> seg_table = pd.DataFrame({"nodule_id": [1], "centroid_x": [0.5], **centres})
+    >>> blob_table = pd.DataFrame({"nodule_id": [1, 2], "centroid_x": [1.0, 3.5], **centres,
+    ...                            "blob_strength": [50.0, 30.0], "blob_radius_mm": [2.0, 2.0]})
+    >>> labels, table = merge_candidates(seg, seg_table, blob, blob_table, spacing=(1.0, 1.0, 1.0))
+    >>> labels.tolist(), table["source"].tolist(), table["blob_strength"].tolist()
+    ([[[1, 1, 0, 2, 2, 0]]], ['segmenter', 'blob'], [50.0, 30.0])
     """
     segmenter_labels = np.asarray(segmenter_labels)
     blob_labels = np.asarray(blob_labels)
     if segmenter_labels.ndim != 3 or segmenter_labels.shape != blob_labels.shape:
         raise InvalidParameterError(f"candidate labels must be 3-D arrays of one shape, got {segmenter_labels.shape} and {blob_labels.shape}")
+    sampling = np.array([float(s) for s in spacing]) if np.ndim(spacing) == 1 else np.zeros(0)
+    if sampling.shape != (3,) or not np.isfinite(sampling).all() or sampling.min() <= 0:
+        raise InvalidParameterError(f"merging candidates needs a known voxel size (slice, row, column) in mm, got {spacing!r}")
+    centre_columns = ["centroid_z", "centroid_y", "centroid_x"]
+    both = (segmenter_labels > 0) & (blob_labels > 0)
+    pairs = np.unique(np.stack([segmenter_labels[both], blob_labels[both]], axis=1), axis=0) if both.any() else np.zeros((0, 2), int)
+    strength = dict(zip(blob_table["nodule_id"].to_numpy(int), blob_table["blob_strength"].to_numpy(float))) if "blob_strength" in blob_table else {}
+    radius = dict(zip(blob_table["nodule_id"].to_numpy(int), blob_table["blob_radius_mm"].to_numpy(float))) if "blob_radius_mm" in blob_table else {}
+    segmenter_centres = dict(zip(segmenter_table["nodule_id"].to_numpy(int), segmenter_table[centre_columns].to_numpy(float)))
+    blob_centres = dict(zip(blob_table["nodule_id"].to_numpy(int), blob_table[centre_columns].to_numpy(float)))
+    segmenter_strength = dict.fromkeys(segmenter_table["nodule_id"].to_numpy(int), 0.0)
+    duplicates = set()
+    for segment, blob in pairs:
+        segmenter_strength[int(segment)] = max(segmenter_strength.get(int(segment), 0.0), strength.get(int(blob), 0.0))
+        distance = np.sqrt((((segmenter_centres[int(segment)] - blob_centres[int(blob)]) * sampling) ** 2).sum())
+        if distance <= max(radius.get(int(blob), 0.0), float(min_distance_mm)):
+            duplicates.add(int(blob))
+    free = np.bincount(blob_labels[(segmenter_labels == 0) & (blob_labels > 0)], minlength=int(np.max(blob_labels, initial=0)) + 1)
+    ids = blob_table["nodule_id"].to_numpy(int)
+    keep = np.array([i not in duplicates and i < len(free) and free[i] > 0 for i in ids], bool)
+    blobs = blob_table[keep]
     count = int(max(np.max(segmenter_labels, initial=0), len(segmenter_table)))
-    overlapping = np.unique(blob_labels[(segmenter_labels > 0) & (blob_labels > 0)])
-    blobs = blob_table[~blob_table["nodule_id"].isin(overlapping)]
-    lookup = np.zeros(int(max(np.max(blob_labels, initial=0), blob_table["nodule_id"].max() if len(blob_table) else 0)) + 1, np.int32)
+    lookup = np.zeros(int(max(np.max(blob_labels, initial=0), ids.max() if len(ids) else 0)) + 1, np.int32)
     new_ids = np.arange(count + 1, count + 1 + len(blobs), dtype=np.int32)
     lookup[blobs["nodule_id"].to_numpy(int)] = new_ids
     merged = np.where(segmenter_labels > 0, segmenter_labels, lookup[blob_labels]).astype(np.int32)
-    first = segmenter_table.assign(source="segmenter", blob_strength=0.0)
+    first = segmenter_table.assign(source="segmenter", blob_strength=[segmenter_strength.get(int(i), 0.0) for i in segmenter_table["nodule_id"]])
     second = blobs.assign(nodule_id=new_ids, source="blob")
     table = pd.concat([first, second], ignore_index=True) if len(second) else first.reset_index(drop=True)
     return merged, table
@@ -759,7 +794,8 @@ def source_features(table: pd.DataFrame) -> pd.DataFrame:
     """:data:`SOURCE_FEATURE_NAMES` of a merged candidate table (:func:`merge_candidates`).
 
     ``from_blob`` is 1 for candidates only the blob filter found, ``log_blob_strength`` the log of
-    1 + their filter response in HU (0 for segmenter components and tables without those columns).
+    1 + the filter response in HU (for a segmenter component, that of the strongest blob on it; 0
+    without one and for tables without those columns).
     """
     blob = table["source"].eq("blob").to_numpy(float) if "source" in table else np.zeros(len(table))
     strength = table["blob_strength"].fillna(0.0).to_numpy(float) if "blob_strength" in table else np.zeros(len(table))

@@ -69,7 +69,7 @@ def test_merge_keeps_each_nodule_once():
     blob_labels, blob_table = blob_candidates(hu, lung, SPACING)
     segmenter_labels = found.astype(np.int32)  # the segmenter found one of the two balls
     segmenter_table = pd.DataFrame({"nodule_id": [1], "centroid_z": [16.0], "centroid_y": [20.0], "centroid_x": [20.0]})
-    labels, table = merge_candidates(segmenter_labels, segmenter_table, blob_labels, blob_table)
+    labels, table = merge_candidates(segmenter_labels, segmenter_table, blob_labels, blob_table, spacing=SPACING)
     centres = table[["centroid_z", "centroid_y", "centroid_x"]].to_numpy()
     near_found = np.linalg.norm(centres - (16, 20, 20), axis=1) <= 4.0
     assert near_found.sum() == 1 and table.loc[near_found, "source"].tolist() == ["segmenter"]
@@ -93,6 +93,10 @@ def test_source_features_and_a_union_classifier():
     assert CandidateClassifier.from_config(model.to_config()).feature_names == names
 
 
+def _empty():
+    return pd.DataFrame({"nodule_id": [], "centroid_z": [], "centroid_y": [], "centroid_x": []})
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -102,7 +106,8 @@ def test_source_features_and_a_union_classifier():
         lambda hu, lung: blob_candidates(hu, lung, (float("nan"), 1.0, 1.0)),
         lambda hu, lung: blob_candidates(hu, lung, SPACING, radii_mm=()),
         lambda hu, lung: blob_candidates(hu, lung, SPACING, max_candidates=0),
-        lambda hu, lung: merge_candidates(np.zeros((2, 4, 4), int), pd.DataFrame({"nodule_id": []}), np.zeros((2, 4, 5), int), pd.DataFrame({"nodule_id": []})),
+        lambda hu, lung: merge_candidates(np.zeros((2, 4, 4), int), _empty(), np.zeros((2, 4, 5), int), _empty(), spacing=SPACING),
+        lambda hu, lung: merge_candidates(np.zeros((2, 4, 4), int), _empty(), np.zeros((2, 4, 4), int), _empty(), spacing=(1.0, 1.0)),
     ],
 )
 def test_bad_input_is_a_named_error(call):
