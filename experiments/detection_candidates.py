@@ -17,10 +17,14 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
    candidates of the same training scans.
 3. ``lidc``: LIDC-IDRI-0001 (DICOM + XML): the nodule's candidates by source, counts, and its rank
    under the union classifier.
+4. ``stacks``: the real dev nodules (LIDC crop stacks, as ``detection_stacks.py``): which source
+   finds each, by the nodule's mean band of pseudo-HU (the crops are min-max scaled, not HU:
+   :data:`PSEUDO_HU`).
 
     python experiments/detection_candidates.py candidates --cache /tmp/cands-cache
     python experiments/detection_candidates.py evaluate --cache /tmp/cands-cache
     python experiments/detection_candidates.py lidc ../shared/data/lidc/LIDC-IDRI-0001
+    python experiments/detection_candidates.py stacks
 """
 
 from __future__ import annotations
@@ -293,6 +297,78 @@ def command_lidc(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------
+# Real dev nodules: the LIDC crop stacks, by (pseudo-)HU band
+# --------------------------------------------------------------------------------------------------
+
+#: The release's crops are min-max scaled per crop (not HU): 0..255 is mapped linearly to this
+#: range of pseudo-HU (the darkest voxel of a lung crop is air/parenchyma, the brightest soft tissue
+#: or bone), so bands and the blob filter's HU settings are approximate on them.
+PSEUDO_HU = (-1000.0, 400.0)
+#: Mean (pseudo-)HU bands of a nodule's marked voxels.
+HU_BANDS = ((-np.inf, -600.0, "< -600"), (-600.0, -300.0, "-600..-300"), (-300.0, np.inf, "> -300"))
+
+
+def command_stacks(args) -> int:
+    """Segmenter against union candidate recall on the dev crop stacks, by the nodules' mean pseudo-HU band."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from nodulekit import load_pretrained
+    from nodulekit.detection import blob_candidates, candidate_outcomes, merge_candidates
+    from nodulekit.readers import read_lidc_release
+    from nodulekit.utils import write_json
+
+    stacks_module = _stacks_script()
+    spacing = stacks_module.SPACING
+    crops = read_lidc_release(args.data, consensus="union", progress=False)
+    segmenter = load_pretrained(tta=False).segmenter
+    table = crops.table.reset_index(drop=True)
+    groups = list(table.groupby("nodule_id", sort=True).groups.items())[: args.limit]
+    rows = []
+    for nodule_id, index in tqdm(groups, desc="stacks", unit="stack"):
+        order = np.asarray(index)[np.argsort(table.loc[index, "slice_index"].to_numpy())]
+        images = crops.images[order]
+        images = images[..., 0] if images.ndim == 4 else images
+        marks = crops.reader_masks[order].any(axis=1)
+        marks = marks[..., 0] if marks.ndim == 4 else marks
+        if not marks.any():
+            continue
+        result = segmenter.segment(images, spacing=spacing, units="uint8", connect_slices=True, lungs=False, progress=False)
+        hu = PSEUDO_HU[0] + images.astype(np.float32) * ((PSEUDO_HU[1] - PSEUDO_HU[0]) / 255.0)
+        blob_labels, blob_table = blob_candidates(hu, np.ones(hu.shape, bool), spacing)
+        labels, union = merge_candidates(result.labels, result.nodules, blob_labels, blob_table, spacing=spacing)
+        found = {}
+        for name, (lab, tab) in {"segmenter": (result.labels, result.nodules), "blob": (blob_labels, blob_table), "union": (labels, union)}.items():
+            found[name] = bool(len(tab) and (candidate_outcomes(lab, tab, marks) == "positive").any())
+            found[f"{name}_candidates"] = int(len(tab))
+        rows.append({"patient_id": table.loc[order[0], "patient_id"], "stack": nodule_id, "mean_pseudo_hu": float(hu[marks].mean()), **found})
+    frame = pd.DataFrame(rows)
+    frame["band"] = pd.cut(frame["mean_pseudo_hu"], [b[0] for b in HU_BANDS] + [np.inf], labels=[b[2] for b in HU_BANDS], right=False)
+    summary = {"stacks": int(len(frame)), "pseudo_hu": list(PSEUDO_HU), "by_band": {}, "all": {}}
+    for name, group in [("all", frame)] + [(str(b), g) for b, g in frame.groupby("band", observed=True)]:
+        entry = {"n": int(len(group))}
+        for source in SOURCES:
+            entry[f"recall_{source}"] = round(float(group[source].mean()), 3)
+            entry[f"candidates_per_stack_{source}"] = round(float(group[f"{source}_candidates"].mean()), 2)
+        (summary if name == "all" else summary["by_band"])[name] = entry
+    out = Path(args.out)
+    previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
+    previous["dev_crop_stacks"] = summary
+    write_json(out / RESULT, previous)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _stacks_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("detection_stacks", Path(__file__).with_name("detection_stacks.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -304,12 +380,16 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--folds", type=int, default=5)
     lidc = sub.add_parser("lidc", help="LIDC-IDRI-0001: candidates by source and the nodule's rank")
     lidc.add_argument("scan")
+    stacks = sub.add_parser("stacks", help="dev crop stacks: segmenter against union recall by pseudo-HU band")
+    stacks.add_argument("--data", default="../shared/data/lidc/LIDC-IDRI-slices")
+    stacks.add_argument("--limit", type=int, default=None)
     for command in (candidates, evaluate):
         command.add_argument("--cache", default="runs/detect")
-    for command in (evaluate, lidc):
+    for command in (evaluate, lidc, stacks):
         command.add_argument("--out", default="experiments/results")
     args = parser.parse_args(argv)
-    return {"candidates": command_candidates, "evaluate": command_evaluate, "lidc": command_lidc}[args.command](args)
+    commands = {"candidates": command_candidates, "evaluate": command_evaluate, "lidc": command_lidc, "stacks": command_stacks}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
