@@ -830,6 +830,7 @@ def _box(mask: np.ndarray, sampling: np.ndarray, pad_mm: float) -> tuple[slice, 
 
 def _block_mean(image: np.ndarray, mask: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``image`` averaged and ``mask`` or-ed over blocks of ``step`` voxels (the remainder at the far ends dropped)."""
+    step = np.minimum(step, image.shape)  # a thin scan keeps at least one block per axis
     if (step == 1).all():
         return image.copy(), mask
     shape = np.array(image.shape) // step

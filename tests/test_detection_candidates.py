@@ -62,6 +62,13 @@ def test_nothing_outside_the_lungs():
     assert len(table) == 0 and not labels.any()
 
 
+def test_a_thin_stack_is_searched_without_error():
+    hu, lung = _lung((2, 48, 48))
+    hu[:, 20:26, 20:26] = 30.0
+    labels, table = blob_candidates(hu, lung, (2.5, 0.7, 0.7))
+    assert labels.shape == hu.shape and list(table.columns) == list(BLOB_COLUMNS)
+
+
 def test_merge_keeps_each_nodule_once():
     hu, lung = _lung()
     found, missed = _ball(hu.shape, (16, 20, 20), 4.0), _ball(hu.shape, (16, 44, 44), 4.0)
