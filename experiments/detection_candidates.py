@@ -12,11 +12,13 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
    The segmenter-only features of ``detection.py features`` are computed too (the shipped baseline).
 2. ``evaluate``: candidate recall by nodule kind and candidates per scan for each source on the
    held-out (odd) seeds; a logistic second stage on the union refit on the training (even) seeds
-   (regularization by scan-grouped CV), its held-out FROC CPM and candidate AUC against the shipped
-   classifier on the segmenter's candidates and against the same recipe refit on the segmenter's
-   candidates of the same training scans.
+   (regularization by scan-grouped CV), one for all candidates and one per source (each candidate
+   scored by its source's classifier: the model's probability features mean nothing on a blob),
+   their held-out FROC CPM and candidate AUC against the shipped classifier on the segmenter's
+   candidates and against the same recipe refit on the segmenter's candidates of the same
+   training scans; gradient boosting on the union for comparison (it does not fit the JSON format).
 3. ``lidc``: LIDC-IDRI-0001 (DICOM + XML): the nodule's candidates by source, counts, and its rank
-   under the union classifier.
+   under the per-source classifiers (trained on synthetic scans only).
 4. ``stacks``: the real dev nodules (LIDC crop stacks, as ``detection_stacks.py``): which source
    finds each, by the nodule's mean band of pseudo-HU (the crops are min-max scaled, not HU:
    :data:`PSEUDO_HU`).
@@ -158,24 +160,49 @@ def recall_summary(recall, counts) -> dict:
     return out
 
 
-def fit_union(candidates, references, spacing_of, *, feature_names, folds: int, seed: int = 0):
-    """Regularization chosen by scan-grouped CV CPM, then a fit on every training candidate."""
-    from sklearn.model_selection import GroupKFold
-
+def _fit(candidates, labels, *, feature_names, regularization: float, by_source: bool, seed: int = 0) -> dict:
+    """One classifier for all candidates (key ``"all"``) or one per source (``"segmenter"``, ``"blob"``)."""
     from nodulekit.detection import CandidateClassifier
+
+    if not by_source:
+        return {"all": CandidateClassifier.fit(candidates, labels, feature_names=feature_names, regularization=regularization, seed=seed)}
+    out = {}
+    for source in ("segmenter", "blob"):
+        mine = (candidates["source"] == source).to_numpy()
+        out[source] = CandidateClassifier.fit(candidates[mine], labels[mine], feature_names=feature_names, regularization=regularization, seed=seed)
+    return out
+
+
+def score(classifiers: dict, candidates) -> np.ndarray:
+    """Probabilities of :func:`_fit`'s classifiers, each candidate by the classifier of its source."""
+    if "all" in classifiers:
+        return classifiers["all"].predict_proba(candidates)
+    scores = np.zeros(len(candidates))
+    for source, classifier in classifiers.items():
+        mine = (candidates["source"] == source).to_numpy()
+        if mine.any():
+            scores[mine] = classifier.predict_proba(candidates[mine])
+    return scores
+
+
+def fit_union(candidates, references, spacing_of, *, feature_names, folds: int, by_source: bool = False, seed: int = 0):
+    """Regularization chosen by scan-grouped CV CPM, then a fit on every training candidate; threshold at 1 FP per scan (CV)."""
+    from sklearn.model_selection import GroupKFold
 
     labels = candidates["label"].to_numpy(bool)
     validation = {}
     for c in (0.01, 0.1, 1.0):
         scores = np.zeros(len(candidates))
         for train, test in GroupKFold(n_splits=folds).split(candidates, labels, candidates["seed"]):
-            fitted = CandidateClassifier.fit(candidates.iloc[train], labels[train], feature_names=feature_names, regularization=c, seed=seed)
-            scores[test] = fitted.predict_proba(candidates.iloc[test])
+            fitted = _fit(candidates.iloc[train], labels[train], feature_names=feature_names, regularization=c, by_source=by_source, seed=seed)
+            scores[test] = score(fitted, candidates.iloc[test])
         validation[c] = whole_scan.froc_of(candidates, references, scores, spacing_of)
     best = max(validation, key=lambda c: validation[c].cpm)
-    classifier = CandidateClassifier.fit(candidates, labels, feature_names=feature_names, regularization=best, seed=seed)
-    classifier.threshold = float(min(validation[best].threshold_at(1.0), 1.0))
-    return classifier, {str(c): round(float(r.cpm), 4) for c, r in validation.items()}, best
+    classifiers = _fit(candidates, labels, feature_names=feature_names, regularization=best, by_source=by_source, seed=seed)
+    threshold = float(min(validation[best].threshold_at(1.0), 1.0))
+    for classifier in classifiers.values():
+        classifier.threshold = threshold
+    return classifiers, {str(c): round(float(r.cpm), 4) for c, r in validation.items()}, best
 
 
 def command_evaluate(args) -> int:
@@ -191,16 +218,20 @@ def command_evaluate(args) -> int:
     test_spacing = whole_scan.spacings(folder, test_refs)
     train_spacing = whole_scan.spacings(folder, train_refs)
     union_names = tuple(FEATURE_NAMES) + tuple(SOURCE_FEATURE_NAMES)
-    classifier, validation, regularization = fit_union(train, train_refs, train_spacing, feature_names=union_names, folds=args.folds)
-    classifier.metadata = {
-        "trained_on": f"union candidates (shipped segmenter + blob_candidates) of {len(train_refs)} synthetic scans (even seeds)",
-        "n_candidates": int(len(train)),
-        "n_positive": int(train["label"].sum()),
-        "regularization": regularization,
-        "validation_cpm_by_regularization": validation,
-        "threshold_target_fp_per_scan": 1.0,
-    }
-    classifier.save(out / CLASSIFIER_FOLDER)
+    fits = {}
+    for by_source in (False, True):
+        classifiers, validation, regularization = fit_union(train, train_refs, train_spacing, feature_names=union_names, folds=args.folds, by_source=by_source)
+        for source, classifier in classifiers.items():
+            classifier.metadata = {
+                "trained_on": f"{source} candidates of the union (shipped segmenter + blob_candidates) of {len(train_refs)} synthetic scans (even seeds)",
+                "n_candidates": int(len(train)),
+                "n_positive": int(train["label"].sum()),
+                "regularization": regularization,
+                "validation_cpm_by_regularization": validation,
+                "threshold_target_fp_per_scan": 1.0,
+            }
+            classifier.save(out / CLASSIFIER_FOLDER / ("one" if source == "all" else source))
+        fits["per source" if by_source else "one"] = (classifiers, validation, regularization)
 
     # the segmenter's candidates alone, as detection.py scores them
     def segmenter_only(refs):
@@ -213,10 +244,15 @@ def command_evaluate(args) -> int:
     seg_test, seg_train = segmenter_only(test_refs), segmenter_only(train_refs)
     shipped = load_classifier(Path(__file__).resolve().parents[1] / "nodulekit" / "pretrained" / "lidc_attention_unet")
     refit, refit_validation, _ = fit_union(seg_train, train_refs, train_spacing, feature_names=FEATURE_NAMES, folds=args.folds)
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    booster = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, random_state=0).fit(train[list(union_names)], train["label"].to_numpy(bool))
     scorings = {
-        "union, union classifier": (test, classifier.predict_proba(test)),
+        "union, one logistic classifier": (test, score(fits["one"][0], test)),
+        "union, one logistic classifier per source": (test, score(fits["per source"][0], test)),
+        "union, gradient boosting (comparison only: not JSON)": (test, booster.predict_proba(test[list(union_names)])[:, 1]),
         "segmenter, shipped classifier": (seg_test, shipped.predict_proba(seg_test)),
-        "segmenter, same recipe refit on these training scans": (seg_test, refit.predict_proba(seg_test)),
+        "segmenter, same recipe refit on these training scans": (seg_test, score(refit, seg_test)),
         "blob only, blob strength": (test[test["source"] == "blob"], test.loc[test["source"] == "blob", "blob_strength"].to_numpy(float)),
     }
     froc = {}
@@ -229,16 +265,19 @@ def command_evaluate(args) -> int:
             "candidate_auc": round(float(roc_auc_score(labels, scores)), 4) if labels.any() and not labels.all() else None,
             "candidates": int(len(table)),
         }
-    union_scores = classifier.predict_proba(test)
-    kept = whole_scan._recall_by_kind(test, test_refs, union_scores, classifier.threshold)
+    classifiers = fits["per source"][0]
+    kept = whole_scan._recall_by_kind(test, test_refs, score(classifiers, test), classifiers["blob"].threshold)
     summary = {
         "held_out_seeds": sorted(int(s) for s in test_refs),
         "training_seeds": sorted(int(s) for s in train_refs),
         "candidate_recall_held_out": recall_summary(test_recall, test_counts),
         "froc_held_out": froc,
-        "union_classifier": {"regularization": regularization, "validation_cpm": validation, "threshold_at_1_fp_per_scan_cv": classifier.threshold,
-                             "recall_by_kind_at_threshold": kept,
-                             "coefficients": dict(zip(classifier.feature_names, np.round(classifier.coefficients, 3).tolist()))},
+        "union_classifiers": {
+            name: {"regularization": c, "validation_cpm": v, "threshold_at_1_fp_per_scan_cv": next(iter(f.values())).threshold,
+                   "coefficients": {s: dict(zip(k.feature_names, np.round(k.coefficients, 3).tolist())) for s, k in f.items()}}
+            for name, (f, v, c) in fits.items()
+        },
+        "per_source_recall_by_kind_at_threshold": kept,
         "segmenter_refit_validation_cpm": refit_validation,
         "training_candidates_per_scan": {s: round(float(train_counts[s].mean()), 1) for s in SOURCES},
     }
@@ -274,17 +313,17 @@ def command_lidc(args) -> int:
     blob_seconds = time.perf_counter() - start
     labels, table = merge_candidates(result.labels, result.nodules, blob_labels, blob_table, spacing=spacing)
     frame = union_features(labels, table, probabilities=result.probabilities, hu=hu, lung=result.lung, spacing=spacing)
-    classifier = load_classifier(out / CLASSIFIER_FOLDER)
-    scores = classifier.predict_proba(frame)
+    classifiers = {source: load_classifier(out / CLASSIFIER_FOLDER / source) for source in ("segmenter", "blob")}
+    scores = score(classifiers, frame)
     _, ranked = rank_candidates(labels, frame, scores)
     reference = reference_from_mask(volume.mask, spacing=spacing)
     rows = []
     for index, record in enumerate(reference.itertuples(index=False)):
         ranks = {}
-        for name, candidates in (("segmenter (shipped ranking)", result.nodules), ("blob", blob_table), ("union, union classifier", ranked)):
+        for name, candidates in (("segmenter (shipped ranking)", result.nodules), ("blob", blob_table), ("union, per-source classifiers", ranked)):
             hits = hit_matrix(candidates, reference, spacing=spacing)[:, index] if len(candidates) else np.zeros(0, bool)
             ranks[name] = int(np.flatnonzero(hits)[0]) + 1 if hits.any() else None
-        best = ranks["union, union classifier"]
+        best = ranks["union, per-source classifiers"]
         rows.append({"nodule": index, "diameter_mm": round(float(record.diameter_mm), 1), "rank": ranks,
                      "union_score": round(float(ranked["score"].iloc[best - 1]), 4) if best else None,
                      "union_source": str(ranked["source"].iloc[best - 1]) if best else None})
