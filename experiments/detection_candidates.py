@@ -102,7 +102,9 @@ def scan_union(path: Path) -> None:
     frame["hit"] = [" ".join(str(k) for k in np.flatnonzero(row)) for row in hits]
     pd.DataFrame(rows).to_csv(path.with_name(path.stem + "-recall.csv"), index=False)
     path.with_name(path.stem + "-counts.json").write_text(json.dumps(counts))
-    frame.to_csv(union_csv, index=False)
+    temporary = union_csv.with_name("." + union_csv.name)
+    frame.to_csv(temporary, index=False)
+    temporary.replace(union_csv)  # written last and whole: its presence marks the scan done
     reference.to_csv(path.with_name(path.stem + "-reference.csv"), index=False)
 
 
