@@ -17,6 +17,12 @@ trained on candidates with known truth:
   the mediastinal side (hilum);
 * **the model's probabilities**: mean, spread, fraction above 0.9, mean in the shell around.
 
+The segmenter alone never proposes many sub-solid, ground-glass and juxtapleural nodules.
+:func:`blob_candidates` is a second, model-free candidate source (a multi-scale Hessian "dot"
+filter inside the lungs, [3]_), :func:`merge_candidates` unions both without listing a nodule twice,
+and :func:`source_features` (:data:`SOURCE_FEATURE_NAMES`) tells a second stage where each
+candidate came from (``experiments/detection_candidates.py`` measures them).
+
 :class:`CandidateClassifier` is a logistic regression on standardized features (scikit-learn to
 fit; numpy to predict), saved as JSON (feature names, means, scales, coefficients, the operating
 point) beside the segmenter (``classifier.json``): no pickle. Its output is the ``score`` column of
