@@ -40,6 +40,8 @@ References
 .. [2] A. A. A. Setio et al., "Pulmonary nodule detection in CT images: false positive reduction
    using multi-view convolutional networks", IEEE TMI 35(5):1160-1169, 2016 (candidate stage plus
    false-positive reduction).
+.. [3] Q. Li, S. Sone, K. Doi, "Selective enhancement filters for nodules, vessels, and airway
+   walls in two- and three-dimensional CT scans", Medical Physics 30(8):2040-2051, 2003.
 """
 
 from __future__ import annotations
@@ -665,8 +667,7 @@ def blob_candidates(
 
     References
     ----------
-    .. [3] Q. Li, S. Sone, K. Doi, "Selective enhancement filters for nodules, vessels, and airway
-       walls in two- and three-dimensional CT scans", Medical Physics 30(8):2040-2051, 2003.
+    Li, Sone and Doi 2003 (the module's [3]_): the dot enhancement filter.
     """
     hu = np.asarray(hu)
     lung = np.asarray(lung, bool)
