@@ -614,7 +614,7 @@ def blob_candidates(
 
     A bright blob has three negative Hessian eigenvalues of similar size, a vessel two and the
     pleura one. Li's dot enhancement ``|l_small|**2 / |l_large|`` (zero unless all three are
-    negative) keeps blobs and suppresses tubes and plates [3]_. The scan is clipped to
+    negative) keeps blobs and suppresses tubes and plates (Li et al. 2003). The scan is clipped to
     ``[-1000, hu_ceiling]`` HU (so ground glass at -700..-500 HU is not outweighed by solid tissue),
     set to -1000 HU outside the lung mask dilated by ``margin_mm`` (the chest wall beside a
     juxtapleural nodule becomes air, the nodule a blob), averaged over blocks of whole voxels of
@@ -667,7 +667,7 @@ def blob_candidates(
 
     References
     ----------
-    Li, Sone and Doi 2003 (the module's [3]_): the dot enhancement filter.
+    Q. Li, S. Sone, K. Doi, Medical Physics 30(8):2040-2051, 2003 (the dot enhancement filter; the module docstring lists it in full).
     """
     hu = np.asarray(hu)
     lung = np.asarray(lung, bool)
