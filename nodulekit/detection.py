@@ -17,6 +17,12 @@ trained on candidates with known truth:
   the mediastinal side (hilum);
 * **the model's probabilities**: mean, spread, fraction above 0.9, mean in the shell around.
 
+The segmenter alone never proposes many sub-solid, ground-glass and juxtapleural nodules.
+:func:`blob_candidates` is a second, model-free candidate source (a multi-scale Hessian "dot"
+filter inside the lungs, [3]_), :func:`merge_candidates` unions both without listing a nodule twice,
+and :func:`source_features` (:data:`SOURCE_FEATURE_NAMES`) tells a second stage where each
+candidate came from (``experiments/detection_candidates.py`` measures them).
+
 :class:`CandidateClassifier` is a logistic regression on standardized features (scikit-learn to
 fit; numpy to predict), saved as JSON (feature names, means, scales, coefficients, the operating
 point) beside the segmenter (``classifier.json``): no pickle. Its output is the ``score`` column of
@@ -34,6 +40,8 @@ References
 .. [2] A. A. A. Setio et al., "Pulmonary nodule detection in CT images: false positive reduction
    using multi-view convolutional networks", IEEE TMI 35(5):1160-1169, 2016 (candidate stage plus
    false-positive reduction).
+.. [3] Q. Li, S. Sone, K. Doi, "Selective enhancement filters for nodules, vessels, and airway
+   walls in two- and three-dimensional CT scans", Medical Physics 30(8):2040-2051, 2003.
 """
 
 from __future__ import annotations
@@ -61,6 +69,12 @@ __all__ = [
     "candidate_outcomes",
     "load_classifier",
     "rank_candidates",
+    "BLOB_COLUMNS",
+    "BLOB_RADII_MM",
+    "SOURCE_FEATURE_NAMES",
+    "blob_candidates",
+    "merge_candidates",
+    "source_features",
 ]
 
 logger = logging.getLogger(__name__)
@@ -467,7 +481,7 @@ class CandidateClassifier:
         """Inverse of :meth:`to_config`."""
         if not isinstance(config, dict) or config.get("kind") != "logistic_regression":
             raise InvalidParameterError("not a nodulekit candidate classifier (kind must be 'logistic_regression')")
-        unknown = set(config["feature_names"]) - set(FEATURE_NAMES)
+        unknown = set(config["feature_names"]) - set(FEATURE_NAMES) - set(SOURCE_FEATURE_NAMES)
         if unknown:
             raise InvalidParameterError(f"the classifier uses features nodulekit does not compute: {sorted(unknown)}")
         keys = ("mean", "scale", "coefficients", "intercept", "threshold", "metadata")
@@ -566,3 +580,372 @@ def _matrix(features: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
     if not np.isfinite(x).all():
         raise InvalidParameterError("candidate features hold NaN or infinite values")
     return x
+
+
+# --------------------------------------------------------------------------------------------------
+# A model-free candidate source: multi-scale 3-D blob (dot) filter
+# --------------------------------------------------------------------------------------------------
+
+#: Columns of the candidate table of :func:`blob_candidates` (centres in voxels of the scan).
+BLOB_COLUMNS = ("nodule_id", "centroid_z", "centroid_y", "centroid_x", "n_slices", "diameter_mm", "volume_mm3", "blob_strength", "blob_radius_mm", "source")
+
+#: Features that tell where a candidate came from, for a second stage trained on the union of both
+#: sources (:func:`source_features`); not part of :data:`FEATURE_NAMES` (the shipped classifier).
+SOURCE_FEATURE_NAMES = ("from_blob", "log_blob_strength")
+
+#: Nodule radii (mm) at which :func:`blob_candidates` looks, 3 to 30 mm nodules.
+BLOB_RADII_MM = (1.5, 2.5, 4.0, 6.5, 10.0, 15.0)
+
+
+def blob_candidates(
+    hu: np.ndarray,
+    lung: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    radii_mm: Sequence[float] = BLOB_RADII_MM,
+    grid_mm: float = 1.25,
+    margin_mm: float = 2.0,
+    hu_floor: float = -750.0,
+    hu_ceiling: float = -100.0,
+    threshold: float = 10.0,
+    max_candidates: int = 60,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Nodule candidates without a model: peaks of a multi-scale Hessian "dot" filter inside the lungs.
+
+    A bright blob has three negative Hessian eigenvalues of similar size, a vessel two and the
+    pleura one. Li's dot enhancement ``|l_small|**2 / |l_large|`` (zero unless all three are
+    negative) keeps blobs and suppresses tubes and plates (Li et al. 2003). The scan is clipped to
+    ``[-1000, hu_ceiling]`` HU (so ground glass at -700..-500 HU is not outweighed by solid tissue),
+    set to -1000 HU outside the lung mask dilated by ``margin_mm`` (the chest wall beside a
+    juxtapleural nodule becomes air, the nodule a blob), averaged over blocks of whole voxels of
+    about ``grid_mm`` (doubled for every doubling of ``sigma / 1.5`` beyond it; never finer than the
+    slices), smoothed with a Gaussian of ``sigma = radius / sqrt(3)`` and differentiated by central
+    differences at the voxels of at least ``hu_floor`` HU only; the response is scale-normalized
+    (``sigma**2``, in HU). Local maxima (26 neighbours) inside the lung mask above ``threshold`` are
+    candidates, strongest first, one per place (a weaker peak closer to a kept one than the larger
+    of their radii plus half the smaller is dropped), at most ``max_candidates``.
+
+    Each candidate's component is the ball of its radius around the peak, restricted to voxels of at
+    least ``hu_floor`` HU connected to the peak (the whole ball when the peak voxel itself is
+    fainter), never taking voxels of a stronger candidate.
+
+    Parameters
+    ----------
+    hu : ndarray of float, shape (slices, rows, columns)
+        The scan in Hounsfield units.
+    lung : ndarray of bool, shape like ``hu``
+        Lung mask (:func:`nodulekit.inference.lung_mask`).
+    spacing : sequence of float
+        Voxel size in mm (slice, row, column).
+    radii_mm : sequence of float
+        Nodule radii to look for (> 0).
+    grid_mm : float
+        Finest resampling grid in mm (> 0).
+    margin_mm : float
+        Dilation of the lung mask (>= 0) that keeps juxtapleural nodules.
+    hu_floor, hu_ceiling : float
+        Faintest HU a nodule may have at its centre (after smoothing); HU above ``hu_ceiling`` are clipped.
+    threshold : float
+        Smallest scale-normalized dot response (HU) of a candidate (>= 0).
+    max_candidates : int
+        Keep at most this many, the strongest (>= 1).
+
+    Returns
+    -------
+    labels : ndarray of int32, shape like ``hu``
+        0 background, ``k`` = the candidate with ``nodule_id`` k (1 = the strongest).
+    table : pandas.DataFrame
+        One row per candidate with :data:`BLOB_COLUMNS`: the peak (voxels of the scan, the centre
+        the FROC hit rule uses), the component's slices, the equivalent diameter of its largest
+        slice, its volume, the response (``blob_strength``, HU) and radius, ``source="blob"``.
+
+    Raises
+    ------
+    InvalidParameterError
+        On a shape that is not 3-D, a lung mask of another shape, an unknown spacing or an option
+        out of range.
+
+    References
+    ----------
+    Q. Li, S. Sone, K. Doi, Medical Physics 30(8):2040-2051, 2003 (the dot enhancement filter; the module docstring lists it in full).
+    """
+    hu = np.asarray(hu)
+    lung = np.asarray(lung, bool)
+    sampling = _check_scan(hu, lung, spacing)
+    radii = np.asarray(radii_mm, float)
+    if radii.ndim != 1 or not len(radii) or not (radii > 0).all() or grid_mm <= 0 or margin_mm < 0 or threshold < 0 or int(max_candidates) < 1:
+        raise InvalidParameterError("blob_candidates needs radii_mm > 0, grid_mm > 0, margin_mm >= 0, threshold >= 0 and max_candidates >= 1")
+    labels = np.zeros(hu.shape, np.int32)
+    if not lung.any():
+        return labels, pd.DataFrame(columns=list(BLOB_COLUMNS))
+    box = _box(lung, sampling, 3.0 * radii.max())
+    image = np.clip(hu[box].astype(np.float32), -1000.0, hu_ceiling)
+    base_step = np.maximum(np.round(grid_mm / sampling), 1).astype(int)
+    base, inside = _block_mean(image, lung[box], base_step)
+    del image
+    grids: dict[float, tuple] = {}
+    peaks = []
+    for radius in radii:
+        grid = float(grid_mm * 2.0 ** np.floor(np.log2(max(radius / np.sqrt(3.0) / 1.5 / grid_mm, 1.0))))  # grid_mm, doubled for larger blobs
+        if grid not in grids:
+            step = np.maximum(np.round(grid / (sampling * base_step)), 1).astype(int)
+            small, small_inside = _block_mean(base, inside, step)
+            small[~_dilate(small_inside, sampling * base_step * step, margin_mm)] = -1000.0  # the chest wall and mediastinum become air
+            grids[grid] = (small, small_inside, base_step * step)
+        peaks.append(_dot_peaks(*grids[grid], sampling, radius, hu_floor, threshold))
+    peaks = np.concatenate(peaks)
+    peaks[:, :3] += [s.start for s in box]
+    kept = _suppress(peaks, sampling, int(max_candidates))
+    rows = []
+    for peak in kept:
+        label = len(rows) + 1
+        row = _paint(labels, label, peak, hu, lung, sampling, hu_floor, margin_mm)
+        if row is not None:
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=list(BLOB_COLUMNS))
+    return labels, table
+
+
+def merge_candidates(
+    segmenter_labels: np.ndarray,
+    segmenter_table: pd.DataFrame,
+    blob_labels: np.ndarray,
+    blob_table: pd.DataFrame,
+    *,
+    spacing: Sequence[float],
+    min_distance_mm: float = 3.0,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """The union of two candidate sources, each nodule once.
+
+    A blob is the segmenter's nodule again, and is dropped, when it overlaps a segmenter component
+    whose centre lies within the blob's radius (at least ``min_distance_mm``) of the blob's peak. A
+    blob that only touches a component centred elsewhere (a nodule at the end of a vessel the
+    segmenter marked with it, whose centre falls off the nodule) is kept, without the voxels the
+    segmenter's component already has; a segmenter component gets the strongest response of the
+    blobs overlapping it as its ``blob_strength`` (0 when none: vessels and pleura rarely have one).
+
+    Parameters
+    ----------
+    segmenter_labels, blob_labels : ndarray of int, same 3-D shape
+        Components, label = ``nodule_id`` of their table.
+    segmenter_table, blob_table : pandas.DataFrame
+        Their tables (:func:`nodulekit.inference.measure_nodules`, :func:`blob_candidates`):
+        ``nodule_id`` and the centre columns; ``blob_strength`` and ``blob_radius_mm`` for blobs.
+    spacing : sequence of float
+        Voxel size in mm (slice, row, column).
+    min_distance_mm : float
+        Smallest distance (mm) within which a segmenter centre makes a blob a duplicate.
+
+    Returns
+    -------
+    labels : ndarray of int32
+        Segmenter components keep their ids; kept blobs follow (``len(segmenter_table) + 1``, ...).
+    table : pandas.DataFrame
+        Both tables stacked with ``nodule_id`` renumbered likewise, ``source`` ("segmenter" or
+        "blob") and ``blob_strength``.
+
+    Raises
+    ------
+    InvalidParameterError
+        On label volumes of different shapes or not 3-D, or an unknown spacing.
+
+    Examples
+    --------
+    >>> seg = np.array([[[1, 1, 0, 0, 0, 0]]])
+    >>> blob = np.array([[[0, 1, 0, 2, 2, 0]]])
+    >>> centres = {"centroid_z": 0.0, "centroid_y": 0.0}
+    >>> seg_table = pd.DataFrame({"nodule_id": [1], "centroid_x": [0.5], **centres})
+    >>> blob_table = pd.DataFrame({"nodule_id": [1, 2], "centroid_x": [1.0, 3.5], **centres,
+    ...                            "blob_strength": [50.0, 30.0], "blob_radius_mm": [2.0, 2.0]})
+    >>> labels, table = merge_candidates(seg, seg_table, blob, blob_table, spacing=(1.0, 1.0, 1.0))
+    >>> labels.tolist(), table["source"].tolist(), table["blob_strength"].tolist()
+    ([[[1, 1, 0, 2, 2, 0]]], ['segmenter', 'blob'], [50.0, 30.0])
+    """
+    segmenter_labels = np.asarray(segmenter_labels)
+    blob_labels = np.asarray(blob_labels)
+    if segmenter_labels.ndim != 3 or segmenter_labels.shape != blob_labels.shape:
+        raise InvalidParameterError(f"candidate labels must be 3-D arrays of one shape, got {segmenter_labels.shape} and {blob_labels.shape}")
+    sampling = np.array([float(s) for s in spacing]) if np.ndim(spacing) == 1 else np.zeros(0)
+    if sampling.shape != (3,) or not np.isfinite(sampling).all() or sampling.min() <= 0:
+        raise InvalidParameterError(f"merging candidates needs a known voxel size (slice, row, column) in mm, got {spacing!r}")
+    centre_columns = ["centroid_z", "centroid_y", "centroid_x"]
+    both = (segmenter_labels > 0) & (blob_labels > 0)
+    pairs = np.unique(np.stack([segmenter_labels[both], blob_labels[both]], axis=1), axis=0) if both.any() else np.zeros((0, 2), int)
+    strength = dict(zip(blob_table["nodule_id"].to_numpy(int), blob_table["blob_strength"].to_numpy(float))) if "blob_strength" in blob_table else {}
+    radius = dict(zip(blob_table["nodule_id"].to_numpy(int), blob_table["blob_radius_mm"].to_numpy(float))) if "blob_radius_mm" in blob_table else {}
+    segmenter_centres = dict(zip(segmenter_table["nodule_id"].to_numpy(int), segmenter_table[centre_columns].to_numpy(float)))
+    blob_centres = dict(zip(blob_table["nodule_id"].to_numpy(int), blob_table[centre_columns].to_numpy(float)))
+    segmenter_strength = dict.fromkeys(segmenter_table["nodule_id"].to_numpy(int), 0.0)
+    duplicates = set()
+    for segment, blob in pairs:
+        segmenter_strength[int(segment)] = max(segmenter_strength.get(int(segment), 0.0), strength.get(int(blob), 0.0))
+        distance = np.sqrt((((segmenter_centres[int(segment)] - blob_centres[int(blob)]) * sampling) ** 2).sum())
+        if distance <= max(radius.get(int(blob), 0.0), float(min_distance_mm)):
+            duplicates.add(int(blob))
+    free = np.bincount(blob_labels[(segmenter_labels == 0) & (blob_labels > 0)], minlength=int(np.max(blob_labels, initial=0)) + 1)
+    ids = blob_table["nodule_id"].to_numpy(int)
+    keep = np.array([i not in duplicates and i < len(free) and free[i] > 0 for i in ids], bool)
+    blobs = blob_table[keep]
+    count = int(max(np.max(segmenter_labels, initial=0), len(segmenter_table)))
+    lookup = np.zeros(int(max(np.max(blob_labels, initial=0), ids.max() if len(ids) else 0)) + 1, np.int32)
+    new_ids = np.arange(count + 1, count + 1 + len(blobs), dtype=np.int32)
+    lookup[blobs["nodule_id"].to_numpy(int)] = new_ids
+    merged = np.where(segmenter_labels > 0, segmenter_labels, lookup[blob_labels]).astype(np.int32)
+    first = segmenter_table.assign(source="segmenter", blob_strength=[segmenter_strength.get(int(i), 0.0) for i in segmenter_table["nodule_id"]])
+    second = blobs.assign(nodule_id=new_ids, source="blob")
+    table = pd.concat([first, second], ignore_index=True) if len(second) else first.reset_index(drop=True)
+    return merged, table
+
+
+def source_features(table: pd.DataFrame) -> pd.DataFrame:
+    """:data:`SOURCE_FEATURE_NAMES` of a merged candidate table (:func:`merge_candidates`).
+
+    ``from_blob`` is 1 for candidates only the blob filter found, ``log_blob_strength`` the log of
+    1 + the filter response in HU (for a segmenter component, that of the strongest blob on it; 0
+    without one and for tables without those columns).
+    """
+    blob = table["source"].eq("blob").to_numpy(float) if "source" in table else np.zeros(len(table))
+    strength = table["blob_strength"].fillna(0.0).to_numpy(float) if "blob_strength" in table else np.zeros(len(table))
+    return pd.DataFrame({"from_blob": blob, "log_blob_strength": np.log1p(np.maximum(strength, 0.0))}, index=table.index)
+
+
+def _check_scan(hu: np.ndarray, lung: np.ndarray, spacing) -> np.ndarray:
+    if hu.ndim != 3 or lung.shape != hu.shape:
+        raise InvalidParameterError(f"blob candidates need a 3-D scan and a lung mask of its shape, got {hu.shape} and {lung.shape}")
+    sampling = np.array([float(s) for s in spacing]) if np.ndim(spacing) == 1 else np.zeros(0)
+    if sampling.shape != (3,) or not np.isfinite(sampling).all() or sampling.min() <= 0:
+        raise InvalidParameterError(f"blob candidates need a known voxel size (slice, row, column) in mm, got {spacing!r}")
+    return sampling
+
+
+def _dilate(mask: np.ndarray, sampling: np.ndarray, margin_mm: float) -> np.ndarray:
+    """Dilation by ``margin_mm`` within each slice (a square)."""
+    size = 2 * np.ceil(margin_mm / sampling[1:]).astype(int) + 1
+    grown = ndimage.maximum_filter1d(mask.view(np.uint8), int(size[0]), axis=1)
+    return ndimage.maximum_filter1d(grown, int(size[1]), axis=2).view(bool)
+
+
+def _box(mask: np.ndarray, sampling: np.ndarray, pad_mm: float) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` enlarged by ``pad_mm``."""
+    box = []
+    for axis, step in enumerate(sampling):
+        found = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        pad = int(np.ceil(pad_mm / step))
+        box.append(slice(max(int(found[0]) - pad, 0), min(int(found[-1]) + pad + 1, mask.shape[axis])))
+    return tuple(box)
+
+
+def _block_mean(image: np.ndarray, mask: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` averaged and ``mask`` or-ed over blocks of ``step`` voxels (the remainder at the far ends dropped)."""
+    step = np.minimum(step, image.shape)  # a thin scan keeps at least one block per axis
+    if (step == 1).all():
+        return image.copy(), mask
+    shape = np.array(image.shape) // step
+    small = np.zeros(shape, np.float32)
+    inside = np.zeros(shape, bool)
+    for offset in np.ndindex(*step):
+        part = tuple(slice(int(o), int(o + n * k), int(k)) for o, n, k in zip(offset, shape, step))
+        small += image[part]
+        inside |= mask[part]
+    small /= float(np.prod(step))
+    return small, inside
+
+
+def _dot_peaks(small, inside, step, sampling, radius, hu_floor, threshold) -> np.ndarray:
+    """Peaks inside the lungs (z, y, x in input voxels, radius mm, response) of the dot filter at one scale on one resampled grid."""
+    sigma = radius / np.sqrt(3.0)
+    grid = sampling * step
+    smooth = np.pad(ndimage.gaussian_filter(small, sigma / grid, mode="nearest"), 1, mode="edge")
+    flat = smooth.ravel()
+    strides = np.array([smooth.shape[1] * smooth.shape[2], smooth.shape[2], 1])
+    look = inside & (smooth[1:-1, 1:-1, 1:-1] >= hu_floor)
+    index = (np.argwhere(look) + 1) @ strides
+    hessian = _hessian_at(flat, index, strides, grid)
+    steepest, _, flattest = _eigenvalues(*hessian)
+    response = np.where(flattest < 0, flattest**2 / np.maximum(-steepest, 1e-6), 0.0) * sigma**2  # all three negative: a bright blob
+    strong = response >= threshold
+    index, response = index[strong], response[strong]
+    dense = np.zeros(flat.shape, np.float32)
+    dense[index] = response
+    offsets = (np.argwhere(np.ones((3, 3, 3))) - 1) @ strides
+    peak = (dense[index[:, None] + offsets[None]] <= response[:, None]).all(axis=1)
+    where = np.stack(np.unravel_index(index[peak], smooth.shape), axis=1) - 1
+    out = np.zeros((len(where), 5))
+    out[:, :3] = where * step + (step - 1) / 2.0  # block centres in input voxels
+    out[:, 3] = radius
+    out[:, 4] = response[peak]
+    return out
+
+
+def _hessian_at(flat: np.ndarray, index: np.ndarray, strides: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Central-difference Hessian (h00, h11, h22, h01, h02, h12) of a padded volume at flat indices."""
+    centre = flat[index]
+    diagonal = [(flat[index + s] - 2.0 * centre + flat[index - s]) / g**2 for s, g in zip(strides, grid)]
+    cross = []
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        si, sj = strides[i], strides[j]
+        value = flat[index + si + sj] - flat[index + si - sj] - flat[index - si + sj] + flat[index - si - sj]
+        cross.append(value / (4.0 * grid[i] * grid[j]))
+    return (*diagonal, *cross)
+
+
+def _eigenvalues(a, b, c, d, e, f):
+    """Eigenvalues (smallest, middle, largest) of symmetric 3x3 matrices [[a, d, e], [d, b, f], [e, f, c]], closed form."""
+    q = (a + b + c) / 3.0
+    p1 = d * d + e * e + f * f
+    p = np.sqrt(np.maximum(((a - q) ** 2 + (b - q) ** 2 + (c - q) ** 2 + 2.0 * p1) / 6.0, 1e-12))
+    aq, bq, cq = (a - q) / p, (b - q) / p, (c - q) / p
+    dp, ep, fp = d / p, e / p, f / p
+    determinant = aq * (bq * cq - fp * fp) - dp * (dp * cq - fp * ep) + ep * (dp * fp - bq * ep)
+    phi = np.arccos(np.clip(determinant / 2.0, -1.0, 1.0)) / 3.0
+    largest = q + 2.0 * p * np.cos(phi)
+    smallest = q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0)
+    return smallest, 3.0 * q - largest - smallest, largest
+
+
+def _suppress(peaks: np.ndarray, sampling: np.ndarray, count: int) -> list[np.ndarray]:
+    """Strongest peaks first; a peak closer to a kept one than the larger radius plus half the smaller is dropped."""
+    order = np.argsort(-peaks[:, 4], kind="stable")[: 20 * count]
+    kept: list[np.ndarray] = []
+    for peak in peaks[order]:
+        if kept:
+            others = np.array(kept)
+            distance = np.sqrt((((others[:, :3] - peak[:3]) * sampling) ** 2).sum(axis=1))
+            if (distance <= np.maximum(others[:, 3], peak[3]) + 0.5 * np.minimum(others[:, 3], peak[3])).any():
+                continue
+        kept.append(peak)
+        if len(kept) == count:
+            break
+    return kept
+
+
+def _paint(labels, label, peak, hu, lung, sampling, hu_floor, margin_mm) -> dict | None:
+    """Write one blob candidate's component into ``labels`` (free voxels only); its table row, or None when it has none."""
+    radius = float(peak[3])
+    centre = np.clip(np.rint(peak[:3]).astype(int), 0, np.array(labels.shape) - 1)
+    half = np.maximum(np.ceil(radius / sampling).astype(int), 1)
+    box = tuple(slice(max(c - h, 0), min(c + h + 1, n)) for c, h, n in zip(centre, half, labels.shape))
+    grids = np.ogrid[box]
+    distance = sum(((g - p) * s) ** 2 for g, p, s in zip(grids, peak[:3], sampling))
+    component = (distance <= max(radius, 0.5 * sampling.max()) ** 2) & (labels[box] == 0) & _dilate(lung[box], sampling, margin_mm)
+    local = tuple(c - b.start for c, b in zip(centre, box))
+    bright = component & (hu[box] >= hu_floor)
+    if bright[local]:
+        connected, _ = ndimage.label(bright, structure=np.ones((3, 3, 3)))
+        component = connected == connected[local]
+    if not component.any():
+        return None
+    labels[box][component] = label
+    areas = component.sum(axis=(1, 2))
+    return {
+        "nodule_id": label,
+        "centroid_z": float(peak[0]),
+        "centroid_y": float(peak[1]),
+        "centroid_x": float(peak[2]),
+        "n_slices": int((areas > 0).sum()),
+        "diameter_mm": float(2.0 * np.sqrt(areas.max() * sampling[1] * sampling[2] / np.pi)),
+        "volume_mm3": float(component.sum() * np.prod(sampling)),
+        "blob_strength": float(peak[4]),
+        "blob_radius_mm": radius,
+        "source": "blob",
+    }

@@ -1,0 +1,437 @@
+"""A second, model-free candidate source for whole-scan detection (issue 18, items 1 and 3).
+
+The shipped segmenter never produces a candidate for 44 % of the synthetic nodules (ground glass,
+part-solid, juxtapleural most of all). :func:`nodulekit.detection.blob_candidates` (a multi-scale
+Hessian "dot" filter inside the lungs) is a second source; :func:`nodulekit.detection.merge_candidates`
+unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (``--cache``):
+
+1. ``candidates``: per scan, the segmenter's candidates (exactly as ``detection.py`` finds them),
+   the blob candidates and their union with features (:func:`~nodulekit.detection.candidate_features`
+   plus :func:`~nodulekit.detection.source_features`), the FROC hit rule against the exact masks;
+   ``scan-<seed>-union.csv`` and ``scan-<seed>-recall.csv`` (which source finds each nodule).
+   The segmenter-only features of ``detection.py features`` are computed too (the shipped baseline).
+2. ``evaluate``: candidate recall by nodule kind and candidates per scan for each source on the
+   held-out (odd) seeds; a logistic second stage on the union refit on the training (even) seeds
+   (regularization by scan-grouped CV), one for all candidates and one per source (each candidate
+   scored by its source's classifier: the model's probability features mean nothing on a blob),
+   their held-out FROC CPM and candidate AUC against the shipped classifier on the segmenter's
+   candidates and against the same recipe refit on the segmenter's candidates of the same
+   training scans; gradient boosting on the union for comparison (it does not fit the JSON format).
+3. ``lidc``: LIDC-IDRI-0001 (DICOM + XML): the nodule's candidates by source, counts, and its rank
+   under the per-source classifiers (trained on synthetic scans only).
+4. ``stacks``: the real dev nodules (LIDC crop stacks, as ``detection_stacks.py``): which source
+   finds each, by the nodule's mean band of pseudo-HU (the crops are min-max scaled, not HU:
+   :data:`PSEUDO_HU`).
+
+    python experiments/detection_candidates.py candidates --cache /tmp/cands-cache
+    python experiments/detection_candidates.py evaluate --cache /tmp/cands-cache
+    python experiments/detection_candidates.py lidc ../shared/data/lidc/LIDC-IDRI-0001
+    python experiments/detection_candidates.py stacks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import detection as whole_scan  # noqa: E402  (experiments/detection.py: the cache and the FROC helpers)
+
+#: Features of the union's second stage: the shipped ones plus where a candidate came from.
+RESULT = "detection_candidates.json"
+CLASSIFIER_FOLDER = "detection_candidates_classifier"
+SOURCES = ("segmenter", "blob", "union")
+
+
+def union_candidates(hu, probabilities, lung, spacing, *, threshold: float = 0.5):
+    """(segmenter labels and table, blob labels and table, union labels and table) of one scan."""
+    from nodulekit.detection import blob_candidates, merge_candidates
+    from nodulekit.inference import measure_nodules
+
+    segmenter = measure_nodules(probabilities >= threshold, spacing=spacing, probabilities=probabilities, hu=hu, min_diameter_mm=3.0, min_voxels=3)
+    start = time.perf_counter()
+    blob = blob_candidates(hu, lung, spacing)
+    seconds = time.perf_counter() - start
+    union = merge_candidates(*segmenter, *blob, spacing=spacing)
+    return segmenter, blob, union, seconds
+
+
+def union_features(labels, table, *, probabilities, hu, lung, spacing):
+    """The union table joined with the shipped features and the source features."""
+    from nodulekit.detection import candidate_features, source_features
+
+    features = candidate_features(labels, table, probabilities=probabilities, hu=hu, lung=lung, spacing=spacing)
+    return table.join(features).join(source_features(table))
+
+
+def scan_union(path: Path) -> None:
+    """``scan-<seed>-union.csv`` and ``scan-<seed>-recall.csv`` beside a cached scan."""
+    import pandas as pd
+
+    from nodulekit.froc import hit_matrix, reference_from_mask
+
+    union_csv = path.with_name(path.stem + "-union.csv")
+    if union_csv.exists():
+        return
+    scan = whole_scan.load_scan(path)
+    spacing = scan["spacing"]
+    (_, seg_table), (_, blob_table), (labels, table), seconds = union_candidates(scan["hu"], scan["probabilities"], scan["lung"], spacing)
+    reference = reference_from_mask(scan["truth"], spacing=spacing)
+    reference["kind"] = whole_scan._reference_kinds(reference, scan["info"]["nodules"], spacing)
+    relevant = ~reference["ignore"].to_numpy(bool)
+    rows = []
+    found = {}
+    for name, frame in (("segmenter", seg_table), ("blob", blob_table), ("union", table)):
+        hits = hit_matrix(frame, reference, spacing=spacing) if len(frame) else np.zeros((0, len(reference)), bool)
+        found[name] = hits.any(axis=0)
+    for index, record in enumerate(reference.itertuples(index=False)):
+        if not relevant[index]:
+            continue
+        rows.append({"seed": scan["info"]["seed"], "kind": record.kind, "diameter_mm": float(record.diameter_mm), **{f"found_{k}": bool(v[index]) for k, v in found.items()}})
+    counts = {"seed": scan["info"]["seed"], "segmenter": len(seg_table), "blob": len(blob_table), "union": len(table), "blob_s": seconds}
+    hits = hit_matrix(table, reference, spacing=spacing) & relevant[None] if len(table) else np.zeros((0, len(reference)), bool)
+    frame = union_features(labels, table, probabilities=scan["probabilities"], hu=scan["hu"], lung=scan["lung"], spacing=spacing)
+    frame["label"] = hits.any(axis=1)
+    frame["hit"] = [" ".join(str(k) for k in np.flatnonzero(row)) for row in hits]
+    pd.DataFrame(rows).to_csv(path.with_name(path.stem + "-recall.csv"), index=False)
+    path.with_name(path.stem + "-counts.json").write_text(json.dumps(counts))
+    temporary = union_csv.with_name("." + union_csv.name)
+    frame.to_csv(temporary, index=False)
+    temporary.replace(union_csv)  # written last and whole: its presence marks the scan done
+    reference.to_csv(path.with_name(path.stem + "-reference.csv"), index=False)
+
+
+def command_candidates(args) -> int:
+    from tqdm.auto import tqdm
+
+    folder = Path(args.cache)
+    while True:
+        paths = [p for p in sorted(folder.glob("scan-?????.npz")) if not p.with_name(p.stem + "-union.csv").exists()]
+        paths.sort(key=lambda p: (not whole_scan.is_held_out(int(p.name[5:10])), p.name))  # held-out scans first
+        for path in tqdm(paths, desc="union candidates"):
+            scan_union(path)
+            whole_scan.cache_features(path)
+        if not args.follow or not paths and (folder / "cache.done").exists():
+            return 0
+        if not paths:
+            time.sleep(20)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation on the cached synthetic scans
+# --------------------------------------------------------------------------------------------------
+
+
+def load_union(folder: Path, *, held_out: bool, limit: int | None = None):
+    """Union candidates (with ``seed``), references, recall rows and counts of one side of the split."""
+    import pandas as pd
+
+    tables, references, recalls, counts = [], {}, [], []
+    paths = [p for p in sorted(folder.glob("scan-?????-union.csv")) if whole_scan.is_held_out(int(p.name[5:10])) == held_out]
+    paths = [p for p in paths if p.with_name(p.name.replace("-union", "-candidates")).exists()][:limit]
+    for path in paths:
+        seed = int(path.name[5:10])
+        table = pd.read_csv(path, dtype={"hit": str}, keep_default_na=False)
+        tables.append(table.assign(seed=seed))
+        references[seed] = pd.read_csv(path.with_name(f"scan-{seed:05d}-reference.csv"))
+        recalls.append(pd.read_csv(path.with_name(f"scan-{seed:05d}-recall.csv")))
+        counts.append(json.loads(path.with_name(f"scan-{seed:05d}-counts.json").read_text()))
+    return pd.concat(tables, ignore_index=True), references, pd.concat(recalls, ignore_index=True), pd.DataFrame(counts)
+
+
+def recall_summary(recall, counts) -> dict:
+    """Candidate recall by kind and overall, and candidates per scan, for each source."""
+    out = {}
+    for source in SOURCES:
+        column = f"found_{source}"
+        by_kind = recall.groupby("kind")[column].mean()
+        out[source] = {
+            "recall": round(float(recall[column].mean()), 3),
+            "recall_by_kind": {k: round(float(v), 3) for k, v in by_kind.items()},
+            "candidates_per_scan": round(float(counts[source].mean()), 1),
+        }
+    out["n_nodules_by_kind"] = {k: int(v) for k, v in recall["kind"].value_counts().sort_index().items()}
+    out["blob_seconds_per_scan"] = round(float(counts["blob_s"].mean()), 2)
+    return out
+
+
+def _fit(candidates, labels, *, feature_names, regularization: float, by_source: bool, seed: int = 0) -> dict:
+    """One classifier for all candidates (key ``"all"``) or one per source (``"segmenter"``, ``"blob"``)."""
+    from nodulekit.detection import CandidateClassifier
+
+    if not by_source:
+        return {"all": CandidateClassifier.fit(candidates, labels, feature_names=feature_names, regularization=regularization, seed=seed)}
+    out = {}
+    for source in ("segmenter", "blob"):
+        mine = (candidates["source"] == source).to_numpy()
+        out[source] = CandidateClassifier.fit(candidates[mine], labels[mine], feature_names=feature_names, regularization=regularization, seed=seed)
+    return out
+
+
+def score(classifiers: dict, candidates) -> np.ndarray:
+    """Probabilities of :func:`_fit`'s classifiers, each candidate by the classifier of its source."""
+    if "all" in classifiers:
+        return classifiers["all"].predict_proba(candidates)
+    scores = np.zeros(len(candidates))
+    for source, classifier in classifiers.items():
+        mine = (candidates["source"] == source).to_numpy()
+        if mine.any():
+            scores[mine] = classifier.predict_proba(candidates[mine])
+    return scores
+
+
+def fit_union(candidates, references, spacing_of, *, feature_names, folds: int, by_source: bool = False, seed: int = 0):
+    """Regularization chosen by scan-grouped CV CPM, then a fit on every training candidate; threshold at 1 FP per scan (CV)."""
+    from sklearn.model_selection import GroupKFold
+
+    labels = candidates["label"].to_numpy(bool)
+    validation = {}
+    for c in (0.01, 0.1, 1.0):
+        scores = np.zeros(len(candidates))
+        for train, test in GroupKFold(n_splits=folds).split(candidates, labels, candidates["seed"]):
+            fitted = _fit(candidates.iloc[train], labels[train], feature_names=feature_names, regularization=c, by_source=by_source, seed=seed)
+            scores[test] = score(fitted, candidates.iloc[test])
+        validation[c] = whole_scan.froc_of(candidates, references, scores, spacing_of)
+    best = max(validation, key=lambda c: validation[c].cpm)
+    classifiers = _fit(candidates, labels, feature_names=feature_names, regularization=best, by_source=by_source, seed=seed)
+    threshold = float(min(validation[best].threshold_at(1.0), 1.0))
+    for classifier in classifiers.values():
+        classifier.threshold = threshold
+    return classifiers, {str(c): round(float(r.cpm), 4) for c, r in validation.items()}, best
+
+
+def command_evaluate(args) -> int:
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from nodulekit.detection import FEATURE_NAMES, SOURCE_FEATURE_NAMES, load_classifier
+    from nodulekit.utils import write_json
+
+    folder, out = Path(args.cache), Path(args.out)
+    test, test_refs, test_recall, test_counts = load_union(folder, held_out=True, limit=args.held_out)
+    train, train_refs, _, train_counts = load_union(folder, held_out=False, limit=args.train)
+    test_spacing = whole_scan.spacings(folder, test_refs)
+    train_spacing = whole_scan.spacings(folder, train_refs)
+    union_names = tuple(FEATURE_NAMES) + tuple(SOURCE_FEATURE_NAMES)
+    fits = {}
+    for by_source in (False, True):
+        classifiers, validation, regularization = fit_union(train, train_refs, train_spacing, feature_names=union_names, folds=args.folds, by_source=by_source)
+        for source, classifier in classifiers.items():
+            classifier.metadata = {
+                "trained_on": f"{source} candidates of the union (shipped segmenter + blob_candidates) of {len(train_refs)} synthetic scans (even seeds)",
+                "n_candidates": int(len(train)),
+                "n_positive": int(train["label"].sum()),
+                "regularization": regularization,
+                "validation_cpm_by_regularization": validation,
+                "threshold_target_fp_per_scan": 1.0,
+            }
+            classifier.save(out / CLASSIFIER_FOLDER / ("one" if source == "all" else source))
+        fits["per source" if by_source else "one"] = (classifiers, validation, regularization)
+
+    # the segmenter's candidates alone, as detection.py scores them
+    def segmenter_only(refs):
+        frames = []
+        for seed in refs:
+            table = pd.read_csv(folder / f"scan-{seed:05d}-candidates.csv", dtype={"hit": str}, keep_default_na=False)
+            frames.append(table.assign(seed=seed))
+        return pd.concat(frames, ignore_index=True)
+
+    seg_test, seg_train = segmenter_only(test_refs), segmenter_only(train_refs)
+    shipped = load_classifier(Path(__file__).resolve().parents[1] / "nodulekit" / "pretrained" / "lidc_attention_unet")
+    refit, refit_validation, _ = fit_union(seg_train, train_refs, train_spacing, feature_names=FEATURE_NAMES, folds=args.folds)
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    booster = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, random_state=0).fit(train[list(union_names)], train["label"].to_numpy(bool))
+    scorings = {
+        "union, one logistic classifier": (test, score(fits["one"][0], test)),
+        "union, one logistic classifier per source": (test, score(fits["per source"][0], test)),
+        "union, gradient boosting (comparison only: not JSON)": (test, booster.predict_proba(test[list(union_names)])[:, 1]),
+        "segmenter, shipped classifier": (seg_test, shipped.predict_proba(seg_test)),
+        "segmenter, same recipe refit on these training scans": (seg_test, score(refit, seg_test)),
+        "blob only, blob strength": (test[test["source"] == "blob"], test.loc[test["source"] == "blob", "blob_strength"].to_numpy(float)),
+    }
+    froc = {}
+    for name, (table, scores) in scorings.items():
+        result = whole_scan.froc_of(table, test_refs, scores, test_spacing)
+        labels = table["label"].to_numpy(bool)
+        froc[name] = {
+            "cpm": round(float(result.cpm), 4),
+            "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in result.sensitivities.items()},
+            "candidate_auc": round(float(roc_auc_score(labels, scores)), 4) if labels.any() and not labels.all() else None,
+            "candidates": int(len(table)),
+        }
+    classifiers = fits["per source"][0]
+    kept = whole_scan._recall_by_kind(test, test_refs, score(classifiers, test), classifiers["blob"].threshold)
+    summary = {
+        "held_out_seeds": sorted(int(s) for s in test_refs),
+        "training_seeds": sorted(int(s) for s in train_refs),
+        "candidate_recall_held_out": recall_summary(test_recall, test_counts),
+        "froc_held_out": froc,
+        "union_classifiers": {
+            name: {"regularization": c, "validation_cpm": v, "threshold_at_1_fp_per_scan_cv": next(iter(f.values())).threshold,
+                   "coefficients": {s: dict(zip(k.feature_names, np.round(k.coefficients, 3).tolist())) for s, k in f.items()}}
+            for name, (f, v, c) in fits.items()
+        },
+        "per_source_recall_by_kind_at_threshold": kept,
+        "segmenter_refit_validation_cpm": refit_validation,
+        "training_candidates_per_scan": {s: round(float(train_counts[s].mean()), 1) for s in SOURCES},
+    }
+    previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
+    previous.update(summary)
+    write_json(out / RESULT, previous)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("held_out_seeds", "training_seeds")}, indent=1))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# LIDC-IDRI-0001
+# --------------------------------------------------------------------------------------------------
+
+
+def command_lidc(args) -> int:
+    from nodulekit import load_pretrained
+    from nodulekit.detection import load_classifier, rank_candidates
+    from nodulekit.froc import hit_matrix, reference_from_mask
+    from nodulekit.readers import read_any
+    from nodulekit.utils import write_json
+
+    out = Path(args.out)
+    volume = read_any(args.scan)
+    segmenter = load_pretrained(tta=False).segmenter
+    result = segmenter.segment(volume, min_score=0.0, progress=False)
+    hu = np.asarray(volume.hu, np.float32)
+    spacing = volume.spacing
+    start = time.perf_counter()
+    from nodulekit.detection import blob_candidates, merge_candidates
+
+    blob_labels, blob_table = blob_candidates(hu, result.lung, spacing)
+    blob_seconds = time.perf_counter() - start
+    labels, table = merge_candidates(result.labels, result.nodules, blob_labels, blob_table, spacing=spacing)
+    frame = union_features(labels, table, probabilities=result.probabilities, hu=hu, lung=result.lung, spacing=spacing)
+    classifiers = {source: load_classifier(out / CLASSIFIER_FOLDER / source) for source in ("segmenter", "blob")}
+    scores = score(classifiers, frame)
+    _, ranked = rank_candidates(labels, frame, scores)
+    reference = reference_from_mask(volume.mask, spacing=spacing)
+    rows = []
+    for index, record in enumerate(reference.itertuples(index=False)):
+        ranks = {}
+        for name, candidates in (("segmenter (shipped ranking)", result.nodules), ("blob", blob_table), ("union, per-source classifiers", ranked)):
+            hits = hit_matrix(candidates, reference, spacing=spacing)[:, index] if len(candidates) else np.zeros(0, bool)
+            ranks[name] = int(np.flatnonzero(hits)[0]) + 1 if hits.any() else None
+        best = ranks["union, per-source classifiers"]
+        rows.append({"nodule": index, "diameter_mm": round(float(record.diameter_mm), 1), "rank": ranks,
+                     "union_score": round(float(ranked["score"].iloc[best - 1]), 4) if best else None,
+                     "union_source": str(ranked["source"].iloc[best - 1]) if best else None})
+    summary = {"scan": Path(args.scan).name, "candidates": {"segmenter": int(len(result.nodules)), "blob": int(len(blob_table)), "union": int(len(table))},
+               "blob_seconds": round(blob_seconds, 2), "nodules": rows, "top_scores": [round(float(s), 4) for s in ranked["score"].head(5)]}
+    previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
+    previous["lidc_idri_0001"] = summary
+    write_json(out / RESULT, previous)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Real dev nodules: the LIDC crop stacks, by (pseudo-)HU band
+# --------------------------------------------------------------------------------------------------
+
+#: The release's crops are min-max scaled per crop (not HU): 0..255 is mapped linearly to this
+#: range of pseudo-HU (the darkest voxel of a lung crop is air/parenchyma, the brightest soft tissue
+#: or bone), so bands and the blob filter's HU settings are approximate on them.
+PSEUDO_HU = (-1000.0, 400.0)
+#: Mean (pseudo-)HU bands of a nodule's marked voxels.
+HU_BANDS = ((-np.inf, -600.0, "< -600"), (-600.0, -300.0, "-600..-300"), (-300.0, np.inf, "> -300"))
+
+
+def command_stacks(args) -> int:
+    """Segmenter against union candidate recall on the dev crop stacks, by the nodules' mean pseudo-HU band."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from nodulekit import load_pretrained
+    from nodulekit.detection import blob_candidates, candidate_outcomes, merge_candidates
+    from nodulekit.readers import read_lidc_release
+    from nodulekit.utils import write_json
+
+    stacks_module = _stacks_script()
+    spacing = stacks_module.SPACING
+    crops = read_lidc_release(args.data, consensus="union", progress=False)
+    segmenter = load_pretrained(tta=False).segmenter
+    table = crops.table.reset_index(drop=True)
+    groups = list(table.groupby("nodule_id", sort=True).groups.items())[: args.limit]
+    rows = []
+    for nodule_id, index in tqdm(groups, desc="stacks", unit="stack"):
+        order = np.asarray(index)[np.argsort(table.loc[index, "slice_index"].to_numpy())]
+        images = crops.images[order]
+        images = images[..., 0] if images.ndim == 4 else images
+        marks = crops.reader_masks[order].any(axis=1)
+        marks = marks[..., 0] if marks.ndim == 4 else marks
+        if not marks.any():
+            continue
+        result = segmenter.segment(images, spacing=spacing, units="uint8", connect_slices=True, lungs=False, progress=False)
+        hu = PSEUDO_HU[0] + images.astype(np.float32) * ((PSEUDO_HU[1] - PSEUDO_HU[0]) / 255.0)
+        blob_labels, blob_table = blob_candidates(hu, np.ones(hu.shape, bool), spacing)
+        labels, union = merge_candidates(result.labels, result.nodules, blob_labels, blob_table, spacing=spacing)
+        found = {}
+        for name, (lab, tab) in {"segmenter": (result.labels, result.nodules), "blob": (blob_labels, blob_table), "union": (labels, union)}.items():
+            found[name] = bool(len(tab) and (candidate_outcomes(lab, tab, marks) == "positive").any())
+            found[f"{name}_candidates"] = int(len(tab))
+        rows.append({"patient_id": table.loc[order[0], "patient_id"], "stack": nodule_id, "mean_pseudo_hu": float(hu[marks].mean()), **found})
+    frame = pd.DataFrame(rows)
+    frame["band"] = pd.cut(frame["mean_pseudo_hu"], [b[0] for b in HU_BANDS] + [np.inf], labels=[b[2] for b in HU_BANDS], right=False)
+    summary = {"stacks": int(len(frame)), "pseudo_hu": list(PSEUDO_HU), "by_band": {}, "all": {}}
+    for name, group in [("all", frame)] + [(str(b), g) for b, g in frame.groupby("band", observed=True)]:
+        entry = {"n": int(len(group))}
+        for source in SOURCES:
+            entry[f"recall_{source}"] = round(float(group[source].mean()), 3)
+            entry[f"candidates_per_stack_{source}"] = round(float(group[f"{source}_candidates"].mean()), 2)
+        (summary if name == "all" else summary["by_band"])[name] = entry
+    out = Path(args.out)
+    previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
+    previous["dev_crop_stacks"] = summary
+    write_json(out / RESULT, previous)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _stacks_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("detection_stacks", Path(__file__).with_name("detection_stacks.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    candidates = sub.add_parser("candidates", help="segmenter, blob and union candidates of the cached scans")
+    candidates.add_argument("--follow", action="store_true", help="keep going while `detection.py cache` adds scans")
+    evaluate = sub.add_parser("evaluate", help="recall by source and the union's second stage on held-out scans")
+    evaluate.add_argument("--held-out", type=int, default=None, help="at most this many held-out scans")
+    evaluate.add_argument("--train", type=int, default=None, help="at most this many training scans")
+    evaluate.add_argument("--folds", type=int, default=5)
+    lidc = sub.add_parser("lidc", help="LIDC-IDRI-0001: candidates by source and the nodule's rank")
+    lidc.add_argument("scan")
+    stacks = sub.add_parser("stacks", help="dev crop stacks: segmenter against union recall by pseudo-HU band")
+    stacks.add_argument("--data", default="../shared/data/lidc/LIDC-IDRI-slices")
+    stacks.add_argument("--limit", type=int, default=None)
+    for command in (candidates, evaluate):
+        command.add_argument("--cache", default="runs/detect")
+    for command in (evaluate, lidc, stacks):
+        command.add_argument("--out", default="experiments/results")
+    args = parser.parse_args(argv)
+    commands = {"candidates": command_candidates, "evaluate": command_evaluate, "lidc": command_lidc, "stacks": command_stacks}
+    return commands[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""The model-free candidate source of whole-scan detection: blob filter, merge, source features (nodulekit/detection.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nodulekit.detection import (
+    BLOB_COLUMNS,
+    FEATURE_NAMES,
+    SOURCE_FEATURE_NAMES,
+    CandidateClassifier,
+    blob_candidates,
+    merge_candidates,
+    source_features,
+)
+from nodulekit.errors import NodulekitError
+
+SPACING = (1.0, 1.0, 1.0)
+
+
+def _lung(shape=(32, 64, 64)):
+    """Lung parenchyma (-850 HU, a little noise) filling the volume, and its mask."""
+    rng = np.random.default_rng(0)
+    hu = (-850.0 + rng.normal(0.0, 10.0, shape)).astype(np.float32)
+    return hu, np.ones(shape, bool)
+
+
+def _ball(shape, centre, radius_mm):
+    zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius_mm**2
+
+
+def test_a_solid_and_a_ground_glass_ball_are_candidates():
+    hu, lung = _lung()
+    solid, glass = _ball(hu.shape, (16, 20, 20), 4.0), _ball(hu.shape, (16, 44, 44), 5.0)
+    hu[solid], hu[glass] = 30.0, -600.0
+    labels, table = blob_candidates(hu, lung, SPACING)
+    assert list(table.columns) == list(BLOB_COLUMNS) and len(table) >= 2
+    assert labels.shape == hu.shape and set(np.unique(labels)) == {0, *table["nodule_id"]}
+    centres = table[["centroid_z", "centroid_y", "centroid_x"]].to_numpy()
+    for centre in ((16, 20, 20), (16, 44, 44)):
+        assert np.linalg.norm(centres - centre, axis=1).min() <= 2.0
+    assert np.linalg.norm(centres[0] - (16, 20, 20)) <= 2.0  # the solid ball responds most
+    assert (table["source"] == "blob").all() and (table["blob_strength"] > 0).all()
+
+
+def test_a_long_vessel_is_not_a_candidate():
+    hu, lung = _lung()
+    zz, yy, xx = np.ogrid[:32, :64, :64]
+    hu[np.broadcast_to((yy - 32) ** 2 + (xx - 32) ** 2 <= 2.0**2, hu.shape)] = 40.0  # a 4 mm tube through every slice
+    _, table = blob_candidates(hu, lung, SPACING)
+    on_tube = np.hypot(table["centroid_y"] - 32, table["centroid_x"] - 32) <= 3.0
+    assert not on_tube.any()
+
+
+def test_nothing_outside_the_lungs():
+    hu, lung = _lung()
+    hu[_ball(hu.shape, (16, 32, 32), 4.0)] = 30.0
+    labels, table = blob_candidates(hu, np.zeros_like(lung), SPACING)
+    assert len(table) == 0 and not labels.any()
+
+
+def test_a_thin_stack_is_searched_without_error():
+    hu, lung = _lung((2, 48, 48))
+    hu[:, 20:26, 20:26] = 30.0
+    labels, table = blob_candidates(hu, lung, (2.5, 0.7, 0.7))
+    assert labels.shape == hu.shape and list(table.columns) == list(BLOB_COLUMNS)
+
+
+def test_merge_keeps_each_nodule_once():
+    hu, lung = _lung()
+    found, missed = _ball(hu.shape, (16, 20, 20), 4.0), _ball(hu.shape, (16, 44, 44), 4.0)
+    hu[found | missed] = 30.0
+    blob_labels, blob_table = blob_candidates(hu, lung, SPACING)
+    segmenter_labels = found.astype(np.int32)  # the segmenter found one of the two balls
+    segmenter_table = pd.DataFrame({"nodule_id": [1], "centroid_z": [16.0], "centroid_y": [20.0], "centroid_x": [20.0]})
+    labels, table = merge_candidates(segmenter_labels, segmenter_table, blob_labels, blob_table, spacing=SPACING)
+    centres = table[["centroid_z", "centroid_y", "centroid_x"]].to_numpy()
+    near_found = np.linalg.norm(centres - (16, 20, 20), axis=1) <= 4.0
+    assert near_found.sum() == 1 and table.loc[near_found, "source"].tolist() == ["segmenter"]
+    assert (table.loc[np.linalg.norm(centres - (16, 44, 44), axis=1) <= 4.0, "source"] == "blob").any()
+    assert table["nodule_id"].tolist() == list(range(1, len(table) + 1))
+    assert set(np.unique(labels)) == {0, *table["nodule_id"]}
+    assert not (labels[found] > 1).any()  # no blob voxel on the segmenter's component
+    overlapping = set(np.unique(blob_labels[found])) - {0}
+    assert len(table) == 1 + len(blob_table) - len(overlapping)
+
+
+def test_source_features_and_a_union_classifier():
+    table = pd.DataFrame({"source": ["segmenter", "blob"], "blob_strength": [0.0, np.e - 1.0]})
+    features = source_features(table)
+    assert list(features.columns) == list(SOURCE_FEATURE_NAMES)
+    assert features["from_blob"].tolist() == [0.0, 1.0] and features["log_blob_strength"].round(6).tolist() == [0.0, 1.0]
+    assert source_features(pd.DataFrame({"nodule_id": [1]})).to_numpy().tolist() == [[0.0, 0.0]]
+    names = list(FEATURE_NAMES) + list(SOURCE_FEATURE_NAMES)
+    count = len(names)
+    model = CandidateClassifier(names, mean=np.zeros(count), scale=np.ones(count), coefficients=np.zeros(count), intercept=0.0)
+    assert CandidateClassifier.from_config(model.to_config()).feature_names == names
+
+
+def _empty():
+    return pd.DataFrame({"nodule_id": [], "centroid_z": [], "centroid_y": [], "centroid_x": []})
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda hu, lung: blob_candidates(hu[0], lung[0], SPACING),
+        lambda hu, lung: blob_candidates(hu, lung[:-1], SPACING),
+        lambda hu, lung: blob_candidates(hu, lung, (1.0, 1.0)),
+        lambda hu, lung: blob_candidates(hu, lung, (float("nan"), 1.0, 1.0)),
+        lambda hu, lung: blob_candidates(hu, lung, SPACING, radii_mm=()),
+        lambda hu, lung: blob_candidates(hu, lung, SPACING, max_candidates=0),
+        lambda hu, lung: merge_candidates(np.zeros((2, 4, 4), int), _empty(), np.zeros((2, 4, 5), int), _empty(), spacing=SPACING),
+        lambda hu, lung: merge_candidates(np.zeros((2, 4, 4), int), _empty(), np.zeros((2, 4, 4), int), _empty(), spacing=(1.0, 1.0)),
+    ],
+)
+def test_bad_input_is_a_named_error(call):
+    hu, lung = _lung((8, 16, 16))
+    with pytest.raises(NodulekitError):
+        call(hu, lung)
