@@ -1207,6 +1207,9 @@ def test_cli_segment_of_a_series_with_a_gap_warns_and_records_it(tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger="nodulekit"):
         code = _segment_cli(folder, out, segmenter_folders["two_stage"])
     assert code == 0 and "4.000 to 10.000 mm (002.dcm -> 003.dcm, about 2 missing)" in caplog.text
+    # these bare headers lack the Frame of Reference UID a DICOM SEG needs: a warning, not a failure
+    assert "no DICOM SEG written" in caplog.text and "Frame Of Reference" in caplog.text
+    assert not (out / "nodules.seg.dcm").exists() and (out / "mask.nii.gz").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stacks"][0]["slice_gaps"][0]["missing_slices"] == 2 and summary["stacks"][0]["info"]["second_stage"]
     table = pd.read_csv(out / "nodules.csv")

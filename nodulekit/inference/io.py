@@ -197,7 +197,8 @@ def write_segmentation(
         Also write ``mask.nii.gz`` / ``probabilities.npy``.
     source : Volume, optional
         The volume that was segmented; a DICOM series (``meta["format"] == "dicom"``) also gets
-        ``nodules.seg.dcm``.
+        ``nodules.seg.dcm``. A series that cannot carry a SEG (e.g. its headers lack the Frame of
+        Reference UID that the SEG IOD requires) gets a warning instead; the other files stand.
     model_name : str
         The model named in the DICOM SEG's algorithm identification.
     progress : bool
@@ -260,8 +261,11 @@ def write_segmentation(
         matched.to_csv(folder / "truth_nodules.csv", index=False, float_format="%.4g")
         files["truth_csv"] = "truth_nodules.csv"
     if isinstance(source, Volume) and source.meta.get("format") == "dicom":
-        write_dicom_seg(result.labels, source, folder / "nodules.seg.dcm", nodules=result.nodules, model_name=model_name)
-        files["dicom_seg"] = "nodules.seg.dcm"
+        try:
+            write_dicom_seg(result.labels, source, folder / "nodules.seg.dcm", nodules=result.nodules, model_name=model_name)
+            files["dicom_seg"] = "nodules.seg.dcm"
+        except DataFormatError as error:  # the SEG is an extra: the other results stand without it
+            logger.warning("no DICOM SEG written: %s", error)
     return {
         "files": files,
         "n_nodules": int(len(result.nodules)),
