@@ -27,6 +27,11 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
     python experiments/detection_candidates.py evaluate --cache /tmp/cands-cache
     python experiments/detection_candidates.py lidc ../shared/data/lidc/LIDC-IDRI-0001
     python experiments/detection_candidates.py stacks
+    python experiments/detection_candidates.py ship     # the per-source classifiers into the shipped folder
+
+5. ``ship``: the two per-source classifiers of ``evaluate`` (operating point from the training
+   scans' out-of-fold scores) as one ``classifier.json`` (:class:`~nodulekit.detection.PerSourceClassifier`)
+   in the shipped segmenter folder.
 """
 
 from __future__ import annotations
@@ -410,6 +415,43 @@ def _stacks_script():
     return module
 
 
+# --------------------------------------------------------------------------------------------------
+# Ship: the per-source classifiers become the shipped segmenter's second stage
+# --------------------------------------------------------------------------------------------------
+
+
+def command_ship(args) -> int:
+    """Write the per-source classifiers of ``evaluate`` as one ``classifier.json`` into a segmenter folder."""
+    from nodulekit.detection import CANDIDATE_SOURCES, PerSourceClassifier, load_classifier
+
+    out = Path(args.out)
+    classifiers = {source: load_classifier(out / CLASSIFIER_FOLDER / source) for source in CANDIDATE_SOURCES}
+    thresholds = {c.threshold for c in classifiers.values()}
+    if len(thresholds) != 1:
+        raise SystemExit(f"the per-source classifiers disagree on their operating point: {sorted(thresholds)}")
+    threshold = thresholds.pop()
+    results = json.loads((out / RESULT).read_text())
+    per_source = results["union_classifiers"]["per source"]
+    held_out = results["froc_held_out"]["union, one logistic classifier per source"]
+    metadata = {
+        "candidates": "the shipped segmenter's components (threshold 0.5, >= 3 mm) and nodulekit.detection.blob_candidates (defaults) inside the lung mask, merged by merge_candidates",
+        "trained_on": f"{len(results['training_seeds'])} synthetic scans of nodulekit.phantom.generate_volume (32 slices, 4 nodules, even seeds 0-118); one logistic regression per candidate source",
+        "n_scans": len(results["training_seeds"]),
+        "regularization": per_source["regularization"],
+        "validation_cpm": per_source["validation_cpm"][str(per_source["regularization"])],
+        "operating_point": {
+            "chosen_on": "out-of-fold scores of 5-fold scan-grouped cross-validation on the training scans (never the held-out scans)",
+            "target_fp_per_scan": 1.0,
+            "threshold": threshold,
+        },
+        "held_out": {"scans": f"{len(results['held_out_seeds'])} synthetic scans, odd seeds 1-59", "cpm": held_out["cpm"], "sensitivity_at_fp": held_out["sensitivity_at_fp"]},
+        "experiment": "experiments/detection_candidates.py (evaluate, ship)",
+    }
+    path = PerSourceClassifier(classifiers, threshold=threshold, metadata=metadata).save(args.folder)
+    print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -424,12 +466,14 @@ def main(argv: list[str] | None = None) -> int:
     stacks = sub.add_parser("stacks", help="dev crop stacks: segmenter against union recall by pseudo-HU band")
     stacks.add_argument("--data", default="../shared/data/lidc/LIDC-IDRI-slices")
     stacks.add_argument("--limit", type=int, default=None)
+    ship_parser = sub.add_parser("ship", help="write the per-source classifiers as the second stage of a segmenter folder")
+    ship_parser.add_argument("--folder", default=str(Path(__file__).resolve().parents[1] / "nodulekit" / "pretrained" / "lidc_attention_unet"))
     for command in (candidates, evaluate):
         command.add_argument("--cache", default="runs/detect")
-    for command in (evaluate, lidc, stacks):
+    for command in (evaluate, lidc, stacks, ship_parser):
         command.add_argument("--out", default="experiments/results")
     args = parser.parse_args(argv)
-    commands = {"candidates": command_candidates, "evaluate": command_evaluate, "lidc": command_lidc, "stacks": command_stacks}
+    commands = {"candidates": command_candidates, "evaluate": command_evaluate, "lidc": command_lidc, "stacks": command_stacks, "ship": command_ship}
     return commands[args.command](args)
 
 
