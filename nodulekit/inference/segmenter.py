@@ -311,7 +311,10 @@ class Segmenter:
             With a second-stage ``classifier`` and a CT volume in HU: every candidate is scored
             (:mod:`nodulekit.detection`), the table is sorted by ``score`` (``nodule_id`` 1 = the
             highest) and candidates scoring below ``min_score`` are dropped; default the
-            classifier's operating point (``classifier.threshold``), 0 keeps all. Without a
+            classifier's operating point (``classifier.threshold``), 0 keeps all. With a per-source
+            classifier (:class:`~nodulekit.detection.PerSourceClassifier`) and a lung mask, the
+            blob candidates join the segmenter's (:func:`~nodulekit.inference.rank_union`; the
+            table gets ``source``, ``info`` gets ``blob_s`` and ``blob_candidates``). Without a
             classifier the table stays sorted by volume, has no ``score``, and a warning is logged
             for CT volumes.
         max_nodules : int, optional
