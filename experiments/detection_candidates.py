@@ -27,6 +27,11 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
     python experiments/detection_candidates.py evaluate --cache /tmp/cands-cache
     python experiments/detection_candidates.py lidc ../shared/data/lidc/LIDC-IDRI-0001
     python experiments/detection_candidates.py stacks
+    python experiments/detection_candidates.py ship     # the per-source classifiers into the shipped folder
+
+5. ``ship``: the two per-source classifiers of ``evaluate`` (operating point from the training
+   scans' out-of-fold scores) as one ``classifier.json`` (:class:`~nodulekit.detection.PerSourceClassifier`)
+   in the shipped segmenter folder.
 """
 
 from __future__ import annotations
@@ -410,6 +415,80 @@ def _stacks_script():
     return module
 
 
+# --------------------------------------------------------------------------------------------------
+# Ship: the per-source classifiers become the shipped segmenter's second stage
+# --------------------------------------------------------------------------------------------------
+
+
+def command_ship(args) -> int:
+    """Write the per-source classifiers of ``evaluate`` as one ``classifier.json`` into a segmenter folder."""
+    from nodulekit.detection import CANDIDATE_SOURCES, PerSourceClassifier, load_classifier
+
+    out = Path(args.out)
+    classifiers = {source: load_classifier(out / CLASSIFIER_FOLDER / source) for source in CANDIDATE_SOURCES}
+    thresholds = {c.threshold for c in classifiers.values()}
+    if len(thresholds) != 1:
+        raise SystemExit(f"the per-source classifiers disagree on their operating point: {sorted(thresholds)}")
+    threshold = thresholds.pop()
+    results = json.loads((out / RESULT).read_text())
+    per_source = results["union_classifiers"]["per source"]
+    held_out = results.get("shipped_per_source_held_out") or results["froc_held_out"]["union, one logistic classifier per source"]
+    metadata = {
+        "candidates": "the shipped segmenter's components (threshold 0.5, >= 3 mm) and nodulekit.detection.blob_candidates (defaults) inside the lung mask, merged by merge_candidates",
+        "trained_on": f"{len(results['training_seeds'])} synthetic scans of nodulekit.phantom.generate_volume (32 slices, 4 nodules, even seeds 0-118); one logistic regression per candidate source",
+        "n_scans": len(results["training_seeds"]),
+        "regularization": per_source["regularization"],
+        "validation_cpm": per_source["validation_cpm"][str(per_source["regularization"])],
+        "operating_point": {
+            "chosen_on": "out-of-fold scores of 5-fold scan-grouped cross-validation on the training scans (never the held-out scans)",
+            "target_fp_per_scan": 1.0,
+            "threshold": threshold,
+        },
+        "held_out": {"scans": f"{len(results['held_out_seeds'])} synthetic scans, odd seeds 1-59 (no stage trained on them)", "cpm": held_out["cpm"], "sensitivity_at_fp": held_out["sensitivity_at_fp"]},
+        "experiment": "experiments/detection_candidates.py (evaluate, ship)",
+    }
+    path = PerSourceClassifier(classifiers, threshold=threshold, metadata=metadata).save(args.folder)
+    print(path)
+    return 0
+
+
+def command_shipped(args) -> int:
+    """The shipped per-source stage on the held-out scans: FROC, recall by kind, and ``rank_union`` against the cached scores."""
+    from nodulekit.detection import load_classifier
+    from nodulekit.inference import measure_nodules, rank_union
+    from nodulekit.utils import write_json
+
+    folder, out = Path(args.cache), Path(args.out)
+    classifier = load_classifier(Path(args.folder))
+    test, test_refs, _, _ = load_union(folder, held_out=True)
+    spacing_of = whole_scan.spacings(folder, test_refs)
+    scores = classifier.predict_proba(test)
+    result = whole_scan.froc_of(test, test_refs, scores, spacing_of)
+    # end to end: rank_union on the cached arrays of the first held-out scans gives the cached candidates' scores
+    differences = []
+    for seed in sorted(test_refs)[: args.check]:
+        scan = whole_scan.load_scan(folder / f"scan-{seed:05d}.npz")
+        seg_labels, seg_table = measure_nodules(scan["probabilities"] >= 0.5, spacing=scan["spacing"], probabilities=scan["probabilities"], hu=scan["hu"], min_diameter_mm=3.0, min_voxels=3)
+        _, ranked, _ = rank_union(seg_labels, seg_table, probabilities=scan["probabilities"], hu=scan["hu"], lung=scan["lung"], spacing=scan["spacing"], classifier=classifier, min_score=0.0)
+        cached = np.sort(scores[test["seed"].to_numpy() == seed])[::-1]
+        differences.append(float(np.abs(np.sort(ranked["score"].to_numpy())[::-1] - cached).max()) if len(cached) == len(ranked) else float("inf"))
+    summary = {
+        "classifier": str(args.folder),
+        "held_out_scans": len(test_refs),
+        "cpm": round(float(result.cpm), 4),
+        "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in result.sensitivities.items()},
+        "operating_point": classifier.threshold,
+        "recall_by_kind_at_operating_point": whole_scan._recall_by_kind(test, test_refs, scores, classifier.threshold),
+        "fp_per_scan_at_operating_point": round(float(((scores >= classifier.threshold) & ~test["label"].to_numpy(bool)).sum() / len(test_refs)), 2),
+        "rank_union_vs_cache_max_score_difference": differences,
+    }
+    previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
+    previous["shipped_per_source_held_out"] = summary
+    write_json(out / RESULT, previous)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -424,12 +503,17 @@ def main(argv: list[str] | None = None) -> int:
     stacks = sub.add_parser("stacks", help="dev crop stacks: segmenter against union recall by pseudo-HU band")
     stacks.add_argument("--data", default="../shared/data/lidc/LIDC-IDRI-slices")
     stacks.add_argument("--limit", type=int, default=None)
-    for command in (candidates, evaluate):
+    ship_parser = sub.add_parser("ship", help="write the per-source classifiers as the second stage of a segmenter folder")
+    ship_parser.add_argument("--folder", default=str(Path(__file__).resolve().parents[1] / "nodulekit" / "pretrained" / "lidc_attention_unet"))
+    shipped = sub.add_parser("shipped", help="the shipped per-source stage on the held-out scans (FROC, recall by kind, end-to-end check)")
+    shipped.add_argument("--folder", default=ship_parser.get_default("folder"))
+    shipped.add_argument("--check", type=int, default=3, help="held-out scans run end to end through rank_union")
+    for command in (candidates, evaluate, shipped):
         command.add_argument("--cache", default="runs/detect")
-    for command in (evaluate, lidc, stacks):
+    for command in (evaluate, lidc, stacks, ship_parser, shipped):
         command.add_argument("--out", default="experiments/results")
     args = parser.parse_args(argv)
-    commands = {"candidates": command_candidates, "evaluate": command_evaluate, "lidc": command_lidc, "stacks": command_stacks}
+    commands = {"candidates": command_candidates, "evaluate": command_evaluate, "lidc": command_lidc, "stacks": command_stacks, "ship": command_ship, "shipped": command_shipped}
     return commands[args.command](args)
 
 

@@ -27,7 +27,17 @@ candidate came from (``experiments/detection_candidates.py`` measures them).
 fit; numpy to predict), saved as JSON (feature names, means, scales, coefficients, the operating
 point) beside the segmenter (``classifier.json``): no pickle. Its output is the ``score`` column of
 ``nodules.csv``: a probability, calibrated on held-out candidates (reliability diagram in
-``experiments/detection.py``).
+``experiments/detection.py``). A :class:`PerSourceClassifier` holds one such classifier per
+candidate source (:data:`CANDIDATE_SOURCES`), each candidate scored by its own source's: with one
+in the folder, a segmenter unions its candidates with :func:`blob_candidates`
+(:func:`nodulekit.inference.rank_union`). ``classifier.json`` holds either form:
+
+* one classifier (the previous format, still read): ``{"kind": "logistic_regression",
+  "feature_names", "mean", "scale", "coefficients", "intercept", "threshold", "metadata"}``; the
+  segmenter's candidates alone are scored;
+* one per source: ``{"kind": "per_source", "version": 1, "threshold", "metadata", "classifiers":
+  {"segmenter": {...}, "blob": {...}}}``, each entry in the form above; the top-level
+  ``threshold`` is the operating point of the union (``--min-score`` default).
 
 This module sits below :mod:`nodulekit.inference` (it works on arrays and the nodule table, and
 imports nothing above :mod:`nodulekit.errors` and :mod:`nodulekit.utils`), so a
@@ -65,6 +75,8 @@ __all__ = [
     "INTENSITY_FREE_FEATURES",
     "OUTCOMES",
     "CandidateClassifier",
+    "CANDIDATE_SOURCES",
+    "PerSourceClassifier",
     "candidate_features",
     "candidate_outcomes",
     "load_classifier",
@@ -261,7 +273,10 @@ class _ScanContext:
     def depth(self) -> np.ndarray | None:
         """Distance (mm) from each lung voxel to the nearest voxel outside the lungs, in-plane."""
         if self.lung is not None and self._depth is None:
-            self._depth = np.stack([ndimage.distance_transform_edt(s, sampling=self.sampling[1:]) for s in self.lung]).astype(np.float32)
+            depth = np.empty(self.lung.shape, np.float32)  # filled slice by slice: no float64 copy of the scan
+            for index, lung_slice in enumerate(self.lung):
+                depth[index] = ndimage.distance_transform_edt(lung_slice, sampling=self.sampling[1:])
+            self._depth = depth
         return self._depth
 
 
@@ -497,23 +512,127 @@ class CandidateClassifier:
         return path
 
 
-def load_classifier(folder: str | os.PathLike) -> CandidateClassifier:
-    """Read the second stage of a segmenter folder (``classifier.json``).
+#: Candidate sources of a :class:`PerSourceClassifier`, the keys of its classifiers.
+CANDIDATE_SOURCES = ("segmenter", "blob")
+
+#: Version of the per-source ``classifier.json`` format this nodulekit reads and writes.
+PER_SOURCE_VERSION = 1
+
+
+class PerSourceClassifier:
+    """One :class:`CandidateClassifier` per candidate source: each candidate scored by its own source's.
+
+    The segmentation model's probability features mean nothing on a candidate only the blob filter
+    found, so one logistic regression per source ranks the union of both far better than one for
+    all (``experiments/detection_candidates.py``). Scores of both are probabilities and are ranked
+    together.
+
+    Parameters
+    ----------
+    classifiers : dict
+        ``{"segmenter": CandidateClassifier, "blob": CandidateClassifier}`` (:data:`CANDIDATE_SOURCES`).
+    threshold : float
+        The default operating point of the union (``--min-score``), in [0, 1].
+    metadata : dict, optional
+        How it was trained and measured.
+
+    Examples
+    --------
+    >>> low = CandidateClassifier(["a"], mean=[0], scale=[1], coefficients=[1.0], intercept=-5.0)
+    >>> high = CandidateClassifier(["a"], mean=[0], scale=[1], coefficients=[1.0], intercept=5.0)
+    >>> model = PerSourceClassifier({"segmenter": low, "blob": high}, threshold=0.5)
+    >>> model.predict_proba(pd.DataFrame({"a": [0.0, 0.0], "source": ["segmenter", "blob"]})).round(3).tolist()
+    [0.007, 0.993]
+    """
+
+    def __init__(self, classifiers: dict, *, threshold: float = 0.0, metadata: dict | None = None) -> None:
+        if not isinstance(classifiers, dict) or set(classifiers) != set(CANDIDATE_SOURCES):
+            raise InvalidParameterError(f"a per-source classifier needs exactly the sources {list(CANDIDATE_SOURCES)}, got {sorted(classifiers) if isinstance(classifiers, dict) else classifiers!r}")
+        if not all(isinstance(c, CandidateClassifier) for c in classifiers.values()):
+            raise InvalidParameterError("each source of a per-source classifier needs a CandidateClassifier")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise InvalidParameterError(f"the operating threshold must be in [0, 1], got {threshold!r}")
+        self.classifiers = {source: classifiers[source] for source in CANDIDATE_SOURCES}
+        self.threshold = float(threshold)
+        self.metadata = dict(metadata or {})
+
+    def __repr__(self) -> str:
+        return f"PerSourceClassifier({', '.join(CANDIDATE_SOURCES)}, threshold={self.threshold:.3g})"
+
+    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
+        """Probability that each candidate is a nodule, by the classifier of its ``source`` column, shape (n,).
+
+        Rows without a ``source`` column are segmenter candidates.
+        """
+        sources = features["source"].to_numpy(str) if "source" in features else np.full(len(features), CANDIDATE_SOURCES[0])
+        unknown = sorted(set(sources) - set(CANDIDATE_SOURCES))
+        if unknown:
+            raise InvalidParameterError(f"unknown candidate source(s) {unknown}; expected {list(CANDIDATE_SOURCES)}")
+        scores = np.zeros(len(features))
+        for source, classifier in self.classifiers.items():
+            mine = sources == source
+            if mine.any():
+                scores[mine] = classifier.predict_proba(features[mine])
+        return scores
+
+    def to_config(self) -> dict:
+        """JSON-serialisable form (what ``classifier.json`` holds; module docstring)."""
+        return {
+            "kind": "per_source",
+            "version": PER_SOURCE_VERSION,
+            "threshold": self.threshold,
+            "metadata": self.metadata,
+            "classifiers": {source: classifier.to_config() for source, classifier in self.classifiers.items()},
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> PerSourceClassifier:
+        """Inverse of :meth:`to_config`."""
+        if not isinstance(config, dict) or config.get("kind") != "per_source":
+            raise InvalidParameterError("not a nodulekit per-source classifier (kind must be 'per_source')")
+        if config.get("version") != PER_SOURCE_VERSION:
+            raise InvalidParameterError(f"per-source classifier version {config.get('version')!r}; this nodulekit reads version {PER_SOURCE_VERSION}")
+        entries = config["classifiers"]
+        if not isinstance(entries, dict) or set(entries) != set(CANDIDATE_SOURCES):
+            raise InvalidParameterError(f"'classifiers' must hold exactly {list(CANDIDATE_SOURCES)}")
+        classifiers = {source: CandidateClassifier.from_config(entries[source]) for source in CANDIDATE_SOURCES}
+        return cls(classifiers, threshold=config["threshold"], metadata=config.get("metadata"))
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``classifier.json`` into ``folder`` (atomically)."""
+        from .utils import write_json
+
+        path = Path(folder) / CLASSIFIER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, self.to_config())
+        return path
+
+
+def load_classifier(folder: str | os.PathLike) -> CandidateClassifier | PerSourceClassifier:
+    """Read the second stage of a segmenter folder (``classifier.json``, either form of the module docstring).
+
+    Returns
+    -------
+    CandidateClassifier or PerSourceClassifier
+        One classifier (a file of kind ``logistic_regression``) or one per source (``per_source``).
 
     Raises
     ------
     MissingDataError
         When the folder has no ``classifier.json`` (a segmenter without a second stage).
     ModelFileError
-        When the file is not a valid classifier.
+        When the file is not a valid classifier of either form (the message names the file).
     """
     path = Path(folder) / CLASSIFIER_FILE
     if not path.is_file():
         raise MissingDataError(f"no second-stage classifier ({CLASSIFIER_FILE}) in this model folder", path=Path(folder))
     try:
-        return CandidateClassifier.from_config(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelFileError(f"not a valid candidate classifier ({exc})", path=path) from exc
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and config.get("kind") == "per_source":
+            return PerSourceClassifier.from_config(config)
+        return CandidateClassifier.from_config(config)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelFileError(f"not a valid candidate classifier ({type(exc).__name__}: {exc})", path=path) from exc
 
 
 def rank_candidates(

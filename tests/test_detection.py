@@ -13,7 +13,9 @@ from nodulekit.detection import (
     FEATURE_NAMES,
     INTENSITY_FREE_FEATURES,
     OUTCOMES,
+    SOURCE_FEATURE_NAMES,
     CandidateClassifier,
+    PerSourceClassifier,
     candidate_features,
     candidate_outcomes,
     load_classifier,
@@ -84,6 +86,18 @@ def _separable(n=200, seed=0):
     features = pd.DataFrame(rng.normal(size=(n, len(FEATURE_NAMES))), columns=list(FEATURE_NAMES))
     labels = features["hessian_blob"] - features["z_extent_ratio"] + 0.3 * rng.normal(size=n) > 0
     return features, labels.to_numpy()
+
+
+def test_lung_depth_is_filled_in_float32_slice_by_slice():
+    from scipy import ndimage
+
+    from nodulekit.detection import _ScanContext
+
+    _, lung, _, _ = _phantom()
+    lung[5:9, 40:60, 40:60] = False
+    depth = _ScanContext(lung, np.array(SPACING)).depth()
+    expected = np.stack([ndimage.distance_transform_edt(s, sampling=SPACING[1:]) for s in lung])
+    assert depth.dtype == np.float32 and np.array_equal(depth, expected.astype(np.float32))
 
 
 def test_classifier_fits_predicts_and_round_trips_through_json(tmp_path):
@@ -192,14 +206,18 @@ def test_shipped_segmenter_carries_its_second_stage_and_ranks_a_synthetic_scan()
 
     folder = PRETRAINED_DIR / "lidc_attention_unet"
     classifier = load_classifier(folder)
-    assert set(classifier.feature_names) <= set(FEATURE_NAMES) and 0 < classifier.threshold < 1
+    assert isinstance(classifier, PerSourceClassifier) and 0 < classifier.threshold < 1
+    for source in classifier.classifiers.values():
+        assert set(source.feature_names) <= set(FEATURE_NAMES) | set(SOURCE_FEATURE_NAMES)
     assert classifier.metadata["operating_point"]["target_fp_per_scan"] > 0
+    assert "training scans" in classifier.metadata["operating_point"]["chosen_on"]
     segmenter = load_segmenter(folder)
     assert segmenter.classifier is not None
     volume = generate_volume(n_slices=8, n_nodules=2, seed=1, readers=0)
     result = segmenter.segment(volume, min_score=0.0, progress=False)
     table = result.nodules
-    assert result.info["second_stage"] and len(table) == result.info["candidates"] >= 1
+    assert result.info["second_stage"] and len(table) == result.info["candidates"] >= 1 and "blob_s" in result.info
+    assert set(table["source"]) <= {"segmenter", "blob"}
     assert table["score"].between(0, 1).all() and table["score"].is_monotonic_decreasing
     default = segmenter.segment(volume, progress=False)  # the operating point keeps the top of the same list
     assert default.nodules["score"].tolist() == [s for s in table["score"] if s >= classifier.threshold]

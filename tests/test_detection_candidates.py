@@ -121,3 +121,130 @@ def test_bad_input_is_a_named_error(call):
     hu, lung = _lung((8, 16, 16))
     with pytest.raises(NodulekitError):
         call(hu, lung)
+
+
+# --------------------------------------------------------------------------------------------------
+# The per-source second stage: classifier file and the union in Segmenter.segment
+# --------------------------------------------------------------------------------------------------
+
+
+def _constant(intercept: float, names=FEATURE_NAMES + SOURCE_FEATURE_NAMES) -> CandidateClassifier:
+    count = len(names)
+    return CandidateClassifier(names, mean=np.zeros(count), scale=np.ones(count), coefficients=np.zeros(count), intercept=intercept)
+
+
+def _per_source(threshold: float = 0.0):
+    from nodulekit.detection import PerSourceClassifier
+
+    return PerSourceClassifier({"segmenter": _constant(-2.0), "blob": _constant(2.0)}, threshold=threshold)
+
+
+def _bright_model(batch):
+    """Stands in for a network: 'nodule' where the locally z-scored input is bright."""
+    return (np.asarray(batch) > 1.0).astype(np.float32)
+
+
+def test_per_source_classifier_round_trips_and_scores_by_source(tmp_path):
+    from nodulekit.detection import PerSourceClassifier, load_classifier
+
+    model = _per_source(threshold=0.4)
+    model.save(tmp_path)
+    loaded = load_classifier(tmp_path)
+    assert isinstance(loaded, PerSourceClassifier) and loaded.threshold == 0.4
+    frame = pd.DataFrame(np.zeros((3, len(FEATURE_NAMES) + 2)), columns=list(FEATURE_NAMES + SOURCE_FEATURE_NAMES)).assign(source=["segmenter", "blob", "segmenter"])
+    assert loaded.predict_proba(frame).round(3).tolist() == [0.119, 0.881, 0.119]
+    with pytest.raises(NodulekitError, match="unknown candidate source"):
+        loaded.predict_proba(frame.assign(source="other"))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c["classifiers"].pop("blob"),
+        lambda c: c.update(version=99),
+        lambda c: c["classifiers"]["blob"].pop("coefficients"),
+        lambda c: c.update(classifiers=["segmenter", "blob"]),
+        lambda c: c.update(threshold=3.0),
+    ],
+    ids=["no blob", "version", "no coefficients", "not a dict", "threshold"],
+)
+def test_a_malformed_per_source_file_is_a_named_error(tmp_path, edit):
+    import json
+
+    from nodulekit.detection import load_classifier
+    from nodulekit.errors import ModelFileError
+
+    config = _per_source().to_config()
+    edit(config)
+    (tmp_path / "classifier.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="classifier.json") as error:
+        load_classifier(tmp_path)
+    assert "not a valid candidate classifier" in str(error.value)
+
+
+def test_measure_labels_measures_as_measure_nodules_does():
+    from nodulekit.inference import measure_labels, measure_nodules
+
+    hu, lung = _lung()
+    balls = _ball(hu.shape, (16, 20, 20), 4.0) | _ball(hu.shape, (10, 44, 40), 3.0)
+    hu[balls] = 30.0
+    probabilities = balls * np.float32(0.8)
+    labels, table = measure_nodules(balls, spacing=(2.0, 0.7, 0.7), probabilities=probabilities, hu=hu)
+    measured = measure_labels(labels, table["nodule_id"][::-1], spacing=(2.0, 0.7, 0.7), probabilities=probabilities, hu=hu)
+    pd.testing.assert_frame_equal(measured, table[::-1].reset_index(drop=True))
+    with pytest.raises(NodulekitError, match="no voxel"):
+        measure_labels(labels, [7], spacing=(2.0, 0.7, 0.7))
+
+
+def _synthetic_scan():
+    from nodulekit.phantom import generate_volume
+
+    return generate_volume(n_slices=16, n_nodules=3, seed=5, readers=0)
+
+
+def test_segment_with_a_per_source_stage_lists_blob_candidates_consistently(tmp_path):
+    from nodulekit.inference import Segmenter, write_segmentation
+
+    volume = _synthetic_scan()
+    segmenter = Segmenter(_bright_model, None, window=32, classifier=_per_source())
+    result = segmenter.segment(volume, lungs=True, progress=False)
+    table, labels = result.nodules, result.labels
+    assert result.info["second_stage"] and result.info["candidate_sources"] == ["segmenter", "blob"]
+    assert result.info["blob_s"] >= 0 and result.info["blob_candidates"] >= 1 and result.info["candidates"] == len(table)
+    assert "blob" in set(table["source"]) and set(table["source"]) <= {"segmenter", "blob"}
+    assert table["score"].is_monotonic_decreasing and table["nodule_id"].tolist() == list(range(1, len(table) + 1))
+    blob = table["source"].eq("blob").to_numpy()
+    assert table.loc[blob, "score"].min() > table.loc[~blob, "score"].max()  # the blob classifier scores higher
+    assert set(np.unique(labels)) == {0, *table["nodule_id"]} and np.array_equal(result.mask, (labels > 0).astype(np.uint8))
+    voxels = np.bincount(labels.ravel(), minlength=len(table) + 1)[1:]
+    assert voxels.tolist() == table["voxels"].tolist() and not table.drop(columns=["source"]).isna().any().any()
+    assert (~result.lung[labels > 0]).mean() < 0.5  # blob balls lie in (or just beside) the lungs
+    top = segmenter.segment(volume, lungs=True, progress=False, max_nodules=2, min_score=0.5)
+    assert len(top.nodules) <= 2 and (top.nodules["source"] == "blob").all()
+    write_segmentation(result, tmp_path, overlays="none", progress=False)
+    written = pd.read_csv(tmp_path / "nodules.csv")
+    assert written["source"].tolist() == table["source"].tolist()
+    assert np.array_equal(np.load(tmp_path / "labels.npy"), labels)
+
+
+def test_segment_with_one_classifier_keeps_the_segmenter_candidates_only():
+    from nodulekit.detection import candidate_features, rank_candidates
+    from nodulekit.inference import Segmenter
+
+    volume = _synthetic_scan()
+    result = Segmenter(_bright_model, None, window=32, classifier=_constant(0.0, FEATURE_NAMES)).segment(volume, lungs=True, progress=False)
+    assert "source" not in result.nodules and "blob_s" not in result.info and result.info["candidate_sources"] == ["segmenter"]
+    plain = Segmenter(_bright_model, None, window=32).segment(volume, lungs=True, progress=False)
+    features = candidate_features(plain.labels, plain.nodules, probabilities=plain.probabilities, hu=plain.images, lung=plain.lung, spacing=plain.spacing)
+    labels, table = rank_candidates(plain.labels, plain.nodules, np.full(len(features), 0.5), min_score=0.0)
+    assert np.array_equal(labels, result.labels)
+    pd.testing.assert_frame_equal(table, result.nodules)
+
+
+def test_segment_with_a_per_source_stage_and_no_lung_mask_scores_the_segmenter_candidates():
+    from nodulekit.inference import Segmenter
+
+    volume = _synthetic_scan()
+    result = Segmenter(_bright_model, None, window=32, classifier=_per_source()).segment(volume, lungs=False, progress=False)
+    assert result.info["second_stage"] and "blob_s" not in result.info
+    assert (result.nodules["source"] == "segmenter").all() and np.allclose(result.nodules["score"], 1 / (1 + np.exp(2.0)))

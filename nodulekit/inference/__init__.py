@@ -46,10 +46,11 @@ nodules in :mod:`.measure`.
 
 from __future__ import annotations
 
+from .candidates import rank_union
 from .forward import without_fixed_size
 from .io import write_segmentation
 from .lung import lung_mask
-from .measure import NODULE_COLUMNS, match_nodules, measure_nodules
+from .measure import NODULE_COLUMNS, match_nodules, measure_labels, measure_nodules
 from .result import SegmentationResult
 from .segmenter import MODES, Segmenter, load_segmenter
 from .windows import gaussian_weights, local_zscore, window_starts
@@ -63,7 +64,9 @@ __all__ = [
     "gaussian_weights",
     "window_starts",
     "local_zscore",
+    "measure_labels",
     "measure_nodules",
+    "rank_union",
     "load_segmenter",
     "without_fixed_size",
     "match_nodules",

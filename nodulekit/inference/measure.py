@@ -12,12 +12,13 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from ..errors import InvalidParameterError
 from ..postprocess import label_components, remove_small_objects
 from .result import SegmentationResult
 
-__all__ = ["NODULE_COLUMNS", "measure_nodules", "match_nodules"]
+__all__ = ["NODULE_COLUMNS", "measure_labels", "measure_nodules", "match_nodules"]
 
 #: Columns of the nodule table returned by :func:`measure_nodules`.
 NODULE_COLUMNS = (
@@ -128,52 +129,12 @@ def measure_nodules(
     if int(min_voxels) > 1:
         mask = remove_small_objects(mask, min_size=int(min_voxels), connectivity=3, within_slices=not connect_slices)
     labels, count = label_components(mask, connectivity=3, within_slices=not connect_slices)
-    slice_mm, row_mm, column_mm = values
-    pixel_known = np.isfinite(row_mm) and np.isfinite(column_mm)
-    pixel = (row_mm, column_mm) if pixel_known else (1.0, 1.0)
+    pixel_known = bool(np.isfinite(values[1]) and np.isfinite(values[2]))
     rows = []
     for region in regionprops(labels):
-        coords = region.coords
-        z0, z1 = int(coords[:, 0].min()), int(coords[:, 0].max())
-        per_slice = np.bincount(coords[:, 0] - z0)
-        largest = z0 + int(np.argmax(per_slice))
-        flat = (labels[largest] == region.label).astype(np.uint8)
-        feret = regionprops(flat, spacing=pixel)[0].feret_diameter_max
-        feret_px = regionprops(flat)[0].feret_diameter_max if pixel_known else feret
-        diameter_mm = feret if pixel_known else float("nan")
-        if pixel_known and diameter_mm < float(min_diameter_mm):
+        row = _measure_component(labels, region.label, region.coords, values, connect_slices, extras)
+        if pixel_known and row["diameter_mm"] < float(min_diameter_mm):
             continue
-        area_mm2 = per_slice.max() * row_mm * column_mm
-        volume_mm3 = len(coords) * slice_mm * row_mm * column_mm
-        if connect_slices:
-            equivalent = (6.0 * volume_mm3 / np.pi) ** (1.0 / 3.0)
-        else:
-            equivalent = 2.0 * np.sqrt(area_mm2 / np.pi)
-        centroid = coords.mean(axis=0)
-        index = tuple(coords.T)
-        row = {
-            "label": region.label,
-            "image": 0 if connect_slices else z0,
-            "slice_first": z0,
-            "slice_last": z1,
-            "n_slices": z1 - z0 + 1,
-            "largest_slice": largest,
-            "centroid_z": float(centroid[0]),
-            "centroid_y": float(centroid[1]),
-            "centroid_x": float(centroid[2]),
-            "centroid_z_mm": float(centroid[0] * slice_mm),
-            "centroid_y_mm": float(centroid[1] * row_mm),
-            "centroid_x_mm": float(centroid[2] * column_mm),
-            "diameter_px": float(feret_px),
-            "diameter_mm": float(diameter_mm),
-            "equivalent_diameter_mm": float(equivalent),
-            "area_mm2": float(area_mm2),
-            "volume_mm3": float(volume_mm3) if connect_slices else float("nan"),
-            "voxels": int(len(coords)),
-            "mean_hu": float(extras["hu"][index].mean()) if "hu" in extras else float("nan"),
-            "mean_probability": float(extras["probabilities"][index].mean()) if "probabilities" in extras else float("nan"),
-            "max_probability": float(extras["probabilities"][index].max()) if "probabilities" in extras else float("nan"),
-        }
         rows.append(row)
     rows.sort(key=lambda r: (-r["voxels"], r["slice_first"], r["centroid_y"], r["centroid_x"]))
     lookup = np.zeros(count + 1, np.int32)
@@ -183,6 +144,107 @@ def measure_nodules(
     relabelled = lookup[labels]
     table = pd.DataFrame(rows, columns=list(NODULE_COLUMNS))
     return (relabelled[0] if two_d else relabelled), table
+
+
+def measure_labels(
+    labels: np.ndarray,
+    ids: Sequence[int],
+    *,
+    spacing: Sequence[float],
+    probabilities: np.ndarray | None = None,
+    hu: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Measure components that are already labelled (3-D), as :func:`measure_nodules` measures its own.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (slices, rows, columns)
+        Component labels.
+    ids : sequence of int
+        The labels to measure, each with at least one voxel.
+    spacing, probabilities, hu
+        As in :func:`measure_nodules`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per id (same order) with :data:`NODULE_COLUMNS`, ``nodule_id`` = the label.
+
+    Raises
+    ------
+    InvalidParameterError
+        On a label volume that is not 3-D, arrays of other shapes, or an id without voxels.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise InvalidParameterError(f"labels must be 3-D, got shape {labels.shape}")
+    values = [float(s) for s in spacing]
+    if len(values) != 3:
+        raise InvalidParameterError(f"spacing must be 3 mm values (slice, row, column), got {spacing!r}")
+    extras = {}
+    for name, array in (("probabilities", probabilities), ("hu", hu)):
+        if array is not None:
+            if np.shape(array) != labels.shape:
+                raise InvalidParameterError(f"{name} shape {np.shape(array)} differs from labels shape {labels.shape}")
+            extras[name] = np.asarray(array)
+    objects = ndimage.find_objects(labels)
+    rows = []
+    for label in (int(i) for i in ids):
+        box = objects[label - 1] if 0 < label <= len(objects) else None
+        if box is None:
+            raise InvalidParameterError(f"label {label} has no voxel")
+        coords = np.argwhere(labels[box] == label) + [s.start for s in box]
+        row = _measure_component(labels, label, coords, values, True, extras)
+        row.pop("label")
+        rows.append({"nodule_id": label, **row})
+    return pd.DataFrame(rows, columns=list(NODULE_COLUMNS))
+
+
+def _measure_component(labels: np.ndarray, label: int, coords: np.ndarray, spacing: list, connect_slices: bool, extras: dict) -> dict:
+    """One component's row of the nodule table (without ``nodule_id``; ``label`` = its label)."""
+    from skimage.measure import regionprops
+
+    slice_mm, row_mm, column_mm = spacing
+    pixel_known = np.isfinite(row_mm) and np.isfinite(column_mm)
+    pixel = (row_mm, column_mm) if pixel_known else (1.0, 1.0)
+    z0, z1 = int(coords[:, 0].min()), int(coords[:, 0].max())
+    per_slice = np.bincount(coords[:, 0] - z0)
+    largest = z0 + int(np.argmax(per_slice))
+    flat = (labels[largest] == label).astype(np.uint8)
+    feret = regionprops(flat, spacing=pixel)[0].feret_diameter_max
+    feret_px = regionprops(flat)[0].feret_diameter_max if pixel_known else feret
+    diameter_mm = feret if pixel_known else float("nan")
+    area_mm2 = per_slice.max() * row_mm * column_mm
+    volume_mm3 = len(coords) * slice_mm * row_mm * column_mm
+    if connect_slices:
+        equivalent = (6.0 * volume_mm3 / np.pi) ** (1.0 / 3.0)
+    else:
+        equivalent = 2.0 * np.sqrt(area_mm2 / np.pi)
+    centroid = coords.mean(axis=0)
+    index = tuple(coords.T)
+    return {
+        "label": label,
+        "image": 0 if connect_slices else z0,
+        "slice_first": z0,
+        "slice_last": z1,
+        "n_slices": z1 - z0 + 1,
+        "largest_slice": largest,
+        "centroid_z": float(centroid[0]),
+        "centroid_y": float(centroid[1]),
+        "centroid_x": float(centroid[2]),
+        "centroid_z_mm": float(centroid[0] * slice_mm),
+        "centroid_y_mm": float(centroid[1] * row_mm),
+        "centroid_x_mm": float(centroid[2] * column_mm),
+        "diameter_px": float(feret_px),
+        "diameter_mm": float(diameter_mm),
+        "equivalent_diameter_mm": float(equivalent),
+        "area_mm2": float(area_mm2),
+        "volume_mm3": float(volume_mm3) if connect_slices else float("nan"),
+        "voxels": int(len(coords)),
+        "mean_hu": float(np.asarray(extras["hu"][index], np.float32).mean()) if "hu" in extras else float("nan"),
+        "mean_probability": float(np.asarray(extras["probabilities"][index], np.float32).mean()) if "probabilities" in extras else float("nan"),
+        "max_probability": float(np.asarray(extras["probabilities"][index], np.float32).max()) if "probabilities" in extras else float("nan"),
+    }
 
 
 def match_nodules(result: SegmentationResult, truth: np.ndarray) -> pd.DataFrame:

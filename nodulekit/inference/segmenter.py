@@ -21,11 +21,12 @@ from tqdm.auto import tqdm
 
 from ..crops import center_crop
 from ..dataset import CropSet, Volume
-from ..detection import CLASSIFIER_FILE, CandidateClassifier, candidate_features, rank_candidates
+from ..detection import CLASSIFIER_FILE, CandidateClassifier, PerSourceClassifier, candidate_features, rank_candidates, source_features
 from .._version import __version__
 from ..errors import DataFormatError, InvalidParameterError, ModelFileError
 from ..precision import resolve_precision
 from ..preprocessing import zscore_windows
+from .candidates import rank_union
 from .forward import make_forward
 from .io import as_stack, read_segmenter_files, write_segmenter_files
 from .lung import search_region
@@ -70,10 +71,12 @@ class Segmenter:
         Default sliding-window overlap, in [0, 1).
     metadata : dict, optional
         Free-form provenance (architecture, run folder, training data), saved with the segmenter.
-    classifier : nodulekit.detection.CandidateClassifier, optional
+    classifier : nodulekit.detection.CandidateClassifier or PerSourceClassifier, optional
         The second stage: scores every 3-D candidate of a scan in HU, so that :meth:`segment`
         sorts the nodule table by a calibrated ``score`` and keeps those at or above the
-        classifier's operating point. Loaded from ``classifier.json`` by :func:`load_segmenter`.
+        classifier's operating point. A :class:`~nodulekit.detection.PerSourceClassifier` also adds
+        the blob candidates inside the lung mask (:func:`~nodulekit.inference.rank_union`; the
+        table gets a ``source`` column). Loaded from ``classifier.json`` by :func:`load_segmenter`.
     precision : {"auto", "float32", "mixed_bfloat16"}
         Arithmetic of the forward pass of a float32 Keras model. ``"auto"`` (default): bfloat16
         on CPUs with native bfloat16 (AVX512-BF16/AMX) and no GPU, float32 elsewhere; the weights
@@ -308,7 +311,10 @@ class Segmenter:
             With a second-stage ``classifier`` and a CT volume in HU: every candidate is scored
             (:mod:`nodulekit.detection`), the table is sorted by ``score`` (``nodule_id`` 1 = the
             highest) and candidates scoring below ``min_score`` are dropped; default the
-            classifier's operating point (``classifier.threshold``), 0 keeps all. Without a
+            classifier's operating point (``classifier.threshold``), 0 keeps all. With a per-source
+            classifier (:class:`~nodulekit.detection.PerSourceClassifier`) and a lung mask, the
+            blob candidates join the segmenter's (:func:`~nodulekit.inference.rank_union`; the
+            table gets ``source``, ``info`` gets ``blob_s`` and ``blob_candidates``). Without a
             classifier the table stays sorted by volume, has no ``score``, and a warning is logged
             for CT volumes.
         max_nodules : int, optional
@@ -358,10 +364,12 @@ class Segmenter:
         timings["measure_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
         candidates = len(nodules)
-        labels, nodules, scored = self._rank(
+        labels, nodules, scored, union = self._rank(
             labels, nodules, probabilities, images, lung, spacing3, units=units, connect=connect, min_score=min_score, max_nodules=max_nodules
         )
         timings["rank_s"] = time.perf_counter() - tick
+        timings.update({k: v for k, v in union.items() if k.endswith("_s")})
+        candidates = union.get("candidates", candidates)
         timings["total_s"] = time.perf_counter() - start
         timings["cpu_s"] = time.process_time() - cpu_start  # CPU seconds of this process, all threads
         info = {
@@ -376,6 +384,8 @@ class Segmenter:
             "shape": list(images.shape),
             "second_stage": scored,
             "candidates": candidates,
+            "candidate_sources": ["segmenter", "blob"] if union else ["segmenter"],
+            "blob_candidates": union.get("blob_candidates"),
             "min_score": (self.classifier.threshold if min_score is None else float(min_score)) if scored else None,
             **self._last_counts,
             **{k: round(v, 3) for k, v in timings.items()},
@@ -395,18 +405,30 @@ class Segmenter:
     def _rank(self, labels, nodules, probabilities, images, lung, spacing, *, units, connect, min_score, max_nodules):
         """Score, sort and filter the candidates with the second stage (or keep the largest without one).
 
-        Returns the labels, the nodule table and whether the second stage scored them (it scores
-        the 3-D candidates of a CT volume in HU of 2+ slices with known spacing).
+        Returns the labels, the nodule table, whether the second stage scored them (it scores
+        the 3-D candidates of a CT volume in HU of 2+ slices with known spacing) and, when a
+        per-source second stage added the blob candidates (a lung mask is needed), their timing
+        and count (:func:`rank_union`; else an empty dict).
         """
         ct_volume = connect and units == "HU" and len(images) > 1 and bool(np.isfinite(spacing).all())
         scored = self.classifier is not None and ct_volume
         if self.classifier is not None and connect and units == "HU" and not ct_volume:
             logger.warning("the second stage scores 3-D candidates of 2+ slices with known spacing, not %s: nodules listed by size, without a score", "x".join(map(str, images.shape)))
+        per_source = isinstance(self.classifier, PerSourceClassifier)
+        if scored and per_source and lung is not None:
+            labels, nodules, union = rank_union(
+                labels, nodules, probabilities=probabilities, hu=images, lung=lung, spacing=spacing,
+                classifier=self.classifier, min_score=min_score, max_nodules=max_nodules,
+            )
+            return labels, nodules, True, union
         if scored:
             features = candidate_features(labels, nodules, probabilities=probabilities, hu=images, lung=lung, spacing=spacing)
+            if per_source:  # no lung mask: the segmenter's candidates alone, scored by its classifier
+                nodules = nodules.assign(source="segmenter")
+                features = features.join(source_features(nodules)).assign(source="segmenter")
             scores = self.classifier.predict_proba(features) if len(nodules) else np.zeros(0)
             floor = self.classifier.threshold if min_score is None else float(min_score)
-            return (*rank_candidates(labels, nodules, scores, min_score=floor, max_nodules=max_nodules), True)
+            return (*rank_candidates(labels, nodules, scores, min_score=floor, max_nodules=max_nodules), True, {})
         if min_score is not None:
             raise InvalidParameterError(
                 "min_score needs a second-stage classifier (classifier.json in the model folder) and a CT volume in HU"
@@ -418,7 +440,7 @@ class Segmenter:
                 raise InvalidParameterError(f"max_nodules must be >= 0, got {max_nodules!r}")
             nodules = nodules.head(int(max_nodules))
             labels = np.where(labels <= len(nodules), labels, 0).astype(np.int32)
-        return labels, nodules, False
+        return labels, nodules, False, {}
 
     def predict_crops(self, images: np.ndarray, *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Probabilities for training-style crops: the whole training pipeline (centre crop included), one pass.
