@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Segment INPUT with a trained model and write, into DIR: masks/<slice>.png, mask.npy, labels.npy, "
             "mask.nii.gz (volumes), overlays/<slice>.png (red contours, green boxes; yellow ground truth), "
-            "nodules.csv (one row per nodule, sizes in mm; with a second-stage classifier sorted by its calibrated score), truth_nodules.csv (when INPUT has annotations) "
+            "nodules.csv (one row per nodule, sizes in mm; with a second-stage classifier sorted by its calibrated score, with a source column: "
+            "segmenter, or blob for the model-free blob candidates of HU volumes), truth_nodules.csv (when INPUT has annotations), "
+            "nodules.seg.dcm (DICOM input: a DICOM SEG, one segment per listed nodule) "
             "and summary.json. INPUT: an image file, a folder of images, an images/+masks/ folder, a DICOM "
             "series folder (an LIDC XML beside it is used as ground truth), an .mhd or .nii(.gz) file, a CropSet .npz, "
             "or the LIDC PNG release layout."
