@@ -482,11 +482,35 @@ def command_shipped(args) -> int:
         "fp_per_scan_at_operating_point": round(float(((scores >= classifier.threshold) & ~test["label"].to_numpy(bool)).sum() / len(test_refs)), 2),
         "rank_union_vs_cache_max_score_difference": differences,
     }
+    _plot_shipped_froc(folder, test_refs, spacing_of, result)
     previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
     previous["shipped_per_source_held_out"] = summary
     write_json(out / RESULT, previous)
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped) -> None:
+    """Fig. S5: the shipped per-source stage against the previous one (segmenter candidates, one classifier) on the same scans."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from nodulekit.detection import load_classifier
+    from nodulekit.plots.detection import plot_froc
+
+    tables = [pd.read_csv(folder / f"scan-{seed:05d}-candidates.csv", dtype={"hit": str}, keep_default_na=False).assign(seed=seed) for seed in sorted(refs)]
+    segmenter_only = pd.concat(tables, ignore_index=True)
+    previous = load_classifier(Path(__file__).with_name("results") / "detection_classifier")
+    before = whole_scan.froc_of(segmenter_only, refs, previous.predict_proba(segmenter_only), spacing_of)
+    fig = plot_froc(
+        {"segmenter + blob candidates, per-source stage (shipped)": shipped, "segmenter candidates, previous stage": before},
+        title=f"{len(refs)} held-out synthetic scans ({whole_scan.N_SLICES} slices each)",
+    )
+    path = Path(__file__).resolve().parents[1] / "figures" / "figS5_detection_froc.png"
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    print(f"wrote {path} (previous stage CPM {before.cpm:.3f})")
 
 
 def main(argv: list[str] | None = None) -> int:
