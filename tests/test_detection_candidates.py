@@ -248,3 +248,26 @@ def test_segment_with_a_per_source_stage_and_no_lung_mask_scores_the_segmenter_c
     result = Segmenter(_bright_model, None, window=32, classifier=_per_source()).segment(volume, lungs=False, progress=False)
     assert result.info["second_stage"] and "blob_s" not in result.info
     assert (result.nodules["source"] == "segmenter").all() and np.allclose(result.nodules["score"], 1 / (1 + np.exp(2.0)))
+
+
+def test_a_blob_on_a_better_segmenter_candidate_is_not_listed_twice():
+    from nodulekit.inference.candidates import _drop_shadowed_blobs
+
+    labels = np.zeros((20, 40, 40), np.int32)
+    z, y, x = np.ogrid[:20, :40, :40]
+    labels[(z - 10) ** 2 + (y - 10) ** 2 + (x - 10) ** 2 <= 36] = 1  # a round nodule, radius 6 voxels
+    labels[8:12, 30:32, 2:38] = 2  # a long vessel component, centred at x = 19.5
+    merged = pd.DataFrame(
+        {
+            "nodule_id": [1, 2, 3, 4],
+            "source": ["segmenter", "segmenter", "blob", "blob"],
+            "centroid_z": [10.0, 9.5, 10.0, 10.0],
+            "centroid_y": [10.0, 30.5, 14.0, 30.0],
+            "centroid_x": [10.0, 19.5, 12.0, 4.0],  # blob 3 on the nodule's rim, blob 4 at the vessel's end
+            "equivalent_diameter_mm": [12.0, 4.0, 2.0, 2.0],
+        }
+    )
+    scores = _drop_shadowed_blobs(labels, merged, np.array([0.9, 0.95, 0.8, 0.7]), (1.0, 1.0, 1.0))
+    assert scores.tolist() == [0.9, 0.95, -1.0, 0.7]  # the rim blob is the nodule again; the far end of a better vessel is not
+    scores = _drop_shadowed_blobs(labels, merged, np.array([0.5, 0.2, 0.8, 0.7]), (1.0, 1.0, 1.0))
+    assert scores.tolist() == [0.5, 0.2, 0.8, 0.7]  # a blob scoring higher than the component stays

@@ -426,3 +426,30 @@ def test_save_overlay_writes_the_overlay_as_png(tmp_path):
     with pytest.raises(InvalidParameterError):
         save_overlay(tmp_path / "bad.png", hu, mask[:5])
     assert not (tmp_path / "bad.png").exists()
+
+
+@pytest.mark.realdata
+def test_the_shipped_models_rank_lidc_0001s_nodule_first(lidc_scan_dir):
+    """The whole-scan path on real CT: the shipped segmenter and per-source second stage, defaults.
+
+    32 slices of LIDC-IDRI-0001 around its one consensus nodule (the full scan takes ~30 s); the
+    second stage never saw this scan's annotations.
+    """
+    from nodulekit.inference import load_segmenter, match_nodules
+    from nodulekit.readers import read_any
+
+    scan = read_any(lidc_scan_dir)
+    part = slice(74, 106)  # the nodule is on slices 86-93
+    volume = Volume(hu=scan.hu[part], spacing=scan.spacing, mask=scan.mask[part])
+    result = load_segmenter().segment(volume, progress=False)
+    table = result.nodules
+    assert result.info["second_stage"] and {"score", "source"} <= set(table.columns)
+    assert (np.diff(table["score"].to_numpy()) <= 0).all() and (table["score"] >= result.info["min_score"]).all()
+    truth = match_nodules(result, volume.mask)
+    assert len(truth) == 1 and truth.loc[0, "found"] and truth.loc[0, "dice"] > 0.8
+    first = int(table.iloc[0]["nodule_id"])
+    assert str(first) in truth.loc[0, "matched_ids"].split() and table.iloc[0]["score"] > 0.9  # ranked first, confidently
+    assert len(table) <= 10  # at the default operating point, not every candidate
+    centre = table.loc[0, ["centroid_z_mm", "centroid_y_mm", "centroid_x_mm"]].to_numpy(float)
+    others = table.loc[1:, ["centroid_z_mm", "centroid_y_mm", "centroid_x_mm"]].to_numpy(float)
+    assert (np.linalg.norm(others - centre, axis=1) > table.loc[0, "equivalent_diameter_mm"] / 2).all()  # listed once

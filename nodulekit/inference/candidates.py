@@ -63,7 +63,9 @@ def rank_union(
     -------
     labels : ndarray of int32
         The kept candidates, 1 = the highest score; a blob candidate's component is its painted
-        ball (:func:`~nodulekit.detection.blob_candidates`) less the segmenter's voxels.
+        ball (:func:`~nodulekit.detection.blob_candidates`) less the segmenter's voxels. A blob whose
+        peak lies on a segmenter candidate scoring at least as high, within its equivalent radius
+        of its centre, is that candidate again and is not listed.
     table : pandas.DataFrame
         :data:`NODULE_COLUMNS` plus ``source`` ("segmenter" or "blob") and ``score``, sorted by
         falling score. A blob candidate's centre (``centroid_*``) is the filter's peak (the centre
@@ -80,10 +82,38 @@ def rank_union(
     features = candidate_features(merged_labels, merged, probabilities=probabilities, hu=hu, lung=lung, spacing=spacing)
     frame = features.join(source_features(merged)).assign(source=merged["source"].to_numpy())
     scores = classifier.predict_proba(frame) if len(merged) else np.zeros(0)
+    scores = _drop_shadowed_blobs(merged_labels, merged, scores, spacing)
     table = _measured(merged_labels, merged, probabilities=probabilities, hu=hu, spacing=spacing)
     floor = classifier.threshold if min_score is None else float(min_score)
     ranked_labels, ranked = rank_candidates(merged_labels, table, scores, min_score=floor, max_nodules=max_nodules)
     return ranked_labels, ranked, {"blob_s": blob_seconds, "blob_candidates": int(len(blob_table)), "candidates": int(len(merged))}
+
+
+def _drop_shadowed_blobs(labels: np.ndarray, merged: pd.DataFrame, scores: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Scores with blob candidates that are the same finding as a better segmenter candidate set to -1.
+
+    A blob is a segmenter candidate seen again, and is not listed twice, when its peak lies on that
+    component, within the component's equivalent radius of its centre (the LUNA16 hit rule with the
+    component as the nodule), and the component scores at least as high: e.g. a peak on the rim of
+    a large nodule, left with a few voxels once the segmenter's are taken. A blob on an elongated
+    component centred elsewhere (a nodule inside a vessel component), or one scoring higher than
+    the component, stays.
+    """
+    scores = np.asarray(scores, float).copy()
+    sampling = np.asarray(spacing, float)
+    ids = merged["nodule_id"].to_numpy(int)
+    centres = merged[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(float)
+    row_of = {int(i): k for k, i in enumerate(ids)}
+    sources = merged["source"].to_numpy()
+    for row in np.flatnonzero(sources == "blob"):
+        peak = tuple(np.clip(np.round(centres[row]).astype(int), 0, np.array(labels.shape) - 1))
+        under = row_of.get(int(labels[peak]))
+        if under is None or sources[under] != "segmenter" or scores[under] < scores[row]:
+            continue
+        distance = float(np.linalg.norm((centres[row] - centres[under]) * sampling))
+        if distance <= float(merged.iloc[under]["equivalent_diameter_mm"]) / 2:
+            scores[row] = -1.0  # below any min_score: rank_candidates drops it
+    return scores
 
 
 def _measured(labels: np.ndarray, merged: pd.DataFrame, *, probabilities, hu, spacing) -> pd.DataFrame:
