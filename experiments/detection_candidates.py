@@ -365,7 +365,7 @@ def command_stacks(args) -> int:
     from nodulekit.readers import read_lidc_release
     from nodulekit.utils import write_json
 
-    stacks_module = _stacks_script()
+    import detection_stacks as stacks_module  # experiments/detection_stacks.py (this folder is on sys.path)
     spacing = stacks_module.SPACING
     crops = read_lidc_release(args.data, consensus="union", progress=False)
     segmenter = load_pretrained(tta=False).segmenter
@@ -404,15 +404,6 @@ def command_stacks(args) -> int:
     write_json(out / RESULT, previous)
     print(json.dumps(summary, indent=1))
     return 0
-
-
-def _stacks_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("detection_stacks", Path(__file__).with_name("detection_stacks.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --------------------------------------------------------------------------------------------------

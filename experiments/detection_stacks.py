@@ -40,7 +40,6 @@ The shipped segmenter was trained on these same 191 patients: its candidates her
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -49,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling experiments/detection.py
 
 #: Assumed voxel size (slice, row, column) in mm: the release stores none.
 SPACING = (2.5, 0.7, 0.7)
@@ -179,7 +179,7 @@ def synthetic_refit(folder: Path):
     from nodulekit.pretrained import PRETRAINED_DIR
 
     shipped = load_classifier(PRETRAINED_DIR / "lidc_attention_unet")
-    detection = _detection_script()
+    detection = _detection_module()
     candidates, references = detection.load_tables(folder, held_out=False)
     labels = candidates["label"].to_numpy(bool)
     regularization = float(shipped.metadata.get("regularization", 1.0))
@@ -193,7 +193,7 @@ def on_held_out_synthetic(folder: Path, frame, shipped) -> dict:
 
     from nodulekit.detection import INTENSITY_FREE_FEATURES, CandidateClassifier
 
-    detection = _detection_script()
+    detection = _detection_module()
     candidates, references = detection.load_tables(folder, held_out=True)
     spacing_of = detection.spacings(folder, references)
     train = frame[frame["outcome"] != "partial"]
@@ -207,11 +207,11 @@ def on_held_out_synthetic(folder: Path, frame, shipped) -> dict:
     return out
 
 
-def _detection_script():
-    spec = importlib.util.spec_from_file_location("detection_experiment", Path(__file__).with_name("detection.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _detection_module():
+    """experiments/detection.py (the whole-scan cache and FROC helpers), imported on first use."""
+    import detection
+
+    return detection
 
 
 def command_evaluate(args) -> int:
@@ -303,7 +303,7 @@ def command_scan(args) -> int:
     folder = model.save(Path(args.cache) / f"classifier-without-{CHECK_PATIENT}").parent
     segmenter = load_pretrained(tta=False).segmenter
     segmenter.classifier = model
-    result, rows = _detection_script().score_scans([Path(args.scan)], segmenter)
+    result, rows = _detection_module().score_scans([Path(args.scan)], segmenter)
     summary = {"classifier": str(folder), "trained_patients": int(train["patient_id"].nunique()), "froc_cpm": result.cpm, "nodules": rows}
     path = Path(args.out) / "detection_stacks.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
