@@ -68,6 +68,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from . import confusion  # the module, not the name: importing Keras may import this module first (see nodulekit.confusion)
 from .errors import InvalidParameterError
 
 __all__ = [
@@ -420,14 +421,8 @@ def get_loss(name: str, **options: Any) -> keras.losses.Loss:
 
 
 def _soft_counts(y_true, y_pred, reduction: str):
-    y_pred = ops.cast(y_pred, "float32")
-    y_true = ops.cast(y_true, "float32")
-    batch = ops.shape(y_pred)[0]
-    y_pred = ops.reshape(y_pred, (batch, -1))
-    y_true = ops.reshape(y_true, (batch, -1))
-    tp = ops.sum(y_true * y_pred, axis=1)
-    fn = ops.sum(y_true * (1.0 - y_pred), axis=1)
-    fp = ops.sum((1.0 - y_true) * y_pred, axis=1)
+    """``tp, fn, fp`` per image (:func:`nodulekit.confusion.soft_confusion`), or the batch's sums repeated."""
+    tp, fp, fn = confusion.soft_confusion(y_true, y_pred)
     if reduction == "batch":
         ones = ops.ones_like(tp)
         tp, fn, fp = ones * ops.sum(tp), ones * ops.sum(fn), ones * ops.sum(fp)

@@ -37,6 +37,7 @@ import pandas as pd
 from keras import ops
 from scipy import ndimage
 
+from . import confusion  # the module, not the name: importing Keras may import this module first (see nodulekit.confusion)
 from .errors import InvalidParameterError
 from .postprocess import label_components
 
@@ -613,13 +614,9 @@ class _OverlapMetric(keras.metrics.Metric):
         }
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        y_pred = ops.cast(y_pred, "float32")
-        batch = ops.shape(y_pred)[0]
-        truth = ops.reshape(ops.cast(ops.cast(y_true, "float32") > 0, "float32"), (batch, -1))
-        pred = ops.reshape(ops.cast(y_pred > self.threshold, "float32"), (batch, -1))
-        tp = ops.sum(truth * pred, axis=1)
-        fp = ops.sum((1.0 - truth) * pred, axis=1)
-        fn = ops.sum(truth * (1.0 - pred), axis=1)
+        truth = ops.cast(ops.cast(y_true, "float32") > 0, "float32")
+        pred = ops.cast(ops.cast(y_pred, "float32") > self.threshold, "float32")
+        tp, fp, fn = confusion.soft_confusion(truth, pred)
         for key, value in (("tp", tp), ("fp", fp), ("fn", fn)):
             self.counts[key].assign_add(ops.sum(value))
         score, defined = self._score(tp, fp, fn)
