@@ -176,9 +176,10 @@ def out_of_fold(frame, *, regularization: float, seed: int = 0) -> tuple[np.ndar
 def synthetic_refit(folder: Path):
     """The shipped recipe (logistic regression, its regularization) refit on synthetic training candidates, intensity-free features."""
     from nodulekit.detection import INTENSITY_FREE_FEATURES, CandidateClassifier, load_classifier
-    from nodulekit.pretrained import PRETRAINED_DIR
 
-    shipped = load_classifier(PRETRAINED_DIR / "lidc_attention_unet")
+    # The stage these numbers were measured with (segmenter candidates, one classifier), shipped until
+    # the per-source stage replaced it; kept in experiments/results so that this script reproduces them.
+    shipped = load_classifier(Path(__file__).with_name("results") / "detection_classifier")
     detection = _detection_module()
     candidates, references = detection.load_tables(folder, held_out=False)
     labels = candidates["label"].to_numpy(bool)
