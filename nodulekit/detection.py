@@ -40,7 +40,7 @@ in the folder, a segmenter unions its candidates with :func:`blob_candidates`
   ``threshold`` is the operating point of the union (``--min-score`` default).
 
 This module sits below :mod:`nodulekit.inference` (it works on arrays and the nodule table, and
-imports nothing above :mod:`nodulekit.errors` and :mod:`nodulekit.utils`), so a
+imports nothing above :mod:`nodulekit.errors`, :mod:`nodulekit.utils` and :mod:`nodulekit.postprocess`), so a
 :class:`~nodulekit.inference.Segmenter` can rank its own candidates.
 
 References
@@ -68,6 +68,8 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .errors import InvalidParameterError, MissingDataError, ModelFileError
+from .postprocess import label_components
+from .utils import write_json
 
 __all__ = [
     "CLASSIFIER_FILE",
@@ -188,9 +190,7 @@ def candidate_features(
     for name, array in (("probabilities", probabilities), ("hu", hu), ("lung", lung)):
         if array is not None and np.shape(array) != labels.shape:
             raise InvalidParameterError(f"{name} shape {np.shape(array)} differs from labels shape {labels.shape}")
-    sampling = np.array([float(s) for s in spacing])
-    if sampling.shape != (3,) or not np.isfinite(sampling).all() or sampling.min() <= 0:
-        raise InvalidParameterError(f"candidate features need a known voxel size (slice, row, column) in mm, got {spacing!r}")
+    sampling = _voxel_size(spacing, "candidate features need")
     context = _ScanContext(lung, sampling)
     objects = ndimage.find_objects(labels)
     rows = []
@@ -504,12 +504,7 @@ class CandidateClassifier:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``classifier.json`` into ``folder`` (atomically)."""
-        from .utils import write_json
-
-        path = Path(folder) / CLASSIFIER_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, self.to_config())
-        return path
+        return _save_config(self.to_config(), folder)
 
 
 #: Candidate sources of a :class:`PerSourceClassifier`, the keys of its classifiers.
@@ -600,12 +595,15 @@ class PerSourceClassifier:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``classifier.json`` into ``folder`` (atomically)."""
-        from .utils import write_json
+        return _save_config(self.to_config(), folder)
 
-        path = Path(folder) / CLASSIFIER_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, self.to_config())
-        return path
+
+def _save_config(config: dict, folder: str | os.PathLike) -> Path:
+    """Write a classifier's config as ``folder/classifier.json`` (atomically); the path."""
+    path = Path(folder) / CLASSIFIER_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, config)
+    return path
 
 
 def load_classifier(folder: str | os.PathLike) -> CandidateClassifier | PerSourceClassifier:
@@ -884,9 +882,7 @@ def merge_candidates(
     blob_labels = np.asarray(blob_labels)
     if segmenter_labels.ndim != 3 or segmenter_labels.shape != blob_labels.shape:
         raise InvalidParameterError(f"candidate labels must be 3-D arrays of one shape, got {segmenter_labels.shape} and {blob_labels.shape}")
-    sampling = np.array([float(s) for s in spacing]) if np.ndim(spacing) == 1 else np.zeros(0)
-    if sampling.shape != (3,) or not np.isfinite(sampling).all() or sampling.min() <= 0:
-        raise InvalidParameterError(f"merging candidates needs a known voxel size (slice, row, column) in mm, got {spacing!r}")
+    sampling = _voxel_size(spacing, "merging candidates needs")
     centre_columns = ["centroid_z", "centroid_y", "centroid_x"]
     both = (segmenter_labels > 0) & (blob_labels > 0)
     pairs = np.unique(np.stack([segmenter_labels[both], blob_labels[both]], axis=1), axis=0) if both.any() else np.zeros((0, 2), int)
@@ -931,9 +927,14 @@ def source_features(table: pd.DataFrame) -> pd.DataFrame:
 def _check_scan(hu: np.ndarray, lung: np.ndarray, spacing) -> np.ndarray:
     if hu.ndim != 3 or lung.shape != hu.shape:
         raise InvalidParameterError(f"blob candidates need a 3-D scan and a lung mask of its shape, got {hu.shape} and {lung.shape}")
+    return _voxel_size(spacing, "blob candidates need")
+
+
+def _voxel_size(spacing, need: str) -> np.ndarray:
+    """``spacing`` as a (3,) array of known, positive mm, or an error that starts with ``need``."""
     sampling = np.array([float(s) for s in spacing]) if np.ndim(spacing) == 1 else np.zeros(0)
     if sampling.shape != (3,) or not np.isfinite(sampling).all() or sampling.min() <= 0:
-        raise InvalidParameterError(f"blob candidates need a known voxel size (slice, row, column) in mm, got {spacing!r}")
+        raise InvalidParameterError(f"{need} a known voxel size (slice, row, column) in mm, got {spacing!r}")
     return sampling
 
 
@@ -1050,7 +1051,7 @@ def _paint(labels, label, peak, hu, lung, sampling, hu_floor, margin_mm) -> dict
     local = tuple(c - b.start for c, b in zip(centre, box))
     bright = component & (hu[box] >= hu_floor)
     if bright[local]:
-        connected, _ = ndimage.label(bright, structure=np.ones((3, 3, 3)))
+        connected, _ = label_components(bright, connectivity=3)
         component = connected == connected[local]
     if not component.any():
         return None

@@ -11,6 +11,7 @@ caller                                    connectivity   neighbourhood
 ``inference.lung_mask`` (per slice)       1              4-connected
 ``inference.measure_nodules`` (volume)    3              26-connected
 ``inference.measure_nodules`` (stack)     3, in slices   8-connected within each image
+``detection.blob_candidates`` (ball)      3              26-connected
 ``crops.crops_from_volume`` (3-D mask)    1              6-connected (faces)
 ``metrics.detection_scores``              1 or 2         its ``connectivity`` (default 8)
 ``overlay.overlay_rgb`` (boxes)           2              8-connected
