@@ -20,7 +20,7 @@ from ..model_names import accepted_forms, resolve_model
 from ..overlay import overlay_rgb
 from ..preprocessing import Pipeline
 from ..safety import load_model
-from ..utils import atomic_write, save_atomic, write_json
+from ..utils import save_atomic, write_json
 from .measure import match_nodules
 from .result import SegmentationResult
 
@@ -126,8 +126,7 @@ def write_segmenter_files(folder: str | os.PathLike, *, model: Any = None, pipel
     if model is not None:
         save_atomic(model.save, folder / MODEL_FILE)
     if pipeline is not None:
-        with atomic_write(folder / PIPELINE_FILE) as handle:
-            json.dump(pipeline.get_config(), handle, indent=2)
+        write_json(folder / PIPELINE_FILE, pipeline.get_config())
     else:
         (folder / PIPELINE_FILE).unlink(missing_ok=True)
     write_json(folder / SETTINGS_FILE, settings)
