@@ -31,7 +31,7 @@ from test_training import TINY_CROPS_SOURCE  # noqa: E402  (one definition of th
 # DDP does), so it differs from one device by design.
 ONE_TRIAL = dict(  # model_options first: the templates below turn "}}" into "}"
     model_options={"batch_norm": False},
-    architectures=("unet",), learning_rates=(1e-2,), batch_sizes=(6,), grid_epochs=2, filters=(4, 8, 16), mixed_precision="float32",
+    architectures=("unet",), learning_rates=(1e-2,), batch_sizes=(6,), grid_epochs=2, filters=(4, 8, 16), mixed_precision="float32", workers=1,
 )
 
 

@@ -60,6 +60,7 @@ tiny_crops = _namespace["tiny_crops"]
 
 #: Tiny model and protocol shared by the tests (two learning rates, 2 folds).
 TINY = dict(
+    workers=1,  # in this process (the kill-and-resume hooks run here); tests/test_workers.py runs workers
     architectures=("unet",),
     learning_rates=(1e-3, 1e-2),
     batch_sizes=(8,),

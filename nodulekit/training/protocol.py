@@ -37,6 +37,7 @@ from ..utils import atomic_write, configure_logging, copy_atomic, read_json, set
 from .config import TrainConfig
 from .distributed import make_strategy, worker_role
 from .units import HISTORY_KEYS, UnitData, UnitSpec, train_unit
+from .workers import resolve_workers, run_units_in_workers
 
 __all__ = [
     "run_protocol",
@@ -182,11 +183,11 @@ class _Protocol:
             fingerprint=hashlib.sha256("|".join(parts).encode()).hexdigest()[:16],
         )
 
-    def run_unit(self, spec: UnitSpec) -> dict[str, Any]:
-        def advance(epochs: int, text: str) -> None:
-            self.bar.update(epochs)
-            self.bar.set_postfix_str(text, refresh=False)
+    def _advance(self, epochs: int, text: str) -> None:
+        self.bar.update(epochs)
+        self.bar.set_postfix_str(text, refresh=False)
 
+    def run_unit(self, spec: UnitSpec) -> dict[str, Any]:
         return train_unit(
             spec,
             self.unit_data(spec),
@@ -194,14 +195,23 @@ class _Protocol:
             config=self.config,
             strategy=self.strategy,
             read_from=None if self.is_chief else self.run.unit(spec.name).path,
-            on_epoch=advance,
+            on_epoch=self._advance,
             verbose=self.verbose,
         )
 
-    def run_units(self, specs: list[UnitSpec]) -> list[dict[str, Any]]:
-        """Run ``specs`` one after the other, the progress bar sized to their epochs."""
-        self.bar.total = sum(spec.epochs for spec in specs)
-        return [self.run_unit(spec) for spec in specs]
+    def run_units(self, specs: list[UnitSpec], *, size_bar: bool = True) -> list[dict[str, Any]]:
+        """Run ``specs`` (side by side in ``config.workers`` processes, or one after the other in
+        this one); the records in the order of ``specs``. ``size_bar``: size the progress bar to
+        their epochs (:func:`run_protocol` sizes it once for the whole run)."""
+        if size_bar:
+            self.bar.total = sum(spec.epochs for spec in specs)
+        workers = resolve_workers(self.config.workers, units=len(specs), strategy=self.strategy) if self.is_chief else 1
+        if workers == 1:
+            return [self.run_unit(spec) for spec in specs]
+        folders = [self.run.unit(spec.name).path for spec in specs]
+        return run_units_in_workers(
+            specs, [self.unit_data(spec) for spec in specs], folders, config=self.config, workers=workers, notify=self._advance
+        )
 
     def close(self) -> None:
         self.bar.close()
@@ -376,7 +386,7 @@ def run_protocol(
     with _Protocol(
         crops, run_dir=run_dir, config=config, pipeline=pipeline, strategy=strategy, progress=progress, verbose=verbose
     ) as protocol:
-        grid_records = [protocol.run_unit(spec) for spec in protocol.grid_specs()]
+        grid_records = protocol.run_units(protocol.grid_specs(), size_bar=False)
         grid = _grid_table(grid_records)
         selection = select_hyperparameters(grid, metric=protocol.config.selection_metric)
         grid["selected"] = [
@@ -386,7 +396,7 @@ def run_protocol(
             )
             for row in grid.itertuples()
         ]
-        fold_records = [protocol.run_unit(spec) for spec in _cv_specs(protocol, selection)]
+        fold_records = protocol.run_units(_cv_specs(protocol, selection), size_bar=False)
         folds = _folds_table(fold_records)
         results = {
             "grid": grid,
@@ -685,6 +695,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--seed", type=int)
     parser.add_argument("--mixed-precision", choices=["float32", "mixed_bfloat16", "mixed_float16", "auto"])
     parser.add_argument("--no-augment", action="store_false", dest="augment", default=None)
+    parser.add_argument(
+        "--workers", type=lambda v: v if v == "auto" else int(v), help="processes training units side by side ('auto': 2 on a CPU-only machine with >= 2 cores)"
+    )
     parser.add_argument("--crop-size", type=int, help="centre-crop the data to this size first (e.g. 64 for LIDC)")
     parser.add_argument("--strategy", choices=["none", "mirrored", "multi_worker", "tpu"], default="none")
     parser.add_argument("--keras-tuner", action="store_true", help="spread the grid over machines with KerasTuner (see docs)")
@@ -715,7 +728,7 @@ def train_command(args: argparse.Namespace) -> int:
     config = TrainConfig.load(args.config) if args.config else (TrainConfig.quick() if args.quick else TrainConfig())
     overrides = {
         k: getattr(args, k)
-        for k in ("epochs", "grid_epochs", "n_folds", "max_crops", "seed", "mixed_precision", "augment")
+        for k in ("epochs", "grid_epochs", "n_folds", "max_crops", "seed", "mixed_precision", "augment", "workers")
         if getattr(args, k) is not None
     }
     for name in ("architectures", "learning_rates", "batch_sizes"):

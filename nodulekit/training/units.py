@@ -32,7 +32,7 @@ from ..precision import precision_policy
 from ..runfolder import UnitFolder, file_sha256
 from ..safety import load_model
 from ..utils import atomic_write, copy_atomic, read_json, write_json
-from .config import HISTORY_KEYS, TrainConfig
+from .config import HISTORY_KEYS, NON_RESULT_FIELDS, TrainConfig
 from .data import batches_per_epoch, make_dataset
 from .distributed import prepare_model_for_strategy
 
@@ -195,7 +195,8 @@ def train_unit(
     folder = Path(folder)
     source = Path(read_from) if read_from is not None else folder
     meta = {"spec": spec.to_dict(), "config": config.to_dict(), "data": data.fingerprint}
-    meta["config"].pop("tensorboard", None)
+    for name in NON_RESULT_FIELDS:  # speed and logging only: a unit may resume under other values
+        meta["config"].pop(name, None)
     notify = on_epoch or (lambda advance, text: None)
 
     finished = load_finished(source, meta)
