@@ -60,6 +60,17 @@ def _recipe(name: str, epochs: int = 0, **changes):
     return ev.real_ct_recipe(name, recipes=RECIPES, **({"epochs": epochs} if epochs else {}), **changes)
 
 
+def _load(data: str):
+    """The crops of ``--data``: a CropSet ``.npz`` or the LIDC PNG release folder (64x64 centre crops)."""
+    from nodulekit.dataset import CropSet
+
+    if Path(data).is_dir():
+        from nodulekit.readers import read_lidc_release
+
+        return read_lidc_release(data, crop_size=64, progress=False)
+    return CropSet.load(data)
+
+
 def _unit(data: str, name: str, fold: int, n_folds: int, out: str, seed: int, precision: str = "float32", epochs: int = 0) -> str:
     """One (recipe, fold): :func:`nodulekit.evaluation.cross_validate` with its JSON cache in ``out``."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
