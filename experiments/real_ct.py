@@ -42,6 +42,9 @@ CANDIDATES: dict[str, dict] = {
     "bn_aug_bce_dice": {**_BN_AUG, "loss": "bce_dice", "loss_options": {}},
     "bn_aug_wide": {**_BN_AUG, "model_options": _WIDE},
     "bn_aug_wide_balanced_ep60": {**_BN_AUG, "model_options": _WIDE, "loss_options": _BALANCED, "epochs": 60},
+    # Soft targets (issue 20): train towards the fraction of the marking readers who drew each
+    # pixel instead of the hard 50 % consensus; scored against the consensus as every recipe.
+    "bn_aug_soft": {**_BN_AUG, "targets": "soft"},
 }
 RECIPES: dict[str, dict] = {**REAL_CT_RECIPES, **CANDIDATES}
 
@@ -55,6 +58,17 @@ def _recipe(name: str, epochs: int = 0, **changes):
     from nodulekit import evaluation as ev
 
     return ev.real_ct_recipe(name, recipes=RECIPES, **({"epochs": epochs} if epochs else {}), **changes)
+
+
+def _load(data: str):
+    """The crops of ``--data``: a CropSet ``.npz`` or the LIDC PNG release folder (64x64 centre crops)."""
+    from nodulekit.dataset import CropSet
+
+    if Path(data).is_dir():
+        from nodulekit.readers import read_lidc_release
+
+        return read_lidc_release(data, crop_size=64, progress=False)
+    return CropSet.load(data)
 
 
 def _unit(data: str, name: str, fold: int, n_folds: int, out: str, seed: int, precision: str = "float32", epochs: int = 0) -> str:
@@ -79,7 +93,7 @@ def _final(data: str, name: str, out: str, seed: int, epochs: int = 0) -> str:
     crops = _load(data)
     recipe = _recipe(name, epochs, **VARIANTS["tta_pp"])
     images = recipe.pipeline().apply(crops.images)
-    model, history = ev.train_recipe(images, crops.masks, crops.groups, recipe, seed=seed)
+    model, history = ev.train_recipe(images, ev.training_targets(crops, recipe), crops.groups, recipe, seed=seed)
     _save_weights_only(model, Path(out) / f"pretrained_{name}.keras")
     write_json(Path(out) / f"pretrained_{name}.json", {"recipe": recipe.to_dict(), "history": history.to_dict(orient="list"), "patients": sorted(set(crops.groups))})
     return f"final model of {name} saved"
@@ -94,7 +108,7 @@ def _synthetic(data: str, name: str, out: str, seed: int, n_crops: int, epochs: 
     recipe = _recipe(name, epochs, name=f"synthetic_{name}")
     synthetic = phantom.generate_crops(n_crops, size=64, seed=seed)
     pipeline = recipe.pipeline()
-    model, history = ev.train_recipe(pipeline.apply(synthetic.images), synthetic.masks, synthetic.groups, recipe, seed=seed)
+    model, history = ev.train_recipe(pipeline.apply(synthetic.images), ev.training_targets(synthetic, recipe), synthetic.groups, recipe, seed=seed)
     result = {"recipe": recipe.to_dict(), "n_synthetic": n_crops, "history": history.to_dict(orient="list")}
     for variant, change in VARIANTS.items():
         _, binary = ev.predict_recipe(model, pipeline.apply(real.images), recipe.replace(**change))

@@ -19,7 +19,7 @@ from .errors import DataFormatError, InvalidParameterError
 from .postprocess import label_components
 from .utils import as_rng
 
-__all__ = ["center_crop", "crop_at", "consensus_mask", "crops_from_volume"]
+__all__ = ["center_crop", "crop_at", "consensus_mask", "reader_fraction", "crops_from_volume"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +68,7 @@ def consensus_mask(
     ----------
     Hancock & Magnan, pylidc (``Annotation`` clustering and ``consensus``), 2016.
     """
-    masks = np.asarray(reader_masks)
-    if masks.ndim < 3:
-        raise InvalidParameterError(f"reader_masks must have shape (..., readers, rows, columns), got {masks.shape}")
-    if masks.dtype != np.uint8 or (masks.size and masks.max() > 1):
-        masks = (masks > 0).astype(np.uint8)
-    votes = masks.sum(axis=-3, dtype=np.uint8 if masks.shape[-3] < 256 else np.int64)
+    masks, votes = _votes(reader_masks)
     if isinstance(level, str):
         if level != "union":
             raise InvalidParameterError(f"consensus level must be a number in (0, 1] or 'union', got {level!r}")
@@ -81,9 +76,7 @@ def consensus_mask(
     level = float(level)
     if not 0.0 < level <= 1.0:
         raise InvalidParameterError(f"consensus level must be in (0, 1] or 'union', got {level}")
-    if n_readers is None:
-        n_readers = masks.any(axis=(-2, -1)).sum(axis=-1)
-    n_readers = np.asarray(n_readers, dtype=np.int64)
+    n_readers = _marking_readers(masks, n_readers)
     # Fewest votes v with v / n >= level, computed with the same float division as pylidc's
     # ``mean >= clevel``; no reader -> no foreground.
     needed = np.full(n_readers.shape, np.iinfo(np.int64).max, np.int64)
@@ -91,6 +84,72 @@ def consensus_mask(
         if count > 0:
             needed[n_readers == count] = next(v for v in range(1, count + 1) if v / count >= level)
     return (votes >= needed[..., None, None]).astype(np.uint8)
+
+
+def reader_fraction(reader_masks: np.ndarray, *, n_readers: int | np.ndarray | None = None) -> np.ndarray:
+    """Soft mask: per pixel, the fraction of the readers who marked the nodule that drew the pixel.
+
+    The soft counterpart of :func:`consensus_mask`, with the same reader count: with the same
+    ``n_readers``, ``reader_fraction(m, n_readers=n) >= level`` is ``consensus_mask(m, level=level,
+    n_readers=n)`` for the default level 0.5 (votes / n >= 1/2 exactly when 2 votes >= n).
+
+    Parameters
+    ----------
+    reader_masks : ndarray, shape (..., readers, rows, columns)
+        Binary masks, one per reader (a reader who did not mark the nodule has an empty mask).
+    n_readers : int or ndarray of shape (...), optional
+        Readers who marked the nodule. Default: the readers whose mask in ``reader_masks`` is not
+        empty (pass the nodule-wide count, e.g. the ``n_readers`` column of
+        :func:`nodulekit.readers.read_lidc_release`, when ``reader_masks`` holds one slice of a
+        nodule: a marking reader who drew nothing on that slice then counts as a 0 vote).
+
+    Returns
+    -------
+    ndarray of float32, shape (..., rows, columns)
+        Values in [0, 1]: (readers who drew the pixel) / ``n_readers``; 0 where no reader marked
+        the nodule.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``reader_masks`` has fewer than 3 axes, ``n_readers`` does not broadcast to its leading
+        axes, or a pixel has more votes than ``n_readers``.
+
+    Examples
+    --------
+    >>> masks = np.zeros((4, 1, 3), np.uint8)
+    >>> masks[:3, 0, 0] = 1; masks[:1, 0, 1] = 1
+    >>> reader_fraction(masks, n_readers=4)
+    array([[0.75, 0.25, 0.  ]], dtype=float32)
+    """
+    masks, votes = _votes(reader_masks)
+    n_readers = _marking_readers(masks, n_readers)
+    try:
+        count = np.broadcast_to(n_readers, votes.shape[:-2])[..., None, None]
+    except ValueError as exc:
+        raise InvalidParameterError(f"n_readers of shape {n_readers.shape} does not match reader_masks of shape {masks.shape}") from exc
+    if np.any(votes > count):
+        raise InvalidParameterError("a pixel has more votes than n_readers: n_readers must count every reader who marked the nodule")
+    fraction = np.zeros(votes.shape, np.float32)
+    np.divide(votes, count, out=fraction, where=count > 0, casting="unsafe")
+    return fraction
+
+
+def _votes(reader_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The masks as 0/1 uint8 and the readers' votes per pixel (summed over the readers axis, -3)."""
+    masks = np.asarray(reader_masks)
+    if masks.ndim < 3:
+        raise InvalidParameterError(f"reader_masks must have shape (..., readers, rows, columns), got {masks.shape}")
+    if masks.dtype != np.uint8 or (masks.size and masks.max() > 1):
+        masks = (masks > 0).astype(np.uint8)
+    return masks, masks.sum(axis=-3, dtype=np.uint8 if masks.shape[-3] < 256 else np.int64)
+
+
+def _marking_readers(masks: np.ndarray, n_readers: int | np.ndarray | None) -> np.ndarray:
+    """``n_readers`` as int64, by default the readers with a non-empty mask in ``masks``."""
+    if n_readers is None:
+        n_readers = masks.any(axis=(-2, -1)).sum(axis=-1)
+    return np.asarray(n_readers, dtype=np.int64)
 
 
 def crop_at(

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from . import losses as losses_module
 from . import metrics
+from .crops import reader_fraction
 from .dataset import CropSet
 from .errors import InvalidParameterError, RunFolderError, TrainingError
 from .models import build_model, predict_probabilities
@@ -55,6 +56,7 @@ __all__ = [
     "AugmentedSequence",
     "centre_windows",
     "model_predictor",
+    "training_targets",
     "train_recipe",
     "predict_recipe",
     "score_predictions",
@@ -82,7 +84,8 @@ class AugmentedSequence(keras.utils.PyDataset):
     Parameters
     ----------
     images, masks : ndarray, shape (n, height, width)
-        Preprocessed images and binary masks.
+        Preprocessed images and their targets: binary masks or soft masks in [0, 1] (kept as they
+        are: flips and 90-degree turns move them exactly, nothing re-binarises them).
     batch_size : int
     augment : bool or Augmentation
         Augment every batch with :func:`nodulekit.training.augment.augment_batch`; ``True`` is
@@ -180,6 +183,44 @@ def model_predictor(model: keras.Model, *, batch_size: int = 128) -> Callable[[n
 # Train, predict, score
 
 
+def training_targets(crops: CropSet, recipe: Recipe) -> np.ndarray:
+    """What ``recipe`` trains towards on ``crops``: the consensus masks or the readers' fractions.
+
+    Parameters
+    ----------
+    crops : CropSet
+        Crops with ground-truth masks; with ``recipe.targets == "soft"`` also ``reader_masks``.
+    recipe : Recipe
+
+    Returns
+    -------
+    ndarray, shape (n, h, w)
+        ``crops.masks`` for ``targets="consensus"``; for ``targets="soft"`` the float32
+        :func:`nodulekit.crops.reader_fraction` of ``crops.reader_masks`` with the table's
+        nodule-wide ``n_readers`` (so ``soft >= 0.5`` is the 50 % consensus of the LIDC readers).
+
+    Raises
+    ------
+    InvalidParameterError
+        ``targets="soft"`` and the crops have no per-reader masks.
+    """
+    if recipe.targets == "consensus":
+        return crops.masks
+    if crops.reader_masks is None:
+        raise InvalidParameterError(
+            f"recipe {recipe.name!r} trains on soft targets (targets='soft'), which need crops with per-reader masks (CropSet.reader_masks)"
+        )
+    n_readers = crops.table["n_readers"].to_numpy() if "n_readers" in crops.table else None
+    return reader_fraction(crops.reader_masks, n_readers=n_readers)
+
+
+def _prior_bias(masks: np.ndarray, targets: str) -> float:
+    """``output_bias="prior"``: the logit of the training targets' mean foreground (soft: the mean value)."""
+    if targets == "soft":
+        return losses_module.initial_output_bias(min(max(float(np.mean(masks, dtype=np.float64)), 1e-4), 0.5))
+    return losses_module.initial_output_bias(masks)
+
+
 def train_recipe(
     images: np.ndarray,
     masks: np.ndarray,
@@ -194,7 +235,9 @@ def train_recipe(
     Parameters
     ----------
     images, masks : ndarray, shape (n, h, w)
-        Preprocessed images (``recipe.pipeline()`` already applied) and binary masks.
+        Preprocessed images (``recipe.pipeline()`` already applied) and their targets
+        (:func:`training_targets`: binary masks, or soft ones in [0, 1] with ``targets="soft"``,
+        used for the training and the validation loss alike).
     groups : sequence of length n
         Patient ids: ``recipe.validation_fraction`` of the patients is held out for validation.
     recipe : Recipe
@@ -216,7 +259,7 @@ def train_recipe(
     options = dict(recipe.model_options)
     if options.get("output_bias") == "prior":
         prior_masks = masks[train_idx] if recipe.window is None else centre_windows(masks[train_idx], recipe.window)
-        options["output_bias"] = losses_module.initial_output_bias(prior_masks)
+        options["output_bias"] = _prior_bias(prior_masks, recipe.targets)
     side = images.shape[1:3] if recipe.window is None else (recipe.window, recipe.window)
     model = build_model(recipe.architecture, (*side, 1), **options)
     model.compile(
@@ -337,6 +380,7 @@ def train_and_score_fold(
     Returns
     -------
     dict
+        Scores against ``crops.masks`` (the consensus) whatever ``recipe.targets`` trained on:
         ``recipe``, ``fold``, ``precision`` (Keras dtype policy), ``train_seconds``,
         ``recipe_fields``, ``history`` (per epoch), and per variant the
         :func:`score_predictions` dict plus ``per_nodule`` (``nodule_id`` and ``dice`` lists).
@@ -348,7 +392,8 @@ def train_and_score_fold(
     split = all_patient_folds(crops.groups, n_folds=n_folds, seed=seed)[int(fold)]
     train_idx, test_idx = split.train, split.test
     start = time.perf_counter()
-    model, history = train_recipe(images[train_idx], crops.masks[train_idx], crops.groups[train_idx], recipe, seed=seed + int(fold))
+    targets = training_targets(crops, recipe)[train_idx]
+    model, history = train_recipe(images[train_idx], targets, crops.groups[train_idx], recipe, seed=seed + int(fold))
     seconds = time.perf_counter() - start
     test = crops.subset(test_idx)
     test_images = images[test_idx] if recipe.window is None else centre_windows(images[test_idx], recipe.window)
@@ -514,7 +559,7 @@ def synthetic_to_real(
         pipeline = recipe.pipeline()
         synthetic = generate_crops(int(n_synthetic), size=real.images.shape[1], seed=seed)
         start = time.perf_counter()
-        model, history = train_recipe(pipeline.apply(synthetic.images), synthetic.masks, synthetic.groups, recipe, seed=seed)
+        model, history = train_recipe(pipeline.apply(synthetic.images), training_targets(synthetic, recipe), synthetic.groups, recipe, seed=seed)
         result = {"recipe": recipe.to_dict(), "n_synthetic": int(n_synthetic), "seed": int(seed), "train_seconds": time.perf_counter() - start, "history": history.to_dict(orient="list")}
         images = pipeline.apply(real.images)
         for variant, change in variants.items():

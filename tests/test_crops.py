@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from nodulekit import CropSet, Volume
-from nodulekit.crops import center_crop, crop_at, crops_from_volume
+from nodulekit.crops import center_crop, consensus_mask, crop_at, crops_from_volume, reader_fraction
 from nodulekit.errors import DataFormatError, InvalidParameterError
 
 
@@ -123,3 +123,31 @@ def test_volume_without_nodules_gives_empty_cropset_and_bad_arguments_raise():
     for kwargs in ({"size": -1}, {"jitter": -1}, {"negatives": 1.5}, {"slices": "all"}):
         with pytest.raises(InvalidParameterError):
             crops_from_volume(_volume(), **kwargs)
+
+
+def test_reader_fraction_counts_the_nodule_wide_marking_readers():
+    masks = np.zeros((2, 4, 1, 3), np.uint8)  # 2 slices of one nodule, 4 reader slots, 1x3 pixels
+    masks[0, :3, 0, 0] = 1  # slice 0: readers 0-2 draw pixel 0, reader 0 also pixel 1
+    masks[0, 0, 0, 1] = 1
+    masks[1, :2, 0, 0] = 1  # slice 1: reader 2 marked the nodule but drew nothing here
+    masks[1, 0, 0, 2] = 1
+    soft = reader_fraction(masks, n_readers=[3, 3])  # reader 3 never marked it
+    assert soft.dtype == np.float32 and soft.shape == (2, 1, 3)
+    np.testing.assert_allclose(soft, [[[1, 1 / 3, 0]], [[2 / 3, 0, 1 / 3]]], rtol=1e-6)
+    np.testing.assert_allclose(reader_fraction(masks[1]), [[1, 0, 0.5]])  # slice-wise count: 2 readers
+    np.testing.assert_array_equal(reader_fraction(np.zeros((2, 1, 1), np.uint8)), [[0]])  # nobody marked it
+    with pytest.raises(InvalidParameterError, match="more votes"):
+        reader_fraction(masks, n_readers=1)
+    with pytest.raises(InvalidParameterError, match="does not match"):
+        reader_fraction(masks, n_readers=[3, 3, 3])
+    with pytest.raises(InvalidParameterError, match="shape"):
+        reader_fraction(np.zeros((3, 3), np.uint8))
+
+
+def test_reader_fraction_at_one_half_is_the_consensus():
+    rng = np.random.default_rng(0)
+    masks = (rng.random((50, 4, 6, 6)) < 0.3).astype(np.uint8)
+    masks[rng.random((50, 4)) < 0.3] = 0  # readers who did not mark the nodule
+    n_readers = np.maximum(masks.any(axis=(2, 3)).sum(axis=1), rng.integers(1, 5, 50))  # some marked it on other slices
+    for n in (None, n_readers):
+        np.testing.assert_array_equal(reader_fraction(masks, n_readers=n) >= 0.5, consensus_mask(masks, n_readers=n).astype(bool))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -307,3 +308,63 @@ def test_dice_by_size_figure_puts_each_nodule_at_its_size_and_dice():
     assert ax.get_xscale() == "log" and ax.get_ylim() == (-0.02, 1.02)
     with pytest.raises(InvalidParameterError, match="nodule_id, dice, recipe"):
         plot_dice_by_size(per_nodule.drop(columns="recipe"), sizes)
+
+
+def test_recipe_targets_round_trip_and_old_records_still_match():
+    soft = ev.real_ct_recipe("bn_aug", targets="soft")
+    assert ev.Recipe.from_dict(json.loads(json.dumps(soft.to_dict()))) == soft
+    old = ev.PAPER_RECIPE.to_dict()
+    del old["targets"]  # a recipe saved before the field existed
+    assert ev.Recipe.from_dict(old) == ev.PAPER_RECIPE and ev.Recipe.from_dict(old).targets == "consensus"
+    with pytest.raises(InvalidParameterError, match="targets"):
+        ev.PAPER_RECIPE.replace(targets="mean")
+    cached = Path(__file__).resolve().parents[1] / "experiments" / "results" / "cv_bn_aug_fold0.json"
+    if cached.is_file():  # the cached fold of the shipped recipe stays valid
+        record = json.loads(cached.read_text())
+        assert "targets" not in record["recipe_fields"]
+        ev._check_cached(record, record["recipe_fields"], ev.real_ct_recipe("bn_aug"), variants=ev.VARIANTS, path=cached, n_folds=4, seed=0)
+        with pytest.raises(RunFolderError, match="targets"):
+            ev._check_cached(record, record["recipe_fields"], soft.replace(name="bn_aug"), variants=ev.VARIANTS, path=cached, n_folds=4, seed=0)
+
+
+def _reader_crops(n_patients=4, per_patient=2, size=32):
+    """Crops of discs drawn by 3 of 4 readers with radii 4, 5 and 6 (the soft mask has rings)."""
+    from nodulekit.crops import consensus_mask
+
+    rng = np.random.default_rng(0)
+    n = n_patients * per_patient
+    yy, xx = np.mgrid[:size, :size] - size // 2
+    readers = np.zeros((n, 4, size, size), np.uint8)
+    for reader, radius in enumerate((4, 5, 6)):
+        readers[:, reader] = (yy**2 + xx**2) <= radius**2
+    images = rng.normal(size=(n, size, size)).astype(np.float32) + 3 * readers[:, 0]
+    patients = [f"P{i // per_patient}" for i in range(n)]
+    table = pd.DataFrame({"patient_id": patients, "nodule_id": [f"{p}/n{i}" for i, p in enumerate(patients)], "slice_index": 0, "n_readers": 3})
+    table = table.assign(pixel_spacing_mm=np.nan, slice_spacing_mm=np.nan, source="synthetic")
+    return CropSet(images, consensus_mask(readers, n_readers=3), table, reader_masks=readers)
+
+
+def test_train_and_score_fold_on_soft_targets_feeds_the_readers_fraction(monkeypatch):
+    crops = _reader_crops()
+    recipe = ev.real_ct_recipe(
+        "bn_aug", name="tiny_soft", targets="soft", epochs=1, batch_size=4, validation_fraction=0.0,
+        model_options={"filters": (4, 8, 16, 32, 64), "batch_norm": True, "output_bias": "prior"},
+    )
+    soft = ev.training_targets(crops, recipe)
+    assert set(np.unique(np.rint(soft * 3)).astype(int)) == {0, 1, 2, 3}  # thirds
+    np.testing.assert_array_equal(soft >= 0.5, crops.masks.astype(bool))
+    seen, getitem = [], ev.AugmentedSequence.__getitem__
+
+    def spy(self, index):
+        x, y = getitem(self, index)
+        seen.append(y)
+        return x, y
+
+    monkeypatch.setattr(ev.AugmentedSequence, "__getitem__", spy)
+    result = ev.train_and_score_fold(crops, recipe, 0, n_folds=2, variants={"plain": {"tta": False, "postprocess": False}})
+    fed = np.concatenate(seen)
+    assert set(np.unique(np.rint(fed * 3)).astype(int)) == {0, 1, 2, 3} and np.allclose(fed * 3, np.rint(fed * 3), atol=1e-5)  # soft values kept
+    assert result["recipe_fields"]["targets"] == "soft" and 0.0 <= result["plain"]["nodule_dice"] <= 1.0
+    assert ev._prior_bias(soft, "soft") < ev._prior_bias(soft, "consensus")  # mean value, not the union's share
+    with pytest.raises(InvalidParameterError, match="reader_masks"):
+        ev.training_targets(CropSet(crops.images, crops.masks, crops.table), recipe)

@@ -23,7 +23,10 @@ from ..errors import InvalidParameterError
 from ..preprocessing import Pipeline
 from .augment import RECIPE_AUGMENTATION, Augmentation
 
-__all__ = ["Recipe", "PAPER_RECIPE", "REAL_CT_RECIPES", "real_ct_recipe"]
+__all__ = ["Recipe", "TARGETS", "PAPER_RECIPE", "REAL_CT_RECIPES", "real_ct_recipe"]
+
+#: What a recipe trains towards (:attr:`Recipe.targets`): the hard consensus or the readers' fraction.
+TARGETS = ("consensus", "soft")
 
 
 @dataclass
@@ -73,6 +76,12 @@ class Recipe:
     early_stopping_patience : int, optional
         Stop after this many epochs without a lower validation loss (``None``: train all epochs,
         as the paper does).
+    targets : {"consensus", "soft"}
+        What the model is trained towards: ``"consensus"`` the crops' hard 50 % consensus masks
+        (``CropSet.masks``); ``"soft"`` per pixel the fraction of the nodule's marking readers who
+        drew it (:func:`nodulekit.crops.reader_fraction`, needs ``CropSet.reader_masks``), for the
+        training and the validation loss. Scoring is against the consensus either way. Recipes
+        saved before this field existed read back as ``"consensus"``.
     """
 
     name: str = "paper"
@@ -92,10 +101,13 @@ class Recipe:
     window: int | None = None
     jitter: int = 0
     early_stopping_patience: int | None = None
+    targets: str = "consensus"
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):  # an Augmentation read back from JSON
             self.augment = Augmentation(**self.augment)
+        if self.targets not in TARGETS:
+            raise InvalidParameterError(f"recipe targets must be one of {', '.join(map(repr, TARGETS))}, got {self.targets!r}")
 
     @property
     def augmentation(self) -> Augmentation | None:
