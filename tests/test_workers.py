@@ -56,6 +56,22 @@ def test_two_workers_train_the_grid_and_a_rerun_in_one_process_skips_it(tmp_path
     assert list(again["val_dice"]) == grid["val_dice"] and list(again["best_epoch"]) == grid["best_epoch"]
 
 
+def test_finished_units_are_skipped_here_without_starting_workers(tmp_path, monkeypatch):
+    from nodulekit.training import grid_search, protocol
+
+    from test_training import tiny_crops
+
+    config = TrainConfig(**TINY)  # workers=1: both grid trials in this process
+    grid_search(tiny_crops(), run_dir=tmp_path, config=config, progress=False)
+
+    def no_workers(*args, **kwargs):
+        raise AssertionError("worker processes started for finished units")
+
+    monkeypatch.setattr(protocol, "run_units_in_workers", no_workers)
+    again = grid_search(tiny_crops(), run_dir=tmp_path, config=config.replace(workers=2), progress=False)
+    assert list(again["status"]) == ["ok", "ok"]
+
+
 @pytest.mark.parametrize("value", [0, -1, 1.5, "two", True])
 def test_a_bad_worker_count_is_a_named_error(value):
     with pytest.raises(InvalidParameterError, match="workers"):

@@ -36,7 +36,7 @@ from ..splits import development_folds
 from ..utils import atomic_write, configure_logging, copy_atomic, read_json, set_seed, write_json
 from .config import TrainConfig
 from .distributed import make_strategy, worker_role
-from .units import HISTORY_KEYS, UnitData, UnitSpec, train_unit
+from .units import HISTORY_KEYS, UnitData, UnitSpec, load_finished, train_unit, unit_meta
 from .workers import resolve_workers, run_units_in_workers
 
 __all__ = [
@@ -205,13 +205,23 @@ class _Protocol:
         their epochs (:func:`run_protocol` sizes it once for the whole run)."""
         if size_bar:
             self.bar.total = sum(spec.epochs for spec in specs)
-        workers = resolve_workers(self.config.workers, units=len(specs), strategy=self.strategy) if self.is_chief else 1
+        todo = [i for i, spec in enumerate(specs) if not self._finished(spec)]
+        workers = resolve_workers(self.config.workers, units=len(todo), strategy=self.strategy) if self.is_chief else 1
         if workers == 1:
             return [self.run_unit(spec) for spec in specs]
-        folders = [self.run.unit(spec.name).path for spec in specs]
-        return run_units_in_workers(
-            specs, [self.unit_data(spec) for spec in specs], folders, config=self.config, workers=workers, notify=self._advance
+        trained = run_units_in_workers(
+            [specs[i] for i in todo],
+            [self.unit_data(specs[i]) for i in todo],
+            [self.run.unit(specs[i].name).path for i in todo],
+            config=self.config,
+            workers=workers,
+            notify=self._advance,
         )
+        records = dict(zip(todo, trained))
+        return [records[i] if i in records else self.run_unit(spec) for i, spec in enumerate(specs)]  # finished: skipped here
+
+    def _finished(self, spec: UnitSpec) -> bool:
+        return load_finished(self.run.unit(spec.name).path, unit_meta(spec, self.config, self.unit_data(spec))) is not None
 
     def close(self) -> None:
         self.bar.close()

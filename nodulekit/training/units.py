@@ -36,7 +36,7 @@ from .config import HISTORY_KEYS, NON_RESULT_FIELDS, TrainConfig
 from .data import batches_per_epoch, make_dataset
 from .distributed import prepare_model_for_strategy
 
-__all__ = ["UnitSpec", "UnitData", "train_unit", "load_finished", "file_sha256", "unit_seed", "HISTORY_KEYS"]
+__all__ = ["UnitSpec", "UnitData", "train_unit", "load_finished", "unit_meta", "file_sha256", "unit_seed", "HISTORY_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,14 @@ def unit_seed(seed: int, spec: UnitSpec) -> int:
 
 # ------------------------------------------------------------------------------------------------
 # Finished units
+
+
+def unit_meta(spec: UnitSpec, config: TrainConfig, data: UnitData) -> dict[str, Any]:
+    """What identifies a unit's results (``unit.json``, checked against its ``done`` marker): the
+    spec, the configuration without :data:`~nodulekit.training.config.NON_RESULT_FIELDS` (speed
+    and logging only, so a unit may resume under other values) and the data fingerprint."""
+    values = {name: value for name, value in config.to_dict().items() if name not in NON_RESULT_FIELDS}
+    return {"spec": spec.to_dict(), "config": values, "data": data.fingerprint}
 
 
 def load_finished(folder: str | os.PathLike, meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -194,9 +202,7 @@ def train_unit(
 
     folder = Path(folder)
     source = Path(read_from) if read_from is not None else folder
-    meta = {"spec": spec.to_dict(), "config": config.to_dict(), "data": data.fingerprint}
-    for name in NON_RESULT_FIELDS:  # speed and logging only: a unit may resume under other values
-        meta["config"].pop(name, None)
+    meta = unit_meta(spec, config, data)
     notify = on_epoch or (lambda advance, text: None)
 
     finished = load_finished(source, meta)
