@@ -178,7 +178,7 @@ def best_recipe(folder: str, *, n_folds: int = 4, variant: str = "tta_pp") -> st
     import numpy as np
 
     scores: dict = {}
-    for path in sorted(Path(folder).glob("cv_*.json")):
+    for path in sorted(Path(folder).glob("cv_*_fold*.json")):
         result = json.loads(path.read_text())
         if result.get("recipe_fields", {}).get("model_options", {}).get("filters") is None:
             scores.setdefault(result["recipe"], []).append(result[variant]["nodule_dice"])
@@ -193,7 +193,7 @@ def summarise(folder: str) -> dict:
     import numpy as np
 
     table: dict = {}
-    for path in sorted(Path(folder).glob("cv_*.json")):
+    for path in sorted(Path(folder).glob("cv_*_fold*.json")):
         result = json.loads(path.read_text())
         for variant in (v for v in SEARCH_VARIANTS if v in result):
             key = f"{result['recipe']}/{variant}"
