@@ -706,13 +706,22 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--mixed-precision", choices=["float32", "mixed_bfloat16", "mixed_float16", "auto"])
     parser.add_argument("--no-augment", action="store_false", dest="augment", default=None)
     parser.add_argument(
-        "--workers", type=lambda v: v if v == "auto" else int(v), help="processes training units side by side ('auto': 2 on a CPU-only machine with >= 2 cores)"
+        "--workers", type=_workers_option, help="processes training units side by side ('auto': 2 on a CPU-only machine with >= 2 cores)"
     )
     parser.add_argument("--crop-size", type=int, help="centre-crop the data to this size first (e.g. 64 for LIDC)")
     parser.add_argument("--strategy", choices=["none", "mirrored", "multi_worker", "tpu"], default="none")
     parser.add_argument("--keras-tuner", action="store_true", help="spread the grid over machines with KerasTuner (see docs)")
     parser.add_argument("--no-progress", action="store_false", dest="progress")
     return parser
+
+
+def _workers_option(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers must be 'auto' or a positive integer, got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
