@@ -19,6 +19,12 @@ Rows
                     checkpointing and scoring included (quick: 2 epochs)
 ``fold_proposed``   the same with the changes of ``throughput.PROPOSED`` (precision ``auto``,
                     batched augmentation patched into the training module)
+``grid``            ``grid_search`` of four grid trials as the paper's protocol runs them (Attention
+                    U-Net, learning rates 1e-3 and 1e-2 x batch sizes 8 and 16, 5 epochs each, the
+                    default data), one after the other in this process (``workers=1``); setup and
+                    checkpoints included (quick: 1 epoch, 200 crops)
+``grid_workers``    the same four trials with the default ``TrainConfig.workers="auto"`` (side by side
+                    in worker processes: 2 on a CPU-only machine); the run prints the ratio to ``grid``
 ``scan``            ``Segmenter.segment`` of a 133-slice 512x512 CT with the shipped pretrained model
                     (``nodulekit/pretrained/lidc_attention_unet``, its saved settings: lung mask,
                     preprocessing, mode, threshold; 3-D nodules), as ``nodulekit segment --model
@@ -49,7 +55,7 @@ SHARED_DATA = Path(os.environ.get("NODULEKIT_SHARED_DATA", HERE.parent.parent / 
 LIDC_SLICES = SHARED_DATA / "lidc" / "LIDC-IDRI-slices"
 LIDC_SCAN = SHARED_DATA / "lidc" / "LIDC-IDRI-0001"
 
-ROWS = ("import", "phantom", "lidc", "quick_protocol", "fold", "fold_proposed", "scan", "scan_proposed")
+ROWS = ("import", "phantom", "lidc", "quick_protocol", "fold", "fold_proposed", "grid", "grid_workers", "scan", "scan_proposed")
 
 
 class Skip(Exception):
@@ -154,6 +160,23 @@ def _row_fold(quick: bool, *, proposed: bool = False) -> dict[str, Any]:
     }
 
 
+def _row_grid(quick: bool, *, workers: int | str = 1) -> dict[str, Any]:
+    from nodulekit.training import TrainConfig, grid_search
+    from nodulekit.training.workers import resolve_workers
+
+    config = TrainConfig(architectures=("attention_unet",), learning_rates=(1e-3, 1e-2), batch_sizes=(8, 16), grid_epochs=5, workers=workers)
+    if quick:
+        config = config.replace(grid_epochs=1, synthetic_crops=200)
+    folder = Path(tempfile.mkdtemp(prefix="nodulekit-bench-grid-"))
+    try:
+        grid = grid_search(None, run_dir=folder, config=config, progress=False)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    used = resolve_workers(workers, units=len(grid))
+    dice = ", ".join(f"{d:.3f}" for d in grid["val_dice"])
+    return {"items": len(grid), "unit": "trials", "note": f"{len(grid)} trials x {config.trial_epochs} epochs, {used} process(es); val Dice {dice}"}
+
+
 def _row_scan(quick: bool, *, proposed: bool = False) -> dict[str, Any]:
     import numpy as np
 
@@ -224,6 +247,8 @@ _FUNCTIONS = {
     "quick_protocol": _row_quick_protocol,
     "fold": _row_fold,
     "fold_proposed": lambda quick: _row_fold(quick, proposed=True),
+    "grid": _row_grid,
+    "grid_workers": lambda quick: _row_grid(quick, workers="auto"),
     "scan": _row_scan,
     "scan_proposed": lambda quick: _row_scan(quick, proposed=True),
 }

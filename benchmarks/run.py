@@ -73,10 +73,12 @@ E2E_LABELS = {
     "quick_protocol": "QUICK protocol",
     "fold": "one fold, 30 epochs (default)",
     "fold_proposed": "one fold, 30 epochs (proposed)",
+    "grid": "4 grid trials, 1 process",
+    "grid_workers": "4 grid trials, workers='auto'",
     "scan": "whole-scan inference (default)",
     "scan_proposed": "whole-scan inference (proposed)",
 }
-E2E_TIMEOUT = {"fold": 3600, "fold_proposed": 3600, "quick_protocol": 1800}
+E2E_TIMEOUT = {"fold": 3600, "fold_proposed": 3600, "quick_protocol": 1800, "grid": 3600, "grid_workers": 3600}
 
 #: Units of the full paper protocol (2 models x (9 grid trials + 4 folds)), each about one fold's work.
 PROTOCOL_UNITS = 2 * (9 + 4)
@@ -450,6 +452,9 @@ def format_e2e(results: dict[str, dict], *, quick: bool) -> list[str]:
                 f"{'  full paper protocol (estimate)':34s} {estimate * 60:9.0f} {'':>16s} {'':>11s}  "
                 f"{PROTOCOL_UNITS} units x this fold = {estimate:.0f} min (target <= 45 min; batch 8 units are slower, 32 faster)"
             )
+    serial, parallel = results.get("e2e.grid", {}), results.get("e2e.grid_workers", {})
+    if serial.get("seconds") and parallel.get("seconds"):
+        lines.append(f"grid trials, workers='auto' vs 1 process: {serial['seconds'] / parallel['seconds']:.2f}x (same trials, same run)")
     return lines
 
 

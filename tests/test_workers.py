@@ -91,12 +91,8 @@ def test_auto_uses_two_workers_only_where_they_help(monkeypatch):
     assert resolve_workers(3, units=2) == 2  # never more workers than units
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
     assert resolve_workers("auto", units=18, cores=2) == 1  # the GPU trains; one process feeds it
-    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
-    monkeypatch.setattr(tf.config, "functions_run_eagerly", lambda: True)
-    assert resolve_workers("auto", units=18, cores=2) == 1  # eager mode (QUICK notebooks) stays here
 
 
 def test_the_worker_count_does_not_enter_the_results_identity():
     # A run folder made with workers=2 may be resumed with workers=1 (threads change rounding only).
     assert TrainConfig(workers=2).result_differences(TrainConfig(workers=1)) == []
-    assert TrainConfig.quick().workers == 1

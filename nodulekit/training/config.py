@@ -120,7 +120,7 @@ class TrainConfig:
     workers : int or "auto"
         Processes that train units side by side, each with ``cores // workers`` threads
         (:mod:`nodulekit.training.workers`). ``"auto"`` (default): 2 on a CPU-only machine with at
-        least 2 cores (unless TensorFlow runs eagerly or a strategy is given), else 1; 1 trains in
+        least 2 cores (unless a strategy is given), else 1; 1 trains in
         this process with TensorFlow's default threads. Measured on the project's 2-core CPU: a
         unit keeps barely more than one core busy, and two side by side take 1.2x the time of one.
         The thread count changes floating-point rounding only, so a run folder may be resumed with
@@ -231,8 +231,8 @@ class TrainConfig:
         """The QUICK protocol: the full 3x3 grid for both models and 2 folds on tiny data.
 
         96 crops (synthetic, or whole patients of the given data up to 96 crops), 1 epoch per grid
-        trial, 2 per fold, narrow models (4, 8, 16, 32, 64), units in this process: the whole code
-        path in a few minutes on 2 CPU cores. Its numbers are not meaningful; use the defaults for results.
+        trial, 2 per fold, narrow models (4, 8, 16, 32, 64): the whole code path in a few minutes
+        on 2 CPU cores. Its numbers are not meaningful; use the defaults for results.
         """
         values: dict[str, Any] = dict(
             epochs=2,
@@ -241,7 +241,6 @@ class TrainConfig:
             filters=(4, 8, 16, 32, 64),
             synthetic_crops=96,
             max_crops=96,
-            workers=1,  # seconds per unit: starting worker processes would cost more
         )
         values.update(overrides)
         return cls(**values)

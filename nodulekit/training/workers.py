@@ -57,8 +57,8 @@ def resolve_workers(workers: int | str, *, units: int, strategy=None, cores: int
     ----------
     workers : int or "auto"
         :attr:`TrainConfig.workers <nodulekit.training.TrainConfig.workers>`. ``"auto"``: 2 on a
-        machine without GPU that has at least 2 cores, when TensorFlow is not forced to run
-        eagerly (QUICK notebooks) and no distribution strategy is given; else 1.
+        machine without GPU that has at least 2 cores when no distribution strategy is given;
+        else 1.
     units : int
         Units still to run (never more workers than units).
     strategy : tf.distribute.Strategy, optional
@@ -82,7 +82,7 @@ def resolve_workers(workers: int | str, *, units: int, strategy=None, cores: int
         return 1
     import tensorflow as tf
 
-    if tf.config.functions_run_eagerly() or tf.config.list_physical_devices("GPU"):
+    if tf.config.list_physical_devices("GPU"):
         return 1
     return 2
 
@@ -126,7 +126,7 @@ def run_units_in_workers(
         max_workers=workers,
         mp_context=context,
         initializer=_start_worker,
-        initargs=(progress, threads, config.seed, config.deterministic),
+        initargs=(progress, threads, config.seed, config.deterministic, _runs_eagerly()),
     )
     try:
         with _caller_not_rerun():  # the processes start at the first submits
@@ -180,14 +180,22 @@ def _drain(progress, notify: Callable[[int, str], None]) -> None:
         notify(advance, text)
 
 
-def _start_worker(progress, threads: int, seed: int, deterministic: bool) -> None:
-    """Worker initializer: thread pools first (before TensorFlow starts), then the seeds."""
+def _runs_eagerly() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.functions_run_eagerly())
+
+
+def _start_worker(progress, threads: int, seed: int, deterministic: bool, eager: bool) -> None:
+    """Worker initializer: thread pools first (before TensorFlow starts), then the seeds and the
+    caller's eager mode (the QUICK notebooks run eagerly: tracing would cost more than training)."""
     global _PROGRESS
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     set_seed(seed, deterministic_ops=deterministic)
+    tf.config.run_functions_eagerly(eager)
     _PROGRESS = progress
 
 
