@@ -44,7 +44,6 @@ CANDIDATES: dict[str, dict] = {
     "bn_aug_wide_balanced_ep60": {**_BN_AUG, "model_options": _WIDE, "loss_options": _BALANCED, "epochs": 60},
     # Soft targets (issue 20): train towards the fraction of the marking readers who drew each
     # pixel instead of the hard 50 % consensus; scored against the consensus as every recipe.
-    "bn_aug_soft": {**_BN_AUG, "targets": "soft"},
 }
 RECIPES: dict[str, dict] = {**REAL_CT_RECIPES, **CANDIDATES}
 

@@ -32,7 +32,7 @@ print("RESULT", json.dumps(grid[["learning_rate", "status", "val_dice", "best_ep
 '''
 
 
-def test_two_workers_train_the_grid_and_a_rerun_in_one_process_skips_it(tmp_path):
+def test_two_workers_train_the_grid_and_a_rerun_skips_it_without_workers(tmp_path, monkeypatch):
     config = dict(TINY, workers=2)
     script = tmp_path / "grid.py"  # no `if __name__ == "__main__":` guard: the workers must not rerun it
     script.write_text(SCRIPT.replace("{config}", repr(config)))
@@ -47,29 +47,17 @@ def test_two_workers_train_the_grid_and_a_rerun_in_one_process_skips_it(tmp_path
         unit = tmp_path / "run" / "grid" / "unet" / f"lr={lr:g}_bs=8"
         assert (unit / "done").exists() and (unit / "best.keras").exists(), sorted(p.name for p in unit.iterdir())
 
-    # The same run folder in this process (workers=1): both units are finished, nothing retrains.
-    from nodulekit.training import grid_search
-
-    from test_training import tiny_crops
-
-    again = grid_search(tiny_crops(), run_dir=tmp_path / "run", config=TrainConfig(**TINY), progress=False)
-    assert list(again["val_dice"]) == grid["val_dice"] and list(again["best_epoch"]) == grid["best_epoch"]
-
-
-def test_finished_units_are_skipped_here_without_starting_workers(tmp_path, monkeypatch):
+    # The same run folder in this process: both units are finished, skipped here, no worker starts.
     from nodulekit.training import grid_search, protocol
 
     from test_training import tiny_crops
-
-    config = TrainConfig(**TINY)  # workers=1: both grid trials in this process
-    grid_search(tiny_crops(), run_dir=tmp_path, config=config, progress=False)
 
     def no_workers(*args, **kwargs):
         raise AssertionError("worker processes started for finished units")
 
     monkeypatch.setattr(protocol, "run_units_in_workers", no_workers)
-    again = grid_search(tiny_crops(), run_dir=tmp_path, config=config.replace(workers=2), progress=False)
-    assert list(again["status"]) == ["ok", "ok"]
+    again = grid_search(tiny_crops(), run_dir=tmp_path / "run", config=TrainConfig(**config), progress=False)
+    assert list(again["val_dice"]) == grid["val_dice"] and list(again["best_epoch"]) == grid["best_epoch"]
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, "two", True])

@@ -163,6 +163,9 @@ REAL_CT_RECIPES: dict[str, dict[str, Any]] = {
     # bn_aug with balanced focal Tversky weights (precision trails recall with 0.7 / 0.3): measured,
     # not kept (per-nodule Dice -0.003 plain, +0.004 with TTA + post-processing, paired over folds).
     "bn_aug_balanced": {**_BN_AUG, "loss_options": {"fn_weight": 0.5, "fp_weight": 0.5, "gamma": 0.75}},
+    # bn_aug trained on soft targets (the share of the marking readers who drew each pixel): measured,
+    # not kept (per-nodule Dice +0.001 plain, +0.002 with TTA + post-processing, paired over folds).
+    "bn_aug_soft": {**_BN_AUG, "targets": "soft"},
 }
 
 
