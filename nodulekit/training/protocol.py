@@ -205,9 +205,10 @@ class _Protocol:
         their epochs (:func:`run_protocol` sizes it once for the whole run)."""
         if size_bar:
             self.bar.total = sum(spec.epochs for spec in specs)
-        todo = [i for i, spec in enumerate(specs) if not self._finished(spec)]
-        workers = resolve_workers(self.config.workers, units=len(todo), strategy=self.strategy) if self.is_chief else 1
-        if workers == 1:
+        workers = resolve_workers(self.config.workers, units=len(specs), strategy=self.strategy) if self.is_chief else 1
+        todo = [i for i, spec in enumerate(specs) if not self._finished(spec)] if workers > 1 else []
+        workers = min(workers, len(todo))  # finished units are skipped here, not in a worker
+        if workers <= 1:
             return [self.run_unit(spec) for spec in specs]
         trained = run_units_in_workers(
             [specs[i] for i in todo],
