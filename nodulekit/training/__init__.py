@@ -21,7 +21,8 @@ The protocol (paper sections 2.2-2.3)
    focal Tversky loss (fn_weight 0.7, fp_weight 0.3, gamma 0.75); train on train, keep the
    lowest-validation-loss checkpoint, score it on validation; choose the highest validation Dice.
    A trial that diverges (NaN/inf loss, TerminateOnNaN) is recorded as failed with its reason and
-   excluded; the grid goes on.
+   excluded; the grid goes on. An option, not the paper's: successive halving
+   (``TrainConfig.grid_halving``) trains each trial a few epochs and only the best few on.
 3. 4-fold cross-validation (patient-grouped) of the train + validation patients with the chosen
    values, 30 epochs, lowest validation loss kept; every fold's model is scored on the test patients.
 4. Tables (pandas, saved as CSV and JSON): grid, selection, folds (test Dice, IoU, precision, recall,
@@ -46,6 +47,7 @@ The paths are owned by :class:`nodulekit.runfolder.RunFolder` (and ``UnitFolder`
         metrics.json         the unit's row: status, reason, best epoch, val_* (and test_*) metrics, history
         done                 written last: status, the unit's spec, SHA-256 of best.keras
         tensorboard/         only with TrainConfig.tensorboard
+                             (a trial stopped by successive halving keeps only unit.json and state/)
       results/               grid.csv, selection.csv, folds.csv, summary.csv, histories.csv, results.json
       best.keras, best.json  the run's model of choice (chosen on validation Dice, never on test)
 

@@ -27,7 +27,7 @@ from ..utils import read_json, write_json
 from .augment import Augmentation
 from .recipe import Recipe
 
-__all__ = ["TrainConfig", "PRECISIONS", "EMPTY_POLICIES", "NON_RESULT_FIELDS", "HISTORY_KEYS"]
+__all__ = ["TrainConfig", "PRECISIONS", "EMPTY_POLICIES", "NON_RESULT_FIELDS", "SELECTION_ONLY_FIELDS", "HISTORY_KEYS"]
 
 #: Keys of the per-epoch history of a unit (Keras log names).
 HISTORY_KEYS = ("loss", "accuracy", "dice", "val_loss", "val_accuracy", "val_dice")
@@ -41,6 +41,11 @@ EMPTY_POLICIES = ("one", "zero", "exclude", "separate")
 
 #: Fields that change speed or logging only; a run folder may be resumed with other values.
 NON_RESULT_FIELDS = ("tensorboard", "workers")
+
+#: Fields that change which grid trials are trained to the end, never how a unit trains: part of a
+#: run's configuration, not of a unit's identity (a trial trained under successive halving is the
+#: same unit as in the full grid).
+SELECTION_ONLY_FIELDS = ("grid_halving",)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,14 @@ class TrainConfig:
     grid_epochs : int, optional
         Epochs of every grid trial; ``None`` means ``epochs`` (the paper trains each combination
         fully; fewer epochs make the search cheaper).
+    grid_halving : tuple of (int, int), optional
+        ``(rung, keep)``: successive halving of the grid (an option; ``None``, the default, trains
+        every trial fully as the paper does). Every trial trains ``rung`` epochs; per architecture
+        the ``keep`` trials with the best validation Dice at their lowest validation loss so far
+        then train on to ``grid_epochs``, the others stop (status ``"stopped"``). A survivor is
+        paused and resumed at an epoch boundary, so its record is the one the full grid gives; the
+        choice differs from the full grid's only when the full grid's best trial is not among the
+        ``keep`` at the rung. ``benchmarks/halving.py`` measures that on recorded learning curves.
     n_folds : int
         Folds of the patient-grouped cross-validation (paper: 4).
     fractions : tuple of float
@@ -137,6 +150,7 @@ class TrainConfig:
     batch_sizes: tuple[int, ...] = (8, 16, 32)
     epochs: int = 30
     grid_epochs: int | None = None
+    grid_halving: tuple[int, int] | None = None
     n_folds: int = 4
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     loss: str = "focal_tversky"
@@ -166,6 +180,8 @@ class TrainConfig:
         for name in ("architectures", "learning_rates", "batch_sizes", "fractions", "filters"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "learning_rates", tuple(float(v) for v in self.learning_rates))
+        if isinstance(self.grid_halving, list):
+            object.__setattr__(self, "grid_halving", tuple(self.grid_halving))
         if isinstance(self.augmentation, dict):
             object.__setattr__(self, "augmentation", Augmentation(**self.augmentation))
         object.__setattr__(self, "model_options", dict(self.model_options))
@@ -192,6 +208,13 @@ class TrainConfig:
             raise bad("epochs", "a positive integer")
         if self.grid_epochs is not None and (not _is_int(self.grid_epochs) or self.grid_epochs < 1):
             raise bad("grid_epochs", "a positive integer or None")
+        if self.grid_halving is not None and not (
+            isinstance(self.grid_halving, tuple)
+            and len(self.grid_halving) == 2
+            and all(_is_int(v) and v >= 1 for v in self.grid_halving)
+            and self.grid_halving[0] < self.trial_epochs
+        ):
+            raise bad("grid_halving", "None or (rung, keep): positive integers with rung < the grid trials' epochs")
         if not _is_int(self.n_folds) or self.n_folds < 2:
             raise bad("n_folds", "an integer >= 2")
         if len(self.fractions) != 3 or any(f <= 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:

@@ -115,7 +115,7 @@ class _Protocol:
         self.folds = [(fold.train, fold.validation) for fold in plan.folds]
         self._check_folder()
 
-        total = len(self.grid_specs()) * self.config.trial_epochs
+        total = _grid_epochs_counted(self.config)
         total += len(self.config.architectures) * self.config.n_folds * self.config.epochs
         self.bar = tqdm(total=total, desc="protocol", unit="epoch", disable=not (progress and self.is_chief), smoothing=0.1)
 
@@ -187,7 +187,7 @@ class _Protocol:
         self.bar.update(epochs)
         self.bar.set_postfix_str(text, refresh=False)
 
-    def run_unit(self, spec: UnitSpec) -> dict[str, Any]:
+    def run_unit(self, spec: UnitSpec, *, pause_after: int | None = None) -> dict[str, Any]:
         return train_unit(
             spec,
             self.unit_data(spec),
@@ -197,19 +197,36 @@ class _Protocol:
             read_from=None if self.is_chief else self.run.unit(spec.name).path,
             on_epoch=self._advance,
             verbose=self.verbose,
+            pause_after=pause_after,
         )
 
-    def run_units(self, specs: list[UnitSpec], *, size_bar: bool = True) -> list[dict[str, Any]]:
+    def run_grid(self, *, size_bar: bool = True) -> list[dict[str, Any]]:
+        """Every grid trial's record, in grid order; with ``config.grid_halving = (rung, keep)``
+        every trial first trains ``rung`` epochs and only each architecture's best ``keep`` go on
+        (the others get status ``"stopped"``; see :func:`halving_survivors`)."""
+        specs = self.grid_specs()
+        if size_bar:
+            self.bar.total = _grid_epochs_counted(self.config)
+        if self.config.grid_halving is None:
+            return self.run_units(specs, size_bar=False)
+        rung, keep = self.config.grid_halving
+        at_rung = self.run_units(specs, size_bar=False, pause_after=rung)
+        survivors = halving_survivors(at_rung, rung=rung, keep=keep)
+        finished = iter(self.run_units([spec for spec, go_on in zip(specs, survivors) if go_on], size_bar=False))
+        return [next(finished) if go_on else _stopped(record, rung) for record, go_on in zip(at_rung, survivors)]
+
+    def run_units(self, specs: list[UnitSpec], *, size_bar: bool = True, pause_after: int | None = None) -> list[dict[str, Any]]:
         """Run ``specs`` (side by side in ``config.workers`` processes, or one after the other in
         this one); the records in the order of ``specs``. ``size_bar``: size the progress bar to
-        their epochs (:func:`run_protocol` sizes it once for the whole run)."""
+        their epochs (:func:`run_protocol` sizes it once for the whole run). ``pause_after``: as in
+        :func:`~nodulekit.training.units.train_unit`."""
         if size_bar:
             self.bar.total = sum(spec.epochs for spec in specs)
         workers = resolve_workers(self.config.workers, units=len(specs), strategy=self.strategy) if self.is_chief else 1
         todo = [i for i, spec in enumerate(specs) if not self._finished(spec)] if workers > 1 else []
         workers = min(workers, len(todo))  # finished units are skipped here, not in a worker
         if workers <= 1:
-            return [self.run_unit(spec) for spec in specs]
+            return [self.run_unit(spec, pause_after=pause_after) for spec in specs]
         trained = run_units_in_workers(
             [specs[i] for i in todo],
             [self.unit_data(specs[i]) for i in todo],
@@ -217,6 +234,7 @@ class _Protocol:
             config=self.config,
             workers=workers,
             notify=self._advance,
+            pause_after=pause_after,
         )
         records = dict(zip(todo, trained))
         return [records[i] if i in records else self.run_unit(spec) for i, spec in enumerate(specs)]  # finished: skipped here
@@ -257,11 +275,70 @@ def grid_search(
     The arguments are :func:`run_protocol`'s; the result is the grid table it describes.
     """
     with _Protocol(crops, run_dir=run_dir, config=config, pipeline=pipeline, strategy=strategy, progress=progress) as protocol:
-        return _grid_table(protocol.run_units(protocol.grid_specs()))
+        return _grid_table(protocol.run_grid())
+
+
+def halving_survivors(records: list[dict], *, rung: int, keep: int) -> list[bool]:
+    """Successive halving's rule: which grid trials train on after ``rung`` epochs.
+
+    Per architecture, the ``keep`` trials with the highest :func:`rung_score` go on (ties: the
+    earlier trial in grid order); a failed trial never does.
+
+    Parameters
+    ----------
+    records : list of dict
+        One per grid trial (``architecture`` and ``history`` at least), in grid order.
+    rung, keep : int
+        :attr:`TrainConfig.grid_halving <nodulekit.training.TrainConfig.grid_halving>`.
+
+    Returns
+    -------
+    list of bool
+        Parallel to ``records``.
+    """
+    go_on = [False] * len(records)
+    by_architecture: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        by_architecture.setdefault(record["architecture"], []).append(i)
+    for trials in by_architecture.values():
+        scores = {i: rung_score(records[i], rung) for i in trials if records[i]["status"] != "failed"}
+        ranked = sorted((i for i, score in scores.items() if math.isfinite(score)), key=lambda i: -scores[i])  # stable: grid order breaks ties
+        for i in ranked[:keep]:
+            go_on[i] = True
+    return go_on
+
+
+def rung_score(record: dict, rung: int) -> float:
+    """A trial's score at successive halving's rung: its validation Dice (the Keras epoch metric)
+    at its lowest validation loss among the first ``rung`` epochs, i.e. of the weights the protocol
+    would keep had the trial stopped there; NaN when no such epoch has a finite loss."""
+    seen = [entry for entry in record.get("history", []) if entry["epoch"] <= rung and math.isfinite(entry["val_loss"])]
+    if not seen:
+        return math.nan
+    return float(min(seen, key=lambda entry: entry["val_loss"])["val_dice"])
+
+
+def _stopped(record: dict, rung: int) -> dict:
+    """The grid record of a trial that successive halving stopped at ``rung``."""
+    if record["status"] == "failed":
+        return record
+    kept = {k: v for k, v in record.items() if not k.startswith(("val_", "test_")) or k == "best_val_loss"}
+    score = rung_score(record, rung)
+    return {**kept, "status": "stopped", "reason": f"successive halving: not among the best at epoch {rung} (val_dice {score:.4f})"}
+
+
+def _grid_epochs_counted(config: TrainConfig) -> int:
+    """Progress-bar epochs of the grid (a resumed survivor reports its first ``rung`` epochs again)."""
+    trials = len(config.learning_rates) * len(config.batch_sizes)
+    if config.grid_halving is None:
+        return len(config.architectures) * trials * config.trial_epochs
+    rung, keep = config.grid_halving
+    return len(config.architectures) * (trials * rung + min(keep, trials) * config.trial_epochs)
 
 
 def select_hyperparameters(grid: pd.DataFrame, *, metric: str = "val_dice") -> pd.DataFrame:
-    """Per architecture, the grid trial with the highest ``metric`` among those that did not fail.
+    """Per architecture, the grid trial with the highest ``metric`` among those that did not fail
+    (nor were stopped by successive halving).
 
     Ties go to the earlier trial in grid order (smaller learning rate, then smaller batch).
 
@@ -284,7 +361,7 @@ def select_hyperparameters(grid: pd.DataFrame, *, metric: str = "val_dice") -> p
                 "batch_size": int(best["batch_size"]),
                 metric: float(best[metric]),
                 "trials_ok": int(len(usable)),
-                "trials_failed": int(len(trials) - len(usable)),
+                "trials_failed": int(len(trials) - len(usable) - (trials["status"] == "stopped").sum()),
             }
         )
     return pd.DataFrame(rows)
@@ -397,7 +474,7 @@ def run_protocol(
     with _Protocol(
         crops, run_dir=run_dir, config=config, pipeline=pipeline, strategy=strategy, progress=progress, verbose=verbose
     ) as protocol:
-        grid_records = protocol.run_units(protocol.grid_specs(), size_bar=False)
+        grid_records = protocol.run_grid(size_bar=False)
         grid = _grid_table(grid_records)
         selection = select_hyperparameters(grid, metric=protocol.config.selection_metric)
         grid["selected"] = [
@@ -698,6 +775,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--quick", action="store_true", help="QUICK protocol: tiny data, full grid, 2 folds")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--grid-epochs", type=int)
+    parser.add_argument(
+        "--grid-halving", type=int, nargs=2, metavar=("RUNG", "KEEP"),
+        help="successive halving: every grid trial trains RUNG epochs, the best KEEP per model go on (default: the full grid)",
+    )
     parser.add_argument("--folds", type=int, dest="n_folds")
     parser.add_argument("--architectures", nargs="+")
     parser.add_argument("--learning-rates", type=float, nargs="+")
@@ -748,7 +829,7 @@ def train_command(args: argparse.Namespace) -> int:
     config = TrainConfig.load(args.config) if args.config else (TrainConfig.quick() if args.quick else TrainConfig())
     overrides = {
         k: getattr(args, k)
-        for k in ("epochs", "grid_epochs", "n_folds", "max_crops", "seed", "mixed_precision", "augment", "workers")
+        for k in ("epochs", "grid_epochs", "grid_halving", "n_folds", "max_crops", "seed", "mixed_precision", "augment", "workers")
         if getattr(args, k) is not None
     }
     for name in ("architectures", "learning_rates", "batch_sizes"):
@@ -757,6 +838,8 @@ def train_command(args: argparse.Namespace) -> int:
     config = config.replace(**overrides)
     crops = _read_data(args.data) if args.data else None
     pipeline = paper_pipeline(crop_size=args.crop_size)
+    if args.keras_tuner and config.grid_halving is not None:
+        raise InvalidParameterError("--grid-halving runs in one protocol, not with --keras-tuner (KerasTuner trains every trial fully)")
     if args.keras_tuner:
         if tune_grid_distributed(crops, run_dir=args.run_dir, config=config, pipeline=pipeline) is not None:
             return 0  # a worker: the chief goes on with the cross-validation

@@ -32,7 +32,7 @@ from ..precision import precision_policy
 from ..runfolder import UnitFolder, file_sha256
 from ..safety import load_model
 from ..utils import atomic_write, copy_atomic, read_json, write_json
-from .config import HISTORY_KEYS, NON_RESULT_FIELDS, TrainConfig
+from .config import HISTORY_KEYS, NON_RESULT_FIELDS, SELECTION_ONLY_FIELDS, TrainConfig
 from .data import batches_per_epoch, make_dataset
 from .distributed import prepare_model_for_strategy
 
@@ -115,8 +115,11 @@ def unit_seed(seed: int, spec: UnitSpec) -> int:
 def unit_meta(spec: UnitSpec, config: TrainConfig, data: UnitData) -> dict[str, Any]:
     """What identifies a unit's results (``unit.json``, checked against its ``done`` marker): the
     spec, the configuration without :data:`~nodulekit.training.config.NON_RESULT_FIELDS` (speed
-    and logging only, so a unit may resume under other values) and the data fingerprint."""
-    values = {name: value for name, value in config.to_dict().items() if name not in NON_RESULT_FIELDS}
+    and logging only, so a unit may resume under other values) and without
+    :data:`~nodulekit.training.config.SELECTION_ONLY_FIELDS` (which trials run, not how), and the
+    data fingerprint."""
+    skip = NON_RESULT_FIELDS + SELECTION_ONLY_FIELDS
+    values = {name: value for name, value in config.to_dict().items() if name not in skip}
     return {"spec": spec.to_dict(), "config": values, "data": data.fingerprint}
 
 
@@ -161,6 +164,7 @@ def train_unit(
     read_from: str | os.PathLike | None = None,
     on_epoch: Callable[[int, str], None] | None = None,
     verbose: int = 0,
+    pause_after: int | None = None,
 ) -> dict[str, Any]:
     """Train one unit to completion (or resume it), keeping the lowest-validation-loss checkpoint.
 
@@ -184,11 +188,16 @@ def train_unit(
         the protocol's progress bar.
     verbose : int
         Keras ``fit`` verbosity (0: quiet).
+    pause_after : int, optional
+        Stop after this many epochs without finishing (successive halving's rung): the resume
+        state stays, so a later call without ``pause_after`` continues exactly where the unit
+        stopped, as after an interruption. Such a record has ``status`` ``"paused"``, the history
+        so far and no metrics. A unit that is finished, failed or stopped early is returned as usual.
 
     Returns
     -------
     dict
-        One row of the results: the spec, ``status`` (``"ok"`` or ``"failed"``), ``reason``,
+        One row of the results: the spec, ``status`` (``"ok"``, ``"failed"`` or ``"paused"``), ``reason``,
         ``epochs_run``, ``best_epoch``, ``best_val_loss``, ``seconds``, the validation metrics
         (``val_dice``, ...) and, for folds, the test metrics (``test_dice``, ...) and
         ``test_background_accuracy``; plus ``history`` (list of per-epoch dicts) and ``skipped``.
@@ -275,7 +284,8 @@ def train_unit(
         ]
         if config.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(unit.tensorboard)))
-        if state["epoch"] < spec.epochs and state["failed"] is None and not stopping.should_stop(epochs_done=state["epoch"]):
+        last = spec.epochs if pause_after is None else min(pause_after, spec.epochs)
+        if state["epoch"] < last and state["failed"] is None and not stopping.should_stop(epochs_done=state["epoch"]):
             drop = starves_a_replica(len(data.train_images))
             train = make_dataset(
                 data.train_images,
@@ -299,7 +309,7 @@ def train_unit(
                 train,
                 validation_data=validation,
                 initial_epoch=state["epoch"],
-                epochs=spec.epochs,
+                epochs=last,
                 steps_per_epoch=batches_per_epoch(len(data.train_images), spec.batch_size, drop_remainder=drop),
                 callbacks=callbacks,
                 verbose=verbose,
@@ -308,13 +318,31 @@ def train_unit(
                 state["failed"] = f"out of memory at epoch {state['epoch'] + 1} ({out_of_memory})"
             if state["failed"] is not None:
                 logger.warning("%s: %s", spec.name, state["failed"])
-    stop_reason = stopping.reason
     epoch = state["epoch"]
     del model
     keras.backend.clear_session()
+    if pause_after is not None and epoch < spec.epochs and state["failed"] is None and not stopping.should_stop(epochs_done=epoch):
+        return _paused(spec, state)
+    stop_reason = stopping.reason
     if epoch < spec.epochs:
         notify(spec.epochs - epoch, f"{spec.name} stopped")
     return _finish(spec, data, folder, meta, state, config, stop_reason)
+
+
+def _paused(spec: UnitSpec, state: dict) -> dict[str, Any]:
+    """The record of a unit paused by ``pause_after`` (its resume state stays on disk)."""
+    return {
+        "unit": spec.name,
+        **spec.to_dict(),
+        "status": "paused",
+        "reason": "",
+        "epochs_run": int(state["epoch"]),
+        "best_epoch": state["best_epoch"],
+        "best_val_loss": state["best_val_loss"] if state["best"] else math.nan,
+        "seconds": round(float(state["seconds"]), 3),
+        "history": state["history"],
+        "skipped": False,
+    }
 
 
 def _finish(

@@ -96,6 +96,7 @@ def run_units_in_workers(
     workers: int,
     notify: Callable[[int, str], None],
     cores: int | None = None,
+    pause_after: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``specs`` in ``workers`` processes; the records in the order of ``specs``.
 
@@ -111,6 +112,8 @@ def run_units_in_workers(
         ``notify(epochs_advanced, text)``, called in this process for each epoch a worker reports.
     cores : int, optional
         Cores to share (default: :func:`available_cores`).
+    pause_after : int, optional
+        As in :func:`~nodulekit.training.units.train_unit` (successive halving's rung).
 
     Raises
     ------
@@ -130,7 +133,7 @@ def run_units_in_workers(
     )
     try:
         with _caller_not_rerun():  # the processes start at the first submits
-            futures = {executor.submit(_train, specs[i], data[i], folders[i], config): i for i in order}
+            futures = {executor.submit(_train, specs[i], data[i], folders[i], config, pause_after): i for i in order}
         pending = set(futures)
         while pending:
             done, pending = concurrent.futures.wait(pending, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -203,5 +206,5 @@ def _report(advance: int, text: str) -> None:
     _PROGRESS.put((advance, text))
 
 
-def _train(spec: UnitSpec, data: UnitData, folder: Path, config: TrainConfig) -> dict[str, Any]:
-    return train_unit(spec, data, folder=folder, config=config, on_epoch=_report)
+def _train(spec: UnitSpec, data: UnitData, folder: Path, config: TrainConfig, pause_after: int | None) -> dict[str, Any]:
+    return train_unit(spec, data, folder=folder, config=config, on_epoch=_report, pause_after=pause_after)
