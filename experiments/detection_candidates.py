@@ -17,21 +17,31 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
    their held-out FROC CPM and candidate AUC against the shipped classifier on the segmenter's
    candidates and against the same recipe refit on the segmenter's candidates of the same
    training scans; gradient boosting on the union for comparison (it does not fit the JSON format).
-3. ``lidc``: LIDC-IDRI-0001 (DICOM + XML): the nodule's candidates by source, counts, and its rank
-   under the per-source classifiers (trained on synthetic scans only).
+3. ``boost``: gradient-boosted trees (:class:`~nodulekit.detection.BoostedClassifier`, JSON trees):
+   settings (:data:`BOOSTING_GRID`, one model for all candidates or one per source) by scan-grouped
+   CV CPM on the training scans only, against the per-source logistic in the same folds; the Platt
+   step if it lowers the out-of-fold Brier score (cross-fitted); the operating point at 1 false
+   positive per scan on the out-of-fold scores; only then the held-out scans.
+   ``lidc``: LIDC-IDRI-0001 (DICOM + XML) end to end with a segmenter folder's second stage (the
+   shipped one by default): the nodule's rank and score, what is listed at the operating point.
 4. ``stacks``: the real dev nodules (LIDC crop stacks, as ``detection_stacks.py``): which source
    finds each, by the nodule's mean band of pseudo-HU (the crops are min-max scaled, not HU:
-   :data:`PSEUDO_HU`).
+   :data:`PSEUDO_HU`). ``stacks-stage``: the synthetic-trained stages (logistic, boosted) on the
+   stacks' candidates of ``detection_stacks.py candidates``, as that script's "shipped as is" row.
 
     python experiments/detection_candidates.py candidates --cache /tmp/cands-cache
     python experiments/detection_candidates.py evaluate --cache /tmp/cands-cache
+    python experiments/detection_candidates.py boost --cache /tmp/cands-cache --held-out-cache DIR
     python experiments/detection_candidates.py lidc ../shared/data/lidc/LIDC-IDRI-0001
     python experiments/detection_candidates.py stacks
-    python experiments/detection_candidates.py ship     # the per-source classifiers into the shipped folder
+    python experiments/detection_candidates.py stacks-stage --cache /tmp/cands-cache --stacks-cache runs/stacks
+    python experiments/detection_candidates.py ship     # boost's members into the shipped folder
+    python experiments/detection_candidates.py shipped --cache DIR   # its held-out FROC, figS5, figS6
 
-5. ``ship``: the two per-source classifiers of ``evaluate`` (operating point from the training
-   scans' out-of-fold scores) as one ``classifier.json`` (:class:`~nodulekit.detection.PerSourceClassifier`)
-   in the shipped segmenter folder.
+5. ``ship``: the per-source members of ``boost`` (``--members boosted``, the default) or of
+   ``evaluate`` (``--members logistic``; shipped before), operating point from the training scans'
+   out-of-fold scores, as one ``classifier.json`` (:class:`~nodulekit.detection.PerSourceClassifier`)
+   in the shipped segmenter folder; ``shipped`` scores it on the held-out scans.
 """
 
 from __future__ import annotations
@@ -127,6 +137,22 @@ def command_candidates(args) -> int:
             return 0
         if not paths:
             time.sleep(20)
+
+
+def command_more_held_out(args) -> int:
+    """Generate, segment (``detection.py``'s ``cache_scan``) and union the held-out seeds of ``[first, first + count)`` only."""
+    from tqdm.auto import tqdm
+
+    from nodulekit import load_pretrained
+
+    folder = Path(args.cache)
+    folder.mkdir(parents=True, exist_ok=True)
+    segmenter = load_pretrained(tta=False).segmenter  # as detection.py cache
+    for seed in tqdm([s for s in range(args.first, args.first + args.count) if whole_scan.is_held_out(s)], desc="held-out scans"):
+        path = whole_scan.cache_scan(seed, folder, segmenter)
+        scan_union(path)
+        whole_scan.cache_features(path)
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -682,9 +708,8 @@ def _logistic_metadata(results: dict, threshold: float) -> dict:
 
 
 def command_shipped(args) -> int:
-    """The shipped per-source stage on the held-out scans: FROC, recall by kind, and ``rank_union`` against the cached scores."""
+    """The shipped stage on the held-out scans: FROC, recall by kind, the stage before, and ``rank_union`` against the cached scores."""
     from nodulekit.detection import load_classifier
-    from nodulekit.inference import measure_nodules, rank_union
     from nodulekit.utils import write_json
 
     folder, out = Path(args.cache), Path(args.out)
@@ -693,34 +718,60 @@ def command_shipped(args) -> int:
     spacing_of = whole_scan.spacings(folder, test_refs)
     scores = classifier.predict_proba(test)
     result = whole_scan.froc_of(test, test_refs, scores, spacing_of)
-    # end to end: rank_union on the cached arrays of the first held-out scans lists the cached candidates' scores
-    differences = []
-    for seed in sorted(test_refs)[: args.check]:
-        scan = whole_scan.load_scan(folder / f"scan-{seed:05d}.npz")
-        seg_labels, seg_table = measure_nodules(scan["probabilities"] >= 0.5, spacing=scan["spacing"], probabilities=scan["probabilities"], hu=scan["hu"], min_diameter_mm=3.0, min_voxels=3)
-        _, ranked, _ = rank_union(seg_labels, seg_table, probabilities=scan["probabilities"], hu=scan["hu"], lung=scan["lung"], spacing=scan["spacing"], classifier=classifier, min_score=0.0)
-        cached = scores[test["seed"].to_numpy() == seed]
-        # rank_union lists each cached candidate but the blobs on a better-scoring segmenter candidate: every listed score is a cached one
-        differences.append({"listed": int(len(ranked)), "cached": int(len(cached)),
-                            "max_score_difference": float(np.abs(ranked["score"].to_numpy()[:, None] - cached[None]).min(axis=1).max()) if len(ranked) else 0.0})
+    previous_stage = score({source: load_classifier(out / CLASSIFIER_FOLDER / source) for source in ("segmenter", "blob")}, test)
+    previous_result = whole_scan.froc_of(test, test_refs, previous_stage, spacing_of)
     summary = {
         "classifier": str(args.folder),
         "held_out_scans": len(test_refs),
         "cpm": round(float(result.cpm), 4),
         "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in result.sensitivities.items()},
         "operating_point": classifier.threshold,
+        "per_source_logistic_before": {"cpm": round(float(previous_result.cpm), 4), "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in previous_result.sensitivities.items()}},
         "recall_by_kind_at_operating_point": whole_scan._recall_by_kind(test, test_refs, scores, classifier.threshold),
         "fp_per_scan_at_operating_point": round(float(((scores >= classifier.threshold) & ~test["label"].to_numpy(bool)).sum() / len(test_refs)), 2),
-        "rank_union_vs_cache_max_score_difference": differences,
+        **_rank_union_check(folder, test, test_refs, scores, classifier, spacing_of, args.check),
     }
-    previous_stage = score({source: load_classifier(out / CLASSIFIER_FOLDER / source) for source in ("segmenter", "blob")}, test)
-    _plot_shipped_froc(folder, test_refs, spacing_of, result, whole_scan.froc_of(test, test_refs, previous_stage, spacing_of))
-    _plot_shipped_reliability(test["label"].to_numpy(bool), scores, previous_stage, len(test_refs))
+    if args.figures:
+        _plot_shipped_froc(folder, test_refs, spacing_of, result, previous_result)
+        _plot_shipped_reliability(test["label"].to_numpy(bool), scores, previous_stage, len(test_refs))
     previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
-    previous["shipped_per_source_held_out"] = summary
+    previous[args.key] = summary
     write_json(out / RESULT, previous)
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _rank_union_check(folder: Path, test, test_refs, scores, classifier, spacing_of, count: int) -> dict:
+    """The first ``count`` held-out scans end to end through ``rank_union`` (what ``Segmenter.segment`` runs) against the cached unions' scores."""
+    import pandas as pd
+
+    from nodulekit.inference import measure_nodules, rank_union
+
+    differences, end_to_end = [], []
+    checked = {seed: test_refs[seed] for seed in sorted(test_refs)[:count]}
+    for seed in checked:
+        scan = whole_scan.load_scan(folder / f"scan-{seed:05d}.npz")
+        seg_labels, seg_table = measure_nodules(scan["probabilities"] >= 0.5, spacing=scan["spacing"], probabilities=scan["probabilities"], hu=scan["hu"], min_diameter_mm=3.0, min_voxels=3)
+        _, ranked, _ = rank_union(seg_labels, seg_table, probabilities=scan["probabilities"], hu=scan["hu"], lung=scan["lung"], spacing=scan["spacing"], classifier=classifier, min_score=0.0)
+        cached = scores[test["seed"].to_numpy() == seed]
+        # rank_union lists each cached candidate but the blobs on a better-scoring segmenter candidate: every listed score is a cached one
+        end_to_end.append(ranked.assign(seed=seed))
+        differences.append({"listed": int(len(ranked)), "cached": int(len(cached)),
+                            "max_score_difference": float(np.abs(ranked["score"].to_numpy()[:, None] - cached[None]).min(axis=1).max()) if len(ranked) else 0.0})
+    if not checked:
+        return {}
+    listed = pd.concat(end_to_end, ignore_index=True)
+    mine = test["seed"].isin(list(checked)).to_numpy()
+    return {
+        "rank_union_vs_cache_max_score_difference": differences,
+        "rank_union_end_to_end": {
+            "scans": len(checked),
+            "cpm": round(float(whole_scan.froc_of(listed, checked, listed["score"].to_numpy(float), spacing_of).cpm), 4),
+            "cpm_of_the_cached_unions": round(float(whole_scan.froc_of(test[mine], checked, scores[mine], spacing_of).cpm), 4),
+            "listed_per_scan_at_operating_point": round(float((listed["score"] >= classifier.threshold).sum() / len(checked)), 2),
+            "cached_per_scan_at_operating_point": round(float((scores[mine] >= classifier.threshold).sum() / len(checked)), 2),
+        },
+    }
 
 
 def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped, per_source_logistic) -> None:
@@ -768,6 +819,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     candidates = sub.add_parser("candidates", help="segmenter, blob and union candidates of the cached scans")
     candidates.add_argument("--follow", action="store_true", help="keep going while `detection.py cache` adds scans")
+    more = sub.add_parser("more-held-out", help="more held-out scans (odd seeds of a range): generate, segment, union candidates")
+    more.add_argument("--first", type=int, default=60)
+    more.add_argument("--count", type=int, default=40)
     evaluate = sub.add_parser("evaluate", help="recall by source and the union's second stage on held-out scans")
     evaluate.add_argument("--held-out", type=int, default=None, help="at most this many held-out scans")
     evaluate.add_argument("--train", type=int, default=None, help="at most this many training scans")
@@ -789,12 +843,14 @@ def main(argv: list[str] | None = None) -> int:
     shipped = sub.add_parser("shipped", help="the shipped per-source stage on the held-out scans (FROC, recall by kind, end-to-end check)")
     shipped.add_argument("--folder", default=ship_parser.get_default("folder"))
     shipped.add_argument("--check", type=int, default=3, help="held-out scans run end to end through rank_union")
-    for command in (candidates, evaluate, boost, stacks_stage, shipped):
+    shipped.add_argument("--no-figures", dest="figures", action="store_false", help="leave figS5 and figS6 as they are")
+    shipped.add_argument("--key", default="shipped_per_source_held_out", help="the entry of the results file to write")
+    for command in (candidates, more, evaluate, boost, stacks_stage, shipped):
         command.add_argument("--cache", default="runs/detect")
     for command in (evaluate, boost, lidc, stacks, stacks_stage, ship_parser, shipped):
         command.add_argument("--out", default="experiments/results")
     args = parser.parse_args(argv)
-    commands = {"candidates": command_candidates, "evaluate": command_evaluate, "boost": command_boost, "lidc": command_lidc, "stacks": command_stacks, "stacks-stage": command_stacks_stage, "ship": command_ship, "shipped": command_shipped}
+    commands = {"candidates": command_candidates, "more-held-out": command_more_held_out, "evaluate": command_evaluate, "boost": command_boost, "lidc": command_lidc, "stacks": command_stacks, "stacks-stage": command_stacks_stage, "ship": command_ship, "shipped": command_shipped}
     return commands[args.command](args)
 
 

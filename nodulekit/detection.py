@@ -765,17 +765,19 @@ PER_SOURCE_VERSION = 1
 
 
 class PerSourceClassifier:
-    """One :class:`CandidateClassifier` per candidate source: each candidate scored by its own source's.
+    """One classifier per candidate source (:class:`CandidateClassifier` or :class:`BoostedClassifier`): each candidate scored by its own source's.
 
     The segmentation model's probability features mean nothing on a candidate only the blob filter
     found, so one logistic regression per source ranks the union of both far better than one for
-    all (``experiments/detection_candidates.py``). Scores of both are probabilities and are ranked
-    together.
+    all (``experiments/detection_candidates.py``); boosted trees split on the source themselves, and
+    the shipped stage holds the same boosted model for both. Scores of both are probabilities and
+    are ranked together.
 
     Parameters
     ----------
     classifiers : dict
-        ``{"segmenter": CandidateClassifier, "blob": CandidateClassifier}`` (:data:`CANDIDATE_SOURCES`).
+        ``{"segmenter": ..., "blob": ...}`` (:data:`CANDIDATE_SOURCES`), each a
+        :class:`CandidateClassifier` or a :class:`BoostedClassifier`.
     threshold : float
         The default operating point of the union (``--min-score``), in [0, 1].
     metadata : dict, optional
