@@ -197,24 +197,29 @@ def _fit(candidates, labels, *, feature_names, regularization: float, by_source:
     """One classifier for all candidates (key ``"all"``) or one per source (``"segmenter"``, ``"blob"``)."""
     from nodulekit.detection import CandidateClassifier
 
+    return _by_source(lambda c, y: CandidateClassifier.fit(c, y, feature_names=feature_names, regularization=regularization, seed=seed), candidates, labels, by_source)
+
+
+def _by_source(fit_one, candidates, labels, by_source: bool) -> dict:
+    """``fit_one(candidates, labels)`` on all candidates (key ``"all"``) or on each source's (``"segmenter"``, ``"blob"``)."""
     if not by_source:
-        return {"all": CandidateClassifier.fit(candidates, labels, feature_names=feature_names, regularization=regularization, seed=seed)}
+        return {"all": fit_one(candidates, labels)}
     out = {}
     for source in ("segmenter", "blob"):
         mine = (candidates["source"] == source).to_numpy()
-        out[source] = CandidateClassifier.fit(candidates[mine], labels[mine], feature_names=feature_names, regularization=regularization, seed=seed)
+        out[source] = fit_one(candidates[mine], labels[mine])
     return out
 
 
-def score(classifiers: dict, candidates) -> np.ndarray:
-    """Probabilities of :func:`_fit`'s classifiers, each candidate by the classifier of its source."""
+def score(classifiers: dict, candidates, method: str = "predict_proba") -> np.ndarray:
+    """Probabilities (or another per-row ``method``) of :func:`_fit`'s classifiers, each candidate by the classifier of its source."""
     if "all" in classifiers:
-        return classifiers["all"].predict_proba(candidates)
+        return getattr(classifiers["all"], method)(candidates)
     scores = np.zeros(len(candidates))
     for source, classifier in classifiers.items():
         mine = (candidates["source"] == source).to_numpy()
         if mine.any():
-            scores[mine] = classifier.predict_proba(candidates[mine])
+            scores[mine] = getattr(classifier, method)(candidates[mine])
     return scores
 
 
@@ -345,25 +350,7 @@ def _fit_boosted(candidates, labels, *, settings: dict, by_source: bool, feature
     """Boosted members of :func:`score`'s form: ``{"all": ...}`` or one per source."""
     from nodulekit.detection import BoostedClassifier
 
-    if not by_source:
-        return {"all": BoostedClassifier.fit(candidates, labels, feature_names=feature_names, **settings)}
-    out = {}
-    for source in ("segmenter", "blob"):
-        mine = (candidates["source"] == source).to_numpy()
-        out[source] = BoostedClassifier.fit(candidates[mine], labels[mine], feature_names=feature_names, **settings)
-    return out
-
-
-def _raw(members: dict, candidates) -> np.ndarray:
-    """Uncalibrated log-odds of boosted members, each candidate by its source's (or the one for all)."""
-    if "all" in members:
-        return members["all"].raw_score(candidates)
-    raw = np.zeros(len(candidates))
-    for source, member in members.items():
-        mine = (candidates["source"] == source).to_numpy()
-        if mine.any():
-            raw[mine] = member.raw_score(candidates[mine])
-    return raw
+    return _by_source(lambda c, y: BoostedClassifier.fit(c, y, feature_names=feature_names, **settings), candidates, labels, by_source)
 
 
 def _platt(raw, labels, groups, candidates) -> dict:
@@ -428,7 +415,7 @@ def command_boost(args) -> int:
             raw = np.zeros(len(train))
             for fit_on, test in folds:
                 members = _fit_boosted(train.iloc[fit_on], labels[fit_on], settings=settings, by_source=by_source, feature_names=names)
-                raw[test] = _raw(members, train.iloc[test])
+                raw[test] = score(members, train.iloc[test], "raw_score")
             result = whole_scan.froc_of(train, train_refs, expit(raw), train_spacing)
             trials.append({"by_source": by_source, "settings": settings, "cv_cpm": round(float(result.cpm), 4),
                            "cv_auc": round(float(roc_auc_score(labels, raw)), 4), "leaves_in_all": _leaves_in_all(settings, by_source), "raw": raw})

@@ -430,8 +430,7 @@ class CandidateClassifier:
             raise InvalidParameterError(f"a classifier needs one mean, scale and coefficient per feature ({count} features)")
         if not (np.isfinite(self.mean).all() and np.isfinite(self.coefficients).all() and (self.scale > 0).all()):
             raise InvalidParameterError("classifier means and coefficients must be finite and scales positive")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise InvalidParameterError(f"the operating threshold must be in [0, 1], got {threshold!r}")
+        _check_threshold(threshold)
 
     def __repr__(self) -> str:
         return f"CandidateClassifier({len(self.feature_names)} features, threshold={self.threshold:.3g})"
@@ -498,11 +497,7 @@ class CandidateClassifier:
     @classmethod
     def from_config(cls, config: dict) -> CandidateClassifier:
         """Inverse of :meth:`to_config`."""
-        if not isinstance(config, dict) or config.get("kind") != "logistic_regression":
-            raise InvalidParameterError("not a nodulekit candidate classifier (kind must be 'logistic_regression')")
-        _check_known_features(config["feature_names"])
-        keys = ("mean", "scale", "coefficients", "intercept", "threshold", "metadata")
-        return cls(config["feature_names"], **{k: config[k] for k in keys if k in config})
+        return _from_config(cls, config, "logistic_regression", "candidate classifier", ("mean", "scale", "coefficients", "intercept", "threshold", "metadata"))
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``classifier.json`` into ``folder`` (atomically)."""
@@ -572,34 +567,25 @@ class BoostedClassifier:
             raise InvalidParameterError("a boosted classifier needs at least one feature and one tree")
         if len(self.calibration) != 2 or not np.isfinite([self.baseline, *self.calibration]).all():
             raise InvalidParameterError(f"a boosted classifier needs a finite baseline and calibration (a, b), got {baseline!r}, {calibration!r}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise InvalidParameterError(f"the operating threshold must be in [0, 1], got {threshold!r}")
+        _check_threshold(threshold)
 
     def __repr__(self) -> str:
         return f"BoostedClassifier({len(self.feature_names)} features, {len(self.trees)} trees, threshold={self.threshold:.3g})"
 
     @classmethod
-    def fit(
-        cls,
-        features: pd.DataFrame,
-        labels: np.ndarray,
-        *,
-        feature_names: Sequence[str] = FEATURE_NAMES,
-        seed: int = 0,
-        metadata: dict | None = None,
-        **settings,
-    ) -> BoostedClassifier:
+    def fit(cls, features: pd.DataFrame, labels: np.ndarray, *, feature_names: Sequence[str] = FEATURE_NAMES, seed: int = 0, metadata: dict | None = None, **settings) -> BoostedClassifier:
         """Fit scikit-learn's ``HistGradientBoostingClassifier`` (no early stopping) and export its trees.
 
         Parameters
         ----------
-        features : pandas.DataFrame
-            One row per candidate, at least ``feature_names``.
-        labels : ndarray of bool
-            True for candidates on a reference nodule.
+        features, labels : pandas.DataFrame, ndarray of bool
+            The candidates (at least ``feature_names``) and whether each lies on a reference nodule.
         feature_names : sequence of str
+            The features the trees split on, in this order.
         seed : int
+            scikit-learn's ``random_state``.
         metadata : dict, optional
+            How it was trained.
         **settings
             Any of :data:`BOOSTING_DEFAULTS` (``max_iter``, ``learning_rate``, ``max_leaf_nodes``,
             ``min_samples_leaf``, ``l2_regularization``).
@@ -682,11 +668,7 @@ class BoostedClassifier:
     @classmethod
     def from_config(cls, config: dict) -> BoostedClassifier:
         """Inverse of :meth:`to_config`."""
-        if not isinstance(config, dict) or config.get("kind") != "gradient_boosting":
-            raise InvalidParameterError("not a nodulekit boosted classifier (kind must be 'gradient_boosting')")
-        _check_known_features(config["feature_names"])
-        keys = ("trees", "baseline", "calibration", "threshold", "metadata")
-        return cls(config["feature_names"], **{k: config[k] for k in keys if k in config})
+        return _from_config(cls, config, "gradient_boosting", "boosted classifier", ("trees", "baseline", "calibration", "threshold", "metadata"))
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``classifier.json`` into ``folder`` (atomically)."""
@@ -797,8 +779,7 @@ class PerSourceClassifier:
             raise InvalidParameterError(f"a per-source classifier needs exactly the sources {list(CANDIDATE_SOURCES)}, got {sorted(classifiers) if isinstance(classifiers, dict) else classifiers!r}")
         if not all(isinstance(c, (CandidateClassifier, BoostedClassifier)) for c in classifiers.values()):
             raise InvalidParameterError("each source of a per-source classifier needs a CandidateClassifier or a BoostedClassifier")
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise InvalidParameterError(f"the operating threshold must be in [0, 1], got {threshold!r}")
+        _check_threshold(threshold)
         self.classifiers = {source: classifiers[source] for source in CANDIDATE_SOURCES}
         self.threshold = float(threshold)
         self.metadata = dict(metadata or {})
@@ -963,6 +944,12 @@ def rank_candidates(
     return lookup[labels], ranked
 
 
+def _check_threshold(threshold: float) -> None:
+    """An operating threshold is a probability."""
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise InvalidParameterError(f"the operating threshold must be in [0, 1], got {threshold!r}")
+
+
 def _training_rows(features: pd.DataFrame, labels: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """The feature matrix and boolean labels to fit on, checked: one label per row and both classes."""
     x = _matrix(features, names)
@@ -972,11 +959,14 @@ def _training_rows(features: pd.DataFrame, labels: np.ndarray, names: Sequence[s
     return x, y
 
 
-def _check_known_features(names: Sequence[str]) -> None:
-    """A stored classifier may use only features nodulekit computes."""
-    unknown = set(names) - set(FEATURE_NAMES) - set(SOURCE_FEATURE_NAMES)
+def _from_config(cls, config: dict, kind: str, noun: str, keys: Sequence[str]):
+    """``cls(feature_names, **keys)`` of a config of ``kind`` whose features nodulekit computes."""
+    if not isinstance(config, dict) or config.get("kind") != kind:
+        raise InvalidParameterError(f"not a nodulekit {noun} (kind must be '{kind}')")
+    unknown = set(config["feature_names"]) - set(FEATURE_NAMES) - set(SOURCE_FEATURE_NAMES)
     if unknown:
         raise InvalidParameterError(f"the classifier uses features nodulekit does not compute: {sorted(unknown)}")
+    return cls(config["feature_names"], **{k: config[k] for k in keys if k in config})
 
 
 def _matrix(features: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
