@@ -280,7 +280,7 @@ def command_evaluate(args) -> int:
         return pd.concat(frames, ignore_index=True)
 
     seg_test, seg_train = segmenter_only(test_refs), segmenter_only(train_refs)
-    shipped = load_classifier(Path(__file__).resolve().parents[1] / "nodulekit" / "pretrained" / "lidc_attention_unet")
+    shipped = load_classifier(Path(__file__).with_name("results") / "detection_classifier")  # the segmenter-only stage shipped before the per-source ones
     refit, refit_validation, _ = fit_union(seg_train, train_refs, train_spacing, feature_names=FEATURE_NAMES, folds=args.folds)
     from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -442,11 +442,11 @@ def command_boost(args) -> int:
     test, test_refs, _, _ = load_union(held_out_folder, held_out=True)
     test_spacing = whole_scan.spacings(held_out_folder, test_refs)
     test_labels = test["label"].to_numpy(bool)
-    shipped = load_classifier(Path(__file__).resolve().parents[1] / "nodulekit" / "pretrained" / "lidc_attention_unet")
+    before = {source: load_classifier(out / CLASSIFIER_FOLDER / source) for source in ("segmenter", "blob")}  # evaluate's: the stage shipped before
     held_out = {}
-    for name, scores in (("boosted", score(members, test)), ("per-source logistic (shipped classifier.json)", shipped.predict_proba(test))):
+    for name, scores in (("boosted", score(members, test)), ("per-source logistic (shipped before)", score(before, test))):
         result = whole_scan.froc_of(test, test_refs, scores, test_spacing)
-        kept = scores >= (threshold if name == "boosted" else shipped.threshold)
+        kept = scores >= (threshold if name == "boosted" else before["segmenter"].threshold)
         held_out[name] = {
             "cpm": round(float(result.cpm), 4),
             "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in result.sensitivities.items()},
