@@ -17,21 +17,31 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
    their held-out FROC CPM and candidate AUC against the shipped classifier on the segmenter's
    candidates and against the same recipe refit on the segmenter's candidates of the same
    training scans; gradient boosting on the union for comparison (it does not fit the JSON format).
-3. ``lidc``: LIDC-IDRI-0001 (DICOM + XML): the nodule's candidates by source, counts, and its rank
-   under the per-source classifiers (trained on synthetic scans only).
+3. ``boost``: gradient-boosted trees (:class:`~nodulekit.detection.BoostedClassifier`, JSON trees):
+   settings (:data:`BOOSTING_GRID`, one model for all candidates or one per source) by scan-grouped
+   CV CPM on the training scans only, against the per-source logistic in the same folds; the Platt
+   step if it lowers the out-of-fold Brier score (cross-fitted); the operating point at 1 false
+   positive per scan on the out-of-fold scores; only then the held-out scans.
+   ``lidc``: LIDC-IDRI-0001 (DICOM + XML) end to end with a segmenter folder's second stage (the
+   shipped one by default): the nodule's rank and score, what is listed at the operating point.
 4. ``stacks``: the real dev nodules (LIDC crop stacks, as ``detection_stacks.py``): which source
    finds each, by the nodule's mean band of pseudo-HU (the crops are min-max scaled, not HU:
-   :data:`PSEUDO_HU`).
+   :data:`PSEUDO_HU`). ``stacks-stage``: the synthetic-trained stages (logistic, boosted) on the
+   stacks' candidates of ``detection_stacks.py candidates``, as that script's "shipped as is" row.
 
     python experiments/detection_candidates.py candidates --cache /tmp/cands-cache
     python experiments/detection_candidates.py evaluate --cache /tmp/cands-cache
+    python experiments/detection_candidates.py boost --cache /tmp/cands-cache --held-out-cache DIR
     python experiments/detection_candidates.py lidc ../shared/data/lidc/LIDC-IDRI-0001
     python experiments/detection_candidates.py stacks
-    python experiments/detection_candidates.py ship     # the per-source classifiers into the shipped folder
+    python experiments/detection_candidates.py stacks-stage --cache /tmp/cands-cache --stacks-cache runs/stacks
+    python experiments/detection_candidates.py ship     # boost's members into the shipped folder
+    python experiments/detection_candidates.py shipped --cache DIR   # its held-out FROC, figS5, figS6
 
-5. ``ship``: the two per-source classifiers of ``evaluate`` (operating point from the training
-   scans' out-of-fold scores) as one ``classifier.json`` (:class:`~nodulekit.detection.PerSourceClassifier`)
-   in the shipped segmenter folder.
+5. ``ship``: the per-source members of ``boost`` (``--members boosted``, the default) or of
+   ``evaluate`` (``--members logistic``; shipped before), operating point from the training scans'
+   out-of-fold scores, as one ``classifier.json`` (:class:`~nodulekit.detection.PerSourceClassifier`)
+   in the shipped segmenter folder; ``shipped`` scores it on the held-out scans.
 """
 
 from __future__ import annotations
@@ -129,6 +139,22 @@ def command_candidates(args) -> int:
             time.sleep(20)
 
 
+def command_more_held_out(args) -> int:
+    """Generate, segment (``detection.py``'s ``cache_scan``) and union the held-out seeds of ``[first, first + count)`` only."""
+    from tqdm.auto import tqdm
+
+    from nodulekit import load_pretrained
+
+    folder = Path(args.cache)
+    folder.mkdir(parents=True, exist_ok=True)
+    segmenter = load_pretrained(tta=False).segmenter  # as detection.py cache
+    for seed in tqdm([s for s in range(args.first, args.first + args.count) if whole_scan.is_held_out(s)], desc="held-out scans"):
+        path = whole_scan.cache_scan(seed, folder, segmenter)
+        scan_union(path)
+        whole_scan.cache_features(path)
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------
 # Evaluation on the cached synthetic scans
 # --------------------------------------------------------------------------------------------------
@@ -171,24 +197,29 @@ def _fit(candidates, labels, *, feature_names, regularization: float, by_source:
     """One classifier for all candidates (key ``"all"``) or one per source (``"segmenter"``, ``"blob"``)."""
     from nodulekit.detection import CandidateClassifier
 
+    return _by_source(lambda c, y: CandidateClassifier.fit(c, y, feature_names=feature_names, regularization=regularization, seed=seed), candidates, labels, by_source)
+
+
+def _by_source(fit_one, candidates, labels, by_source: bool) -> dict:
+    """``fit_one(candidates, labels)`` on all candidates (key ``"all"``) or on each source's (``"segmenter"``, ``"blob"``)."""
     if not by_source:
-        return {"all": CandidateClassifier.fit(candidates, labels, feature_names=feature_names, regularization=regularization, seed=seed)}
+        return {"all": fit_one(candidates, labels)}
     out = {}
     for source in ("segmenter", "blob"):
         mine = (candidates["source"] == source).to_numpy()
-        out[source] = CandidateClassifier.fit(candidates[mine], labels[mine], feature_names=feature_names, regularization=regularization, seed=seed)
+        out[source] = fit_one(candidates[mine], labels[mine])
     return out
 
 
-def score(classifiers: dict, candidates) -> np.ndarray:
-    """Probabilities of :func:`_fit`'s classifiers, each candidate by the classifier of its source."""
+def score(classifiers: dict, candidates, method: str = "predict_proba") -> np.ndarray:
+    """Probabilities (or another per-row ``method``) of :func:`_fit`'s classifiers, each candidate by the classifier of its source."""
     if "all" in classifiers:
-        return classifiers["all"].predict_proba(candidates)
+        return getattr(classifiers["all"], method)(candidates)
     scores = np.zeros(len(candidates))
     for source, classifier in classifiers.items():
         mine = (candidates["source"] == source).to_numpy()
         if mine.any():
-            scores[mine] = classifier.predict_proba(candidates[mine])
+            scores[mine] = getattr(classifier, method)(candidates[mine])
     return scores
 
 
@@ -249,7 +280,7 @@ def command_evaluate(args) -> int:
         return pd.concat(frames, ignore_index=True)
 
     seg_test, seg_train = segmenter_only(test_refs), segmenter_only(train_refs)
-    shipped = load_classifier(Path(__file__).resolve().parents[1] / "nodulekit" / "pretrained" / "lidc_attention_unet")
+    shipped = load_classifier(Path(__file__).with_name("results") / "detection_classifier")  # the segmenter-only stage shipped before the per-source ones
     refit, refit_validation, _ = fit_union(seg_train, train_refs, train_spacing, feature_names=FEATURE_NAMES, folds=args.folds)
     from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -296,48 +327,185 @@ def command_evaluate(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# Boost: gradient-boosted trees as the union's second stage (JSON trees, BoostedClassifier)
+# --------------------------------------------------------------------------------------------------
+
+#: Where ``boost`` writes its per-source boosted members (``ship --members boosted`` reads them).
+BOOSTED_FOLDER = "detection_candidates_boosted"
+#: The boosting settings tried (scikit-learn's names), simplest first; "all": one model for every
+#: candidate (its ``from_blob`` feature tells the sources apart), "per source": one per source.
+BOOSTING_GRID = (
+    {"max_leaf_nodes": 4, "max_iter": 100, "learning_rate": 0.1, "min_samples_leaf": 20},
+    {"max_leaf_nodes": 8, "max_iter": 100, "learning_rate": 0.1, "min_samples_leaf": 20},
+    {"max_leaf_nodes": 8, "max_iter": 200, "learning_rate": 0.05, "min_samples_leaf": 50},
+    {"max_leaf_nodes": 16, "max_iter": 100, "learning_rate": 0.1, "min_samples_leaf": 20},
+    {"max_leaf_nodes": 16, "max_iter": 200, "learning_rate": 0.05, "min_samples_leaf": 50},
+    {"max_leaf_nodes": 31, "max_iter": 200, "learning_rate": 0.05, "min_samples_leaf": 20},
+)
+#: CPM within this of the best counts as a tie, broken for the fewest leaves in all.
+CPM_TIE = 0.01
+
+
+def _fit_boosted(candidates, labels, *, settings: dict, by_source: bool, feature_names) -> dict:
+    """Boosted members of :func:`score`'s form: ``{"all": ...}`` or one per source."""
+    from nodulekit.detection import BoostedClassifier
+
+    return _by_source(lambda c, y: BoostedClassifier.fit(c, y, feature_names=feature_names, **settings), candidates, labels, by_source)
+
+
+def _platt(raw, labels, groups, candidates) -> dict:
+    """Platt steps (a, b) per group ("all" or each source) fitted on ``raw``; their probabilities."""
+    from scipy.special import expit
+
+    from nodulekit.detection import fit_platt
+
+    steps, probabilities = {}, np.zeros(len(raw))
+    for group in groups:
+        mine = np.ones(len(raw), bool) if group == "all" else (candidates["source"] == group).to_numpy()
+        steps[group] = fit_platt(raw[mine], labels[mine])
+        probabilities[mine] = expit(steps[group][0] * raw[mine] + steps[group][1])
+    return steps, probabilities
+
+
+def _calibration_check(raw, labels, folds, candidates, groups) -> dict:
+    """Brier and reliability of the out-of-fold scores, raw and with a Platt step cross-fitted over the same folds."""
+    from scipy.special import expit
+    from sklearn.metrics import brier_score_loss, log_loss
+
+    from nodulekit.plots.detection import reliability_table
+
+    crossed = np.zeros(len(raw))
+    for train, test in folds:
+        steps, _ = _platt(raw[train], labels[train], groups, candidates.iloc[train])
+        for group, (a, b) in steps.items():
+            mine = np.ones(len(test), bool) if group == "all" else (candidates["source"].iloc[test] == group).to_numpy()
+            crossed[test[mine]] = expit(a * raw[test[mine]] + b)
+    out = {}
+    for name, p in (("boosted", expit(raw)), ("boosted + Platt (cross-fitted)", crossed)):
+        out[name] = {"brier": round(float(brier_score_loss(labels, p)), 5), "log_loss": round(float(log_loss(labels, np.clip(p, 1e-12, 1 - 1e-12))), 5),
+                     "reliability": reliability_table(p, labels, bins=10)}
+    return out
+
+
+def _leaves_in_all(settings: dict, by_source: bool) -> int:
+    return settings["max_leaf_nodes"] * settings["max_iter"] * (2 if by_source else 1)
+
+
+def command_boost(args) -> int:
+    """Boosting settings by scan-grouped CV on the training scans, against the per-source logistic; then the held-out scans."""
+    from scipy.special import expit
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+    from sklearn.model_selection import GroupKFold
+    from tqdm.auto import tqdm
+
+    from nodulekit.detection import FEATURE_NAMES, SOURCE_FEATURE_NAMES, load_classifier
+    from nodulekit.plots.detection import reliability_table
+    from nodulekit.utils import write_json
+
+    folder, out = Path(args.cache), Path(args.out)
+    train, train_refs, _, _ = load_union(folder, held_out=False)
+    train_spacing = whole_scan.spacings(folder, train_refs)
+    names = tuple(FEATURE_NAMES) + tuple(SOURCE_FEATURE_NAMES)
+    labels = train["label"].to_numpy(bool)
+    folds = list(GroupKFold(n_splits=args.folds).split(train, labels, train["seed"]))
+    _, logistic_cv, logistic_c = fit_union(train, train_refs, train_spacing, feature_names=names, folds=args.folds, by_source=True)
+    trials = []
+    for by_source in (False, True):
+        for settings in tqdm(BOOSTING_GRID, desc="per source" if by_source else "one for all"):
+            raw = np.zeros(len(train))
+            for fit_on, test in folds:
+                members = _fit_boosted(train.iloc[fit_on], labels[fit_on], settings=settings, by_source=by_source, feature_names=names)
+                raw[test] = score(members, train.iloc[test], "raw_score")
+            result = whole_scan.froc_of(train, train_refs, expit(raw), train_spacing)
+            trials.append({"by_source": by_source, "settings": settings, "cv_cpm": round(float(result.cpm), 4),
+                           "cv_auc": round(float(roc_auc_score(labels, raw)), 4), "leaves_in_all": _leaves_in_all(settings, by_source), "raw": raw})
+            print(f"{'per source' if by_source else 'one for all'} {settings}: CV CPM {result.cpm:.4f}")
+    best_cpm = max(t["cv_cpm"] for t in trials)
+    chosen = min((t for t in trials if t["cv_cpm"] >= best_cpm - CPM_TIE), key=lambda t: (t["leaves_in_all"], not t["by_source"]))
+    groups = ("segmenter", "blob") if chosen["by_source"] else ("all",)
+    calibration = _calibration_check(chosen["raw"], labels, folds, train, groups)
+    use_platt = calibration["boosted + Platt (cross-fitted)"]["brier"] < calibration["boosted"]["brier"]
+    steps, oof = _platt(chosen["raw"], labels, groups, train) if use_platt else ({g: (1.0, 0.0) for g in groups}, expit(chosen["raw"]))
+    oof_result = whole_scan.froc_of(train, train_refs, oof, train_spacing)
+    threshold = float(min(oof_result.threshold_at(1.0), 1.0))
+    # the chosen settings refit on every training scan, the Platt step and operating point from the out-of-fold scores
+    members = _fit_boosted(train, labels, settings=chosen["settings"], by_source=chosen["by_source"], feature_names=names)
+    members = {s: members.get(s, members.get("all")) for s in ("segmenter", "blob")}
+    for source, member in members.items():
+        member.calibration = steps.get(source, steps.get("all"))
+        member.threshold = threshold
+        member.metadata = {"settings": chosen["settings"], "one_model_for_both_sources": not chosen["by_source"], "platt": use_platt,
+                           "trained_on": f"{'all' if not chosen['by_source'] else source} candidates of the union of {len(train_refs)} synthetic scans (even seeds)"}
+        member.save(out / BOOSTED_FOLDER / source)
+    # only now: the held-out scans
+    held_out_folder = Path(args.held_out_cache or args.cache)
+    test, test_refs, _, _ = load_union(held_out_folder, held_out=True)
+    test_spacing = whole_scan.spacings(held_out_folder, test_refs)
+    test_labels = test["label"].to_numpy(bool)
+    before = {source: load_classifier(out / CLASSIFIER_FOLDER / source) for source in ("segmenter", "blob")}  # evaluate's: the stage shipped before
+    held_out = {}
+    for name, scores in (("boosted", score(members, test)), ("per-source logistic (shipped before)", score(before, test))):
+        result = whole_scan.froc_of(test, test_refs, scores, test_spacing)
+        kept = scores >= (threshold if name == "boosted" else before["segmenter"].threshold)
+        held_out[name] = {
+            "cpm": round(float(result.cpm), 4),
+            "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in result.sensitivities.items()},
+            "candidate_auc": round(float(roc_auc_score(test_labels, scores)), 4),
+            "brier": round(float(brier_score_loss(test_labels, scores)), 5),
+            "fp_per_scan_at_operating_point": round(float((kept & ~test_labels).sum() / len(test_refs)), 2),
+            "reliability": reliability_table(scores, test_labels, bins=10),
+        }
+    summary = {
+        "training_scans": len(train_refs), "held_out_scans": len(test_refs), "folds": args.folds, "held_out_cache": str(held_out_folder),
+        "cv_per_source_logistic": {"cpm_by_regularization": logistic_cv, "regularization": logistic_c, "cpm": logistic_cv[str(logistic_c)]},
+        "cv_boosting": [{k: v for k, v in t.items() if k != "raw"} for t in trials],
+        "chosen": {"by_source": chosen["by_source"], "settings": chosen["settings"], "cv_cpm": chosen["cv_cpm"], "rule": f"fewest leaves within {CPM_TIE} CPM of the best"},
+        "calibration_out_of_fold": calibration,
+        "platt": {"used": use_platt, "steps": {g: list(s) for g, s in steps.items()}, "rule": "used when the cross-fitted Platt step lowers the out-of-fold Brier score"},
+        "operating_point": {"threshold": threshold, "target_fp_per_scan": 1.0, "chosen_on": "out-of-fold scores of the training scans"},
+        "cv_cpm_after_calibration": round(float(oof_result.cpm), 4),
+        "held_out": held_out,
+    }
+    previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
+    previous["boosted_second_stage"] = summary
+    write_json(out / RESULT, previous)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("calibration_out_of_fold",)}, indent=1, default=str)[:6000])
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 # LIDC-IDRI-0001
 # --------------------------------------------------------------------------------------------------
 
 
 def command_lidc(args) -> int:
-    from nodulekit import load_pretrained
-    from nodulekit.detection import load_classifier, rank_candidates
+    """LIDC-IDRI-0001 end to end as ``nodulekit segment SCAN --model FOLDER`` ranks it: the nodule's rank, score and the list at the operating point."""
     from nodulekit.froc import hit_matrix, reference_from_mask
+    from nodulekit.inference import load_segmenter
     from nodulekit.readers import read_any
     from nodulekit.utils import write_json
 
     out = Path(args.out)
     volume = read_any(args.scan)
-    segmenter = load_pretrained(tta=False).segmenter
+    segmenter = load_segmenter(args.folder)
     result = segmenter.segment(volume, min_score=0.0, progress=False)
-    hu = np.asarray(volume.hu, np.float32)
-    spacing = volume.spacing
-    start = time.perf_counter()
-    from nodulekit.detection import blob_candidates, merge_candidates
-
-    blob_labels, blob_table = blob_candidates(hu, result.lung, spacing)
-    blob_seconds = time.perf_counter() - start
-    labels, table = merge_candidates(result.labels, result.nodules, blob_labels, blob_table, spacing=spacing)
-    frame = union_features(labels, table, probabilities=result.probabilities, hu=hu, lung=result.lung, spacing=spacing)
-    classifiers = {source: load_classifier(out / CLASSIFIER_FOLDER / source) for source in ("segmenter", "blob")}
-    scores = score(classifiers, frame)
-    _, ranked = rank_candidates(labels, frame, scores)
+    ranked, spacing = result.nodules, volume.spacing
     reference = reference_from_mask(volume.mask, spacing=spacing)
+    hits = hit_matrix(ranked, reference, spacing=spacing) if len(ranked) else np.zeros((0, len(reference)), bool)
     rows = []
     for index, record in enumerate(reference.itertuples(index=False)):
-        ranks = {}
-        for name, candidates in (("segmenter (shipped ranking)", result.nodules), ("blob", blob_table), ("union, per-source classifiers", ranked)):
-            hits = hit_matrix(candidates, reference, spacing=spacing)[:, index] if len(candidates) else np.zeros(0, bool)
-            ranks[name] = int(np.flatnonzero(hits)[0]) + 1 if hits.any() else None
-        best = ranks["union, per-source classifiers"]
-        rows.append({"nodule": index, "diameter_mm": round(float(record.diameter_mm), 1), "rank": ranks,
-                     "union_score": round(float(ranked["score"].iloc[best - 1]), 4) if best else None,
-                     "union_source": str(ranked["source"].iloc[best - 1]) if best else None})
-    summary = {"scan": Path(args.scan).name, "candidates": {"segmenter": int(len(result.nodules)), "blob": int(len(blob_table)), "union": int(len(table))},
-               "blob_seconds": round(blob_seconds, 2), "nodules": rows, "top_scores": [round(float(s), 4) for s in ranked["score"].head(5)]}
+        rank = int(np.flatnonzero(hits[:, index])[0]) + 1 if hits[:, index].any() else None
+        rows.append({"nodule": index, "diameter_mm": round(float(record.diameter_mm), 1), "rank": rank,
+                     "score": round(float(ranked["score"].iloc[rank - 1]), 4) if rank else None,
+                     "source": str(ranked["source"].iloc[rank - 1]) if rank else None})
+    listed = ranked[ranked["score"] >= segmenter.classifier.threshold]
+    summary = {"scan": Path(args.scan).name, "model": str(args.folder), "candidates": int(len(ranked)),
+               "candidates_by_source": {str(k): int(v) for k, v in ranked["source"].value_counts().items()},
+               "operating_point": segmenter.classifier.threshold, "listed_at_operating_point": int(len(listed)),
+               "listed_by_source": {str(k): int(v) for k, v in listed["source"].value_counts().items()},
+               "nodules": rows, "top_scores": [round(float(s), 4) for s in ranked["score"].head(5)]}
     previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
-    previous["lidc_idri_0001"] = summary
+    previous["lidc_idri_0001_shipped"] = summary
     write_json(out / RESULT, previous)
     print(json.dumps(summary, indent=1))
     return 0
@@ -407,25 +575,111 @@ def command_stacks(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# The synthetic-trained second stages on the real LIDC crop stacks
+# --------------------------------------------------------------------------------------------------
+
+
+def command_stacks_stage(args) -> int:
+    """The per-source logistic and the boosted stage, trained on synthetic scans, on the dev crop stacks' candidates.
+
+    As the README row "previous shipped classifier.json as is": the stacks' candidates are the
+    segmenter's components, scored by each stage's segmenter member on every feature it uses (the
+    HU features computed on the 0-255 crops, position features 0, no blob: ``from_blob`` and
+    ``log_blob_strength`` 0). Beside them, both recipes refit on the synthetic training scans'
+    segmenter candidates on :data:`~nodulekit.detection.INTENSITY_FREE_FEATURES` only.
+    """
+    import pandas as pd
+
+    from nodulekit.detection import INTENSITY_FREE_FEATURES, BoostedClassifier, CandidateClassifier, load_classifier
+    from nodulekit.utils import write_json
+
+    import detection_stacks as stacks_module  # experiments/detection_stacks.py (this folder is on sys.path)
+
+    out = Path(args.out)
+    frame = pd.read_csv(Path(args.stacks_cache) / stacks_module.CANDIDATES_CSV)
+    stacks = pd.read_csv(Path(args.stacks_cache) / stacks_module.STACKS_CSV)
+    frame = frame.assign(source="segmenter", from_blob=0.0, log_blob_strength=0.0)
+    train, _, _, _ = load_union(Path(args.cache), held_out=False)
+    train = train[train["source"] == "segmenter"]
+    labels = train["label"].to_numpy(bool)
+    boosted = load_classifier(out / BOOSTED_FOLDER / "segmenter")
+    refits = {
+        "per-source logistic refit on the intensity-free features": CandidateClassifier.fit(train, labels, feature_names=INTENSITY_FREE_FEATURES, regularization=1.0),
+        "boosted refit on the intensity-free features": BoostedClassifier.fit(train, labels, feature_names=INTENSITY_FREE_FEATURES, **boosted.metadata["settings"]),
+    }
+    scorings = {
+        "previous shipped classifier.json as is": load_classifier(out / "detection_classifier").predict_proba(frame),
+        "per-source logistic (segmenter member) as is": load_classifier(out / CLASSIFIER_FOLDER / "segmenter").predict_proba(frame),
+        "boosted (segmenter member) as is": boosted.predict_proba(frame),
+        **{name: model.predict_proba(frame) for name, model in refits.items()},
+    }
+    summary = {"stacks": int(len(stacks)), "candidates": int(len(frame)), "results": {name: stacks_module.summarise(frame, stacks, s)[0] for name, s in scorings.items()}}
+    previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
+    previous["dev_crop_stacks_second_stage"] = summary
+    write_json(out / RESULT, previous)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 # Ship: the per-source classifiers become the shipped segmenter's second stage
 # --------------------------------------------------------------------------------------------------
 
 
 def command_ship(args) -> int:
-    """Write the per-source classifiers of ``evaluate`` as one ``classifier.json`` into a segmenter folder."""
+    """Write the per-source members of ``boost`` (``--members boosted``) or ``evaluate`` (``logistic``) as one ``classifier.json`` into a segmenter folder."""
     from nodulekit.detection import CANDIDATE_SOURCES, PerSourceClassifier, load_classifier
 
     out = Path(args.out)
-    classifiers = {source: load_classifier(out / CLASSIFIER_FOLDER / source) for source in CANDIDATE_SOURCES}
+    members = BOOSTED_FOLDER if args.members == "boosted" else CLASSIFIER_FOLDER
+    classifiers = {source: load_classifier(out / members / source) for source in CANDIDATE_SOURCES}
     thresholds = {c.threshold for c in classifiers.values()}
     if len(thresholds) != 1:
         raise SystemExit(f"the per-source classifiers disagree on their operating point: {sorted(thresholds)}")
     threshold = thresholds.pop()
     results = json.loads((out / RESULT).read_text())
+    metadata = _boosted_metadata(results, threshold) if args.members == "boosted" else _logistic_metadata(results, threshold)
+    path = PerSourceClassifier(classifiers, threshold=threshold, metadata=metadata).save(args.folder)
+    print(path)
+    return 0
+
+
+def _shipped_candidates() -> str:
+    return "the shipped segmenter's components (threshold 0.5, >= 3 mm) and nodulekit.detection.blob_candidates (defaults) inside the lung mask, merged by merge_candidates"
+
+
+def _boosted_metadata(results: dict, threshold: float) -> dict:
+    """``classifier.json`` metadata of the boosted stage (``boost``'s results)."""
+    boosted = results["boosted_second_stage"]
+    chosen = boosted["chosen"]
+    held_out = boosted["held_out"]["boosted"]
+    return {
+        "candidates": _shipped_candidates(),
+        "trained_on": f"{boosted['training_scans']} synthetic scans of nodulekit.phantom.generate_volume (32 slices, 4 nodules, even seeds 0-118); "
+                      f"gradient-boosted trees (scikit-learn HistGradientBoostingClassifier, exported as arrays), "
+                      f"{'one model for both sources (from_blob is a feature)' if not chosen['by_source'] else 'one model per candidate source'}",
+        "n_scans": boosted["training_scans"],
+        "settings": chosen["settings"],
+        "settings_chosen_by": f"{boosted['folds']}-fold scan-grouped CV CPM on the training scans, {chosen['rule']}",
+        "validation_cpm": chosen["cv_cpm"],
+        "validation_cpm_per_source_logistic": boosted["cv_per_source_logistic"]["cpm"],
+        "platt": boosted["platt"],
+        "operating_point": {
+            "chosen_on": "out-of-fold scores of 5-fold scan-grouped cross-validation on the training scans (never the held-out scans)",
+            "target_fp_per_scan": 1.0,
+            "threshold": threshold,
+        },
+        "held_out": {"scans": f"{boosted['held_out_scans']} synthetic scans, odd seeds 1-59 (no stage trained on them)", "cpm": held_out["cpm"], "sensitivity_at_fp": held_out["sensitivity_at_fp"]},
+        "experiment": "experiments/detection_candidates.py (boost, ship --members boosted)",
+    }
+
+
+def _logistic_metadata(results: dict, threshold: float) -> dict:
+    """``classifier.json`` metadata of the per-source logistic stage (``evaluate``'s results; shipped before the boosted one)."""
     per_source = results["union_classifiers"]["per source"]
     held_out = results.get("shipped_per_source_held_out") or results["froc_held_out"]["union, one logistic classifier per source"]
-    metadata = {
-        "candidates": "the shipped segmenter's components (threshold 0.5, >= 3 mm) and nodulekit.detection.blob_candidates (defaults) inside the lung mask, merged by merge_candidates",
+    return {
+        "candidates": _shipped_candidates(),
         "trained_on": f"{len(results['training_seeds'])} synthetic scans of nodulekit.phantom.generate_volume (32 slices, 4 nodules, even seeds 0-118); one logistic regression per candidate source",
         "n_scans": len(results["training_seeds"]),
         "regularization": per_source["regularization"],
@@ -438,15 +692,11 @@ def command_ship(args) -> int:
         "held_out": {"scans": f"{len(results['held_out_seeds'])} synthetic scans, odd seeds 1-59 (no stage trained on them)", "cpm": held_out["cpm"], "sensitivity_at_fp": held_out["sensitivity_at_fp"]},
         "experiment": "experiments/detection_candidates.py (evaluate, ship)",
     }
-    path = PerSourceClassifier(classifiers, threshold=threshold, metadata=metadata).save(args.folder)
-    print(path)
-    return 0
 
 
 def command_shipped(args) -> int:
-    """The shipped per-source stage on the held-out scans: FROC, recall by kind, and ``rank_union`` against the cached scores."""
+    """The shipped stage on the held-out scans: FROC, recall by kind, the stage before, and ``rank_union`` against the cached scores."""
     from nodulekit.detection import load_classifier
-    from nodulekit.inference import measure_nodules, rank_union
     from nodulekit.utils import write_json
 
     folder, out = Path(args.cache), Path(args.out)
@@ -455,34 +705,64 @@ def command_shipped(args) -> int:
     spacing_of = whole_scan.spacings(folder, test_refs)
     scores = classifier.predict_proba(test)
     result = whole_scan.froc_of(test, test_refs, scores, spacing_of)
-    # end to end: rank_union on the cached arrays of the first held-out scans gives the cached candidates' scores
-    differences = []
-    for seed in sorted(test_refs)[: args.check]:
-        scan = whole_scan.load_scan(folder / f"scan-{seed:05d}.npz")
-        seg_labels, seg_table = measure_nodules(scan["probabilities"] >= 0.5, spacing=scan["spacing"], probabilities=scan["probabilities"], hu=scan["hu"], min_diameter_mm=3.0, min_voxels=3)
-        _, ranked, _ = rank_union(seg_labels, seg_table, probabilities=scan["probabilities"], hu=scan["hu"], lung=scan["lung"], spacing=scan["spacing"], classifier=classifier, min_score=0.0)
-        cached = np.sort(scores[test["seed"].to_numpy() == seed])[::-1]
-        differences.append(float(np.abs(np.sort(ranked["score"].to_numpy())[::-1] - cached).max()) if len(cached) == len(ranked) else float("inf"))
+    previous_stage = score({source: load_classifier(out / CLASSIFIER_FOLDER / source) for source in ("segmenter", "blob")}, test)
+    previous_result = whole_scan.froc_of(test, test_refs, previous_stage, spacing_of)
     summary = {
         "classifier": str(args.folder),
         "held_out_scans": len(test_refs),
         "cpm": round(float(result.cpm), 4),
         "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in result.sensitivities.items()},
         "operating_point": classifier.threshold,
+        "per_source_logistic_before": {"cpm": round(float(previous_result.cpm), 4), "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in previous_result.sensitivities.items()}},
         "recall_by_kind_at_operating_point": whole_scan._recall_by_kind(test, test_refs, scores, classifier.threshold),
         "fp_per_scan_at_operating_point": round(float(((scores >= classifier.threshold) & ~test["label"].to_numpy(bool)).sum() / len(test_refs)), 2),
-        "rank_union_vs_cache_max_score_difference": differences,
+        **_rank_union_check(folder, test, test_refs, scores, classifier, spacing_of, args.check),
     }
-    _plot_shipped_froc(folder, test_refs, spacing_of, result)
+    if args.figures:
+        _plot_shipped_froc(folder, test_refs, spacing_of, result, previous_result)
+        _plot_shipped_reliability(test["label"].to_numpy(bool), scores, previous_stage, len(test_refs))
     previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
-    previous["shipped_per_source_held_out"] = summary
+    previous[args.key] = summary
     write_json(out / RESULT, previous)
     print(json.dumps(summary, indent=1))
     return 0
 
 
-def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped) -> None:
-    """Fig. S5: the shipped per-source stage against the previous one (segmenter candidates, one classifier) on the same scans."""
+def _rank_union_check(folder: Path, test, test_refs, scores, classifier, spacing_of, count: int) -> dict:
+    """The first ``count`` held-out scans end to end through ``rank_union`` (what ``Segmenter.segment`` runs) against the cached unions' scores."""
+    import pandas as pd
+
+    from nodulekit.inference import measure_nodules, rank_union
+
+    differences, end_to_end = [], []
+    checked = {seed: test_refs[seed] for seed in sorted(test_refs)[:count]}
+    for seed in checked:
+        scan = whole_scan.load_scan(folder / f"scan-{seed:05d}.npz")
+        seg_labels, seg_table = measure_nodules(scan["probabilities"] >= 0.5, spacing=scan["spacing"], probabilities=scan["probabilities"], hu=scan["hu"], min_diameter_mm=3.0, min_voxels=3)
+        _, ranked, _ = rank_union(seg_labels, seg_table, probabilities=scan["probabilities"], hu=scan["hu"], lung=scan["lung"], spacing=scan["spacing"], classifier=classifier, min_score=0.0)
+        cached = scores[test["seed"].to_numpy() == seed]
+        # rank_union lists each cached candidate but the blobs on a better-scoring segmenter candidate: every listed score is a cached one
+        end_to_end.append(ranked.assign(seed=seed))
+        differences.append({"listed": int(len(ranked)), "cached": int(len(cached)),
+                            "max_score_difference": float(np.abs(ranked["score"].to_numpy()[:, None] - cached[None]).min(axis=1).max()) if len(ranked) else 0.0})
+    if not checked:
+        return {}
+    listed = pd.concat(end_to_end, ignore_index=True)
+    mine = test["seed"].isin(list(checked)).to_numpy()
+    return {
+        "rank_union_vs_cache_max_score_difference": differences,
+        "rank_union_end_to_end": {
+            "scans": len(checked),
+            "cpm": round(float(whole_scan.froc_of(listed, checked, listed["score"].to_numpy(float), spacing_of).cpm), 4),
+            "cpm_of_the_cached_unions": round(float(whole_scan.froc_of(test[mine], checked, scores[mine], spacing_of).cpm), 4),
+            "listed_per_scan_at_operating_point": round(float((listed["score"] >= classifier.threshold).sum() / len(checked)), 2),
+            "cached_per_scan_at_operating_point": round(float((scores[mine] >= classifier.threshold).sum() / len(checked)), 2),
+        },
+    }
+
+
+def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped, per_source_logistic) -> None:
+    """Fig. S5: the shipped boosted stage against the per-source logistic one and the stage before (segmenter candidates, one classifier) on the same scans."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -496,12 +776,29 @@ def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped) -> None:
     previous = load_classifier(Path(__file__).with_name("results") / "detection_classifier")
     before = whole_scan.froc_of(segmenter_only, refs, previous.predict_proba(segmenter_only), spacing_of)
     fig = plot_froc(
-        {"segmenter + blob candidates, per-source stage (shipped)": shipped, "segmenter candidates, previous stage": before},
+        {"segmenter + blob candidates, boosted trees (shipped)": shipped, "segmenter + blob candidates, logistic per source (previous)": per_source_logistic,
+         "segmenter candidates, one logistic (before)": before},
         title=f"{len(refs)} held-out synthetic scans ({whole_scan.N_SLICES} slices each)",
     )
     path = Path(__file__).resolve().parents[1] / "figures" / "figS5_detection_froc.png"
     fig.savefig(path, dpi=150, bbox_inches="tight")
-    print(f"wrote {path} (previous stage CPM {before.cpm:.3f})")
+    print(f"wrote {path} (previous stages CPM {per_source_logistic.cpm:.3f}, {before.cpm:.3f})")
+
+
+def _plot_shipped_reliability(labels, shipped, previous, scans: int) -> None:
+    """Fig. S6: reliability of the shipped stage's scores on the held-out candidates, beside the previous stage's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nodulekit.plots import save_figure
+    from nodulekit.plots.detection import plot_reliability
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    plot_reliability(shipped, labels, ax=axes[0], title=f"boosted trees + Platt (shipped): {scans} held-out scans")
+    plot_reliability(previous, labels, ax=axes[1], title="logistic per source (previous)")
+    save_figure(figure, "S6", "detection_reliability", folder=Path(__file__).resolve().parents[1] / "figures")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -509,26 +806,38 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     candidates = sub.add_parser("candidates", help="segmenter, blob and union candidates of the cached scans")
     candidates.add_argument("--follow", action="store_true", help="keep going while `detection.py cache` adds scans")
+    more = sub.add_parser("more-held-out", help="more held-out scans (odd seeds of a range): generate, segment, union candidates")
+    more.add_argument("--first", type=int, default=60)
+    more.add_argument("--count", type=int, default=40)
     evaluate = sub.add_parser("evaluate", help="recall by source and the union's second stage on held-out scans")
     evaluate.add_argument("--held-out", type=int, default=None, help="at most this many held-out scans")
     evaluate.add_argument("--train", type=int, default=None, help="at most this many training scans")
     evaluate.add_argument("--folds", type=int, default=5)
+    boost = sub.add_parser("boost", help="boosted trees: settings by scan-grouped CV on the training scans, then the held-out scans")
+    boost.add_argument("--folds", type=int, default=5)
+    boost.add_argument("--held-out-cache", default=None, help="the held-out scans' union tables from here (default: --cache)")
     lidc = sub.add_parser("lidc", help="LIDC-IDRI-0001: candidates by source and the nodule's rank")
     lidc.add_argument("scan")
     stacks = sub.add_parser("stacks", help="dev crop stacks: segmenter against union recall by pseudo-HU band")
     stacks.add_argument("--data", default="../shared/data/lidc/LIDC-IDRI-slices")
     stacks.add_argument("--limit", type=int, default=None)
+    stacks_stage = sub.add_parser("stacks-stage", help="the synthetic-trained second stages on the dev crop stacks' candidates (detection_stacks.py candidates)")
+    stacks_stage.add_argument("--stacks-cache", default="runs/stacks", help="detection_stacks.py's cache (candidates.csv, stacks.csv)")
     ship_parser = sub.add_parser("ship", help="write the per-source classifiers as the second stage of a segmenter folder")
+    ship_parser.add_argument("--members", choices=("boosted", "logistic"), default="boosted", help="boost's boosted members or evaluate's logistic ones")
     ship_parser.add_argument("--folder", default=str(Path(__file__).resolve().parents[1] / "nodulekit" / "pretrained" / "lidc_attention_unet"))
+    lidc.add_argument("--folder", default=ship_parser.get_default("folder"), help="the segmenter folder whose classifier.json ranks the union")
     shipped = sub.add_parser("shipped", help="the shipped per-source stage on the held-out scans (FROC, recall by kind, end-to-end check)")
     shipped.add_argument("--folder", default=ship_parser.get_default("folder"))
     shipped.add_argument("--check", type=int, default=3, help="held-out scans run end to end through rank_union")
-    for command in (candidates, evaluate, shipped):
+    shipped.add_argument("--no-figures", dest="figures", action="store_false", help="leave figS5 and figS6 as they are")
+    shipped.add_argument("--key", default="shipped_per_source_held_out", help="the entry of the results file to write")
+    for command in (candidates, more, evaluate, boost, stacks_stage, shipped):
         command.add_argument("--cache", default="runs/detect")
-    for command in (evaluate, lidc, stacks, ship_parser, shipped):
+    for command in (evaluate, boost, lidc, stacks, stacks_stage, ship_parser, shipped):
         command.add_argument("--out", default="experiments/results")
     args = parser.parse_args(argv)
-    commands = {"candidates": command_candidates, "evaluate": command_evaluate, "lidc": command_lidc, "stacks": command_stacks, "ship": command_ship, "shipped": command_shipped}
+    commands = {"candidates": command_candidates, "more-held-out": command_more_held_out, "evaluate": command_evaluate, "boost": command_boost, "lidc": command_lidc, "stacks": command_stacks, "stacks-stage": command_stacks_stage, "ship": command_ship, "shipped": command_shipped}
     return commands[args.command](args)
 
 

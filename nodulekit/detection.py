@@ -27,16 +27,21 @@ candidate came from (``experiments/detection_candidates.py`` measures them).
 fit; numpy to predict), saved as JSON (feature names, means, scales, coefficients, the operating
 point) beside the segmenter (``classifier.json``): no pickle. Its output is the ``score`` column of
 ``nodules.csv``: a probability, calibrated on held-out candidates (reliability diagram in
-``experiments/detection.py``). A :class:`PerSourceClassifier` holds one such classifier per
-candidate source (:data:`CANDIDATE_SOURCES`), each candidate scored by its own source's: with one
+``experiments/detection.py``). :class:`BoostedClassifier` is gradient-boosted trees (scikit-learn's
+``HistGradientBoostingClassifier`` to fit; numpy to predict, the same probabilities), its trees
+saved as arrays in the same JSON, with an optional Platt step. A :class:`PerSourceClassifier` holds one
+classifier of either kind per candidate source (:data:`CANDIDATE_SOURCES`), each candidate scored by its own source's: with one
 in the folder, a segmenter unions its candidates with :func:`blob_candidates`
 (:func:`nodulekit.inference.rank_union`). ``classifier.json`` holds either form:
 
 * one classifier (the previous format, still read): ``{"kind": "logistic_regression",
-  "feature_names", "mean", "scale", "coefficients", "intercept", "threshold", "metadata"}``; the
-  segmenter's candidates alone are scored;
+  "feature_names", "mean", "scale", "coefficients", "intercept", "threshold", "metadata"}`` or
+  ``{"kind": "gradient_boosting", "feature_names", "baseline", "calibration", "trees", "threshold",
+  "metadata"}`` (each tree ``{"feature", "threshold", "missing_left", "left", "right", "value"}``,
+  one entry per node); the segmenter's candidates alone are scored;
 * one per source: ``{"kind": "per_source", "version": 1, "threshold", "metadata", "classifiers":
-  {"segmenter": {...}, "blob": {...}}}``, each entry in the form above; the top-level
+  {"segmenter": {...}, "blob": {...}}}``, each entry one classifier of either kind above (its
+  ``kind`` says which); the top-level
   ``threshold`` is the operating point of the union (``--min-score`` default).
 
 This module sits below :mod:`nodulekit.inference` (it works on arrays and the nodule table, and
@@ -69,18 +74,21 @@ from tqdm.auto import tqdm
 
 from .errors import InvalidParameterError, MissingDataError, ModelFileError
 from .postprocess import label_components
-from .utils import write_json
+from .utils import atomic_write, write_json
 
 __all__ = [
     "CLASSIFIER_FILE",
     "FEATURE_NAMES",
     "INTENSITY_FREE_FEATURES",
     "OUTCOMES",
+    "BOOSTING_DEFAULTS",
+    "BoostedClassifier",
     "CandidateClassifier",
     "CANDIDATE_SOURCES",
     "PerSourceClassifier",
     "candidate_features",
     "candidate_outcomes",
+    "fit_platt",
     "load_classifier",
     "rank_candidates",
     "BLOB_COLUMNS",
@@ -422,8 +430,7 @@ class CandidateClassifier:
             raise InvalidParameterError(f"a classifier needs one mean, scale and coefficient per feature ({count} features)")
         if not (np.isfinite(self.mean).all() and np.isfinite(self.coefficients).all() and (self.scale > 0).all()):
             raise InvalidParameterError("classifier means and coefficients must be finite and scales positive")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise InvalidParameterError(f"the operating threshold must be in [0, 1], got {threshold!r}")
+        _check_threshold(threshold)
 
     def __repr__(self) -> str:
         return f"CandidateClassifier({len(self.feature_names)} features, threshold={self.threshold:.3g})"
@@ -460,10 +467,7 @@ class CandidateClassifier:
         """
         from sklearn.linear_model import LogisticRegression
 
-        x = _matrix(features, feature_names)
-        y = np.asarray(labels, bool)
-        if len(y) != len(x) or y.all() or not y.any():
-            raise InvalidParameterError(f"fitting needs one label per candidate and both classes, got {len(y)} labels for {len(x)} candidates, {int(y.sum())} positive")
+        x, y = _training_rows(features, labels, feature_names)
         if float(regularization) <= 0:
             raise InvalidParameterError(f"regularization must be > 0, got {regularization!r}")
         mean, scale = x.mean(axis=0), x.std(axis=0)
@@ -475,8 +479,7 @@ class CandidateClassifier:
     def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
         """Calibrated probability that each candidate is a nodule, shape (n,)."""
         x = _matrix(features, self.feature_names)
-        logits = ((x - self.mean) / self.scale) @ self.coefficients + self.intercept
-        return 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
+        return _sigmoid(((x - self.mean) / self.scale) @ self.coefficients + self.intercept)
 
     def to_config(self) -> dict:
         """JSON-serialisable form (what ``classifier.json`` holds)."""
@@ -494,17 +497,246 @@ class CandidateClassifier:
     @classmethod
     def from_config(cls, config: dict) -> CandidateClassifier:
         """Inverse of :meth:`to_config`."""
-        if not isinstance(config, dict) or config.get("kind") != "logistic_regression":
-            raise InvalidParameterError("not a nodulekit candidate classifier (kind must be 'logistic_regression')")
-        unknown = set(config["feature_names"]) - set(FEATURE_NAMES) - set(SOURCE_FEATURE_NAMES)
-        if unknown:
-            raise InvalidParameterError(f"the classifier uses features nodulekit does not compute: {sorted(unknown)}")
-        keys = ("mean", "scale", "coefficients", "intercept", "threshold", "metadata")
-        return cls(config["feature_names"], **{k: config[k] for k in keys if k in config})
+        return _from_config(cls, config, "logistic_regression", "candidate classifier", ("mean", "scale", "coefficients", "intercept", "threshold", "metadata"))
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``classifier.json`` into ``folder`` (atomically)."""
         return _save_config(self.to_config(), folder)
+
+
+#: Settings of :meth:`BoostedClassifier.fit` (scikit-learn's names), their defaults.
+BOOSTING_DEFAULTS = {"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 15, "min_samples_leaf": 20, "l2_regularization": 0.0}
+
+#: Arrays of one tree of a :class:`BoostedClassifier`, one entry per node (node 0 is the root).
+TREE_KEYS = ("feature", "threshold", "missing_left", "left", "right", "value")
+
+
+class BoostedClassifier:
+    """Gradient-boosted trees on candidate features (scikit-learn to fit; numpy to predict).
+
+    Each tree is stored as arrays, one entry per node (:data:`TREE_KEYS`): the feature a node splits
+    on and its threshold (a row goes left when its value is ``<= threshold``), where a missing (NaN)
+    value goes (``missing_left``), the left and right child (``-1`` at a leaf) and the leaf's value
+    (log-odds). The score is ``sigmoid(a * raw + b)`` with ``raw = baseline + sum of the leaf values
+    of the rows' leaves`` and ``(a, b) = calibration`` (a Platt step fitted on out-of-fold scores;
+    ``(1, 0)`` without one): the same probabilities as
+    :meth:`sklearn.ensemble.HistGradientBoostingClassifier.predict_proba` without calibration, and no
+    pickle (:meth:`to_config` is what ``classifier.json`` holds, kind ``gradient_boosting``).
+
+    Parameters
+    ----------
+    feature_names : sequence of str
+        The features, in the order the trees' ``feature`` indices refer to.
+    trees : sequence of dict
+        One dict of :data:`TREE_KEYS` arrays per tree, in boosting order.
+    baseline : float
+        The log-odds every row starts from.
+    calibration : sequence of float, optional
+        ``(a, b)`` of the Platt step; ``(1, 0)`` (none) by default.
+    threshold : float
+        The default operating point (``--min-score``), in [0, 1].
+    metadata : dict, optional
+        How it was trained and measured.
+
+    Examples
+    --------
+    >>> stump = {"feature": [0, 0, 0], "threshold": [1.0, 0.0, 0.0], "missing_left": [True, False, False],
+    ...          "left": [1, -1, -1], "right": [2, -1, -1], "value": [0.0, -2.0, 2.0]}
+    >>> model = BoostedClassifier(["a"], trees=[stump], baseline=0.0)
+    >>> model.predict_proba(pd.DataFrame({"a": [0.5, 3.0]})).round(3).tolist()
+    [0.119, 0.881]
+    """
+
+    def __init__(
+        self,
+        feature_names: Sequence[str],
+        *,
+        trees: Sequence[dict],
+        baseline: float,
+        calibration: Sequence[float] = (1.0, 0.0),
+        threshold: float = 0.0,
+        metadata: dict | None = None,
+    ) -> None:
+        self.feature_names = [str(n) for n in feature_names]
+        self.trees = [_check_tree(tree, len(self.feature_names)) for tree in trees]
+        self.baseline = float(baseline)
+        self.calibration = tuple(float(c) for c in calibration)
+        self.threshold = float(threshold)
+        self.metadata = dict(metadata or {})
+        if not self.feature_names or not self.trees:
+            raise InvalidParameterError("a boosted classifier needs at least one feature and one tree")
+        if len(self.calibration) != 2 or not np.isfinite([self.baseline, *self.calibration]).all():
+            raise InvalidParameterError(f"a boosted classifier needs a finite baseline and calibration (a, b), got {baseline!r}, {calibration!r}")
+        _check_threshold(threshold)
+
+    def __repr__(self) -> str:
+        return f"BoostedClassifier({len(self.feature_names)} features, {len(self.trees)} trees, threshold={self.threshold:.3g})"
+
+    @classmethod
+    def fit(cls, features: pd.DataFrame, labels: np.ndarray, *, feature_names: Sequence[str] = FEATURE_NAMES, seed: int = 0, metadata: dict | None = None, **settings) -> BoostedClassifier:
+        """Fit scikit-learn's ``HistGradientBoostingClassifier`` (no early stopping) and export its trees.
+
+        Parameters
+        ----------
+        features, labels : pandas.DataFrame, ndarray of bool
+            The candidates (at least ``feature_names``) and whether each lies on a reference nodule.
+        feature_names : sequence of str
+            The features the trees split on, in this order.
+        seed : int
+            scikit-learn's ``random_state``.
+        metadata : dict, optional
+            How it was trained.
+        **settings
+            Any of :data:`BOOSTING_DEFAULTS` (``max_iter``, ``learning_rate``, ``max_leaf_nodes``,
+            ``min_samples_leaf``, ``l2_regularization``).
+
+        Returns
+        -------
+        BoostedClassifier
+            Without calibration and with ``threshold`` 0; set both from validation data
+            (:meth:`calibrate`).
+        """
+        unknown = set(settings) - set(BOOSTING_DEFAULTS)
+        if unknown:
+            raise InvalidParameterError(f"unknown boosting settings {sorted(unknown)}; expected some of {list(BOOSTING_DEFAULTS)}")
+        x, y = _training_rows(features, labels, feature_names)
+        return cls.from_sklearn(_fit_boosting(x, y, seed=seed, **{**BOOSTING_DEFAULTS, **settings}), feature_names, metadata=metadata)
+
+    @classmethod
+    def from_sklearn(cls, model, feature_names: Sequence[str], *, metadata: dict | None = None) -> BoostedClassifier:
+        """The trees of a fitted binary ``HistGradientBoostingClassifier`` (numerical features only)."""
+        if len(getattr(model, "classes_", ())) != 2 or any(len(step) != 1 for step in model._predictors):
+            raise InvalidParameterError("only a fitted binary HistGradientBoostingClassifier can be exported")
+        trees = []
+        for (predictor,) in model._predictors:
+            nodes = predictor.nodes
+            if nodes["is_categorical"].any():
+                raise InvalidParameterError("categorical splits cannot be exported")
+            leaf = nodes["is_leaf"].astype(bool)
+            trees.append({
+                "feature": np.where(leaf, 0, nodes["feature_idx"]).astype(int).tolist(),
+                "threshold": np.where(leaf, 0.0, nodes["num_threshold"]).tolist(),
+                "missing_left": nodes["missing_go_to_left"].astype(bool).tolist(),
+                "left": np.where(leaf, -1, nodes["left"].astype(int)).tolist(),
+                "right": np.where(leaf, -1, nodes["right"].astype(int)).tolist(),
+                "value": np.where(leaf, nodes["value"], 0.0).tolist(),
+            })
+        return cls(feature_names, trees=trees, baseline=float(np.ravel(model._baseline_prediction)[0]), metadata=metadata)
+
+    def raw_score(self, features: pd.DataFrame) -> np.ndarray:
+        """The trees' log-odds before calibration, shape (n,)."""
+        return self.raw_score_matrix(_matrix(features, self.feature_names))
+
+    def raw_score_matrix(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`raw_score` of a matrix (rows x ``feature_names``; NaN goes where each split sends missing values)."""
+        x = np.asarray(x, float)
+        if x.ndim != 2 or x.shape[1] != len(self.feature_names):
+            raise InvalidParameterError(f"need a matrix of {len(self.feature_names)} feature columns, got shape {x.shape}")
+        raw = np.full(len(x), self.baseline)
+        for tree in self._arrays:
+            raw += tree["value"][_leaves(tree, x)]
+        return raw
+
+    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
+        """Calibrated probability that each candidate is a nodule, shape (n,)."""
+        a, b = self.calibration
+        return _sigmoid(a * self.raw_score(features) + b)
+
+    def calibrate(self, raw: np.ndarray, labels: np.ndarray) -> BoostedClassifier:
+        """Set the Platt step from out-of-fold raw scores and their labels (:func:`fit_platt`; in place, returns ``self``)."""
+        self.calibration = fit_platt(raw, labels)
+        return self
+
+    @property
+    def _arrays(self) -> list[dict]:
+        if getattr(self, "_cache", None) is None:
+            self._cache = [{k: np.asarray(tree[k], bool if k == "missing_left" else float if k in ("threshold", "value") else int) for k in TREE_KEYS} for tree in self.trees]
+        return self._cache
+
+    def to_config(self) -> dict:
+        """JSON-serialisable form (what ``classifier.json`` holds)."""
+        return {
+            "kind": "gradient_boosting",
+            "feature_names": self.feature_names,
+            "baseline": self.baseline,
+            "calibration": list(self.calibration),
+            "trees": self.trees,
+            "threshold": self.threshold,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> BoostedClassifier:
+        """Inverse of :meth:`to_config`."""
+        return _from_config(cls, config, "gradient_boosting", "boosted classifier", ("trees", "baseline", "calibration", "threshold", "metadata"))
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``classifier.json`` into ``folder`` (atomically)."""
+        return _save_config(self.to_config(), folder)
+
+
+def fit_platt(raw: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Platt scaling: ``(a, b)`` of the logistic regression ``sigmoid(a * raw + b)`` of labels on log-odds (unpenalized).
+
+    Fit it on scores the model did not train on (out-of-fold), or it learns the model's overconfidence.
+
+    Examples
+    --------
+    >>> a, b = fit_platt(np.array([-2.0, -1.0, 1.0, 2.0, 0.5, -0.5]), np.array([0, 0, 1, 1, 0, 1]))
+    >>> a > 0
+    True
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    raw = np.asarray(raw, float).reshape(-1, 1)
+    y = np.asarray(labels, bool)
+    if len(y) != len(raw) or y.all() or not y.any():
+        raise InvalidParameterError("calibration needs one label per score and both classes")
+    model = LogisticRegression(C=1e6, max_iter=1000).fit(raw, y)
+    return float(model.coef_[0, 0]), float(model.intercept_[0])
+
+
+def _fit_boosting(x: np.ndarray, y: np.ndarray, *, seed: int, **settings):
+    """A fitted ``HistGradientBoostingClassifier`` (no early stopping, so every setting means what it says)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(early_stopping=False, random_state=seed, **settings).fit(x, y)
+
+
+def _check_tree(tree: dict, n_features: int) -> dict:
+    """One tree's arrays as lists, checked: equal lengths, children inside the tree and after their parent, known features."""
+    if not isinstance(tree, dict) or set(tree) != set(TREE_KEYS):
+        raise InvalidParameterError(f"a tree needs exactly the arrays {list(TREE_KEYS)}")
+    arrays = {k: np.asarray(tree[k]) for k in TREE_KEYS}
+    size = len(arrays["left"])
+    if not size or any(a.shape != (size,) for a in arrays.values()):
+        raise InvalidParameterError("a tree's arrays must be non-empty and of one length")
+    left, right = arrays["left"].astype(int), arrays["right"].astype(int)
+    inner = left >= 0
+    nodes = np.arange(size)
+    if (inner != (right >= 0)).any() or (left[inner] <= nodes[inner]).any() or (right[inner] <= nodes[inner]).any() or max(left.max(), right.max()) >= size:
+        raise InvalidParameterError("a tree's children must be later nodes of the same tree (-1 at both sides of a leaf)")
+    feature = arrays["feature"].astype(int)
+    if (feature < 0).any() or (feature >= n_features).any() or not np.isfinite(arrays["value"].astype(float)).all() or np.isnan(arrays["threshold"].astype(float)).any():
+        raise InvalidParameterError("a tree's features must index its classifier's features and its values be finite")
+    return {k: arrays[k].tolist() for k in TREE_KEYS}
+
+
+def _leaves(tree: dict, x: np.ndarray) -> np.ndarray:
+    """The leaf each row of ``x`` falls into, vectorised over rows (children always follow their parent)."""
+    node = np.zeros(len(x), int)
+    rows = np.arange(len(x))
+    while True:
+        inner = tree["left"][node] >= 0
+        if not inner.any():
+            return node
+        value = x[rows, tree["feature"][node]]
+        go_left = np.where(np.isnan(value), tree["missing_left"][node], value <= tree["threshold"][node])
+        node = np.where(inner, np.where(go_left, tree["left"][node], tree["right"][node]), node)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
 
 
 #: Candidate sources of a :class:`PerSourceClassifier`, the keys of its classifiers.
@@ -515,17 +747,19 @@ PER_SOURCE_VERSION = 1
 
 
 class PerSourceClassifier:
-    """One :class:`CandidateClassifier` per candidate source: each candidate scored by its own source's.
+    """One classifier per candidate source (:class:`CandidateClassifier` or :class:`BoostedClassifier`): each candidate scored by its own source's.
 
     The segmentation model's probability features mean nothing on a candidate only the blob filter
     found, so one logistic regression per source ranks the union of both far better than one for
-    all (``experiments/detection_candidates.py``). Scores of both are probabilities and are ranked
-    together.
+    all (``experiments/detection_candidates.py``); boosted trees split on the source themselves, and
+    the shipped stage holds the same boosted model for both. Scores of both are probabilities and
+    are ranked together.
 
     Parameters
     ----------
     classifiers : dict
-        ``{"segmenter": CandidateClassifier, "blob": CandidateClassifier}`` (:data:`CANDIDATE_SOURCES`).
+        ``{"segmenter": ..., "blob": ...}`` (:data:`CANDIDATE_SOURCES`), each a
+        :class:`CandidateClassifier` or a :class:`BoostedClassifier`.
     threshold : float
         The default operating point of the union (``--min-score``), in [0, 1].
     metadata : dict, optional
@@ -543,10 +777,9 @@ class PerSourceClassifier:
     def __init__(self, classifiers: dict, *, threshold: float = 0.0, metadata: dict | None = None) -> None:
         if not isinstance(classifiers, dict) or set(classifiers) != set(CANDIDATE_SOURCES):
             raise InvalidParameterError(f"a per-source classifier needs exactly the sources {list(CANDIDATE_SOURCES)}, got {sorted(classifiers) if isinstance(classifiers, dict) else classifiers!r}")
-        if not all(isinstance(c, CandidateClassifier) for c in classifiers.values()):
-            raise InvalidParameterError("each source of a per-source classifier needs a CandidateClassifier")
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise InvalidParameterError(f"the operating threshold must be in [0, 1], got {threshold!r}")
+        if not all(isinstance(c, (CandidateClassifier, BoostedClassifier)) for c in classifiers.values()):
+            raise InvalidParameterError("each source of a per-source classifier needs a CandidateClassifier or a BoostedClassifier")
+        _check_threshold(threshold)
         self.classifiers = {source: classifiers[source] for source in CANDIDATE_SOURCES}
         self.threshold = float(threshold)
         self.metadata = dict(metadata or {})
@@ -590,7 +823,7 @@ class PerSourceClassifier:
         entries = config["classifiers"]
         if not isinstance(entries, dict) or set(entries) != set(CANDIDATE_SOURCES):
             raise InvalidParameterError(f"'classifiers' must hold exactly {list(CANDIDATE_SOURCES)}")
-        classifiers = {source: CandidateClassifier.from_config(entries[source]) for source in CANDIDATE_SOURCES}
+        classifiers = {source: member_from_config(entries[source]) for source in CANDIDATE_SOURCES}
         return cls(classifiers, threshold=config["threshold"], metadata=config.get("metadata"))
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -598,21 +831,43 @@ class PerSourceClassifier:
         return _save_config(self.to_config(), folder)
 
 
+#: The kinds of one classifier (a :class:`PerSourceClassifier`'s member, or a whole ``classifier.json``).
+MEMBER_KINDS = {"logistic_regression": CandidateClassifier, "gradient_boosting": BoostedClassifier}
+
+
+def member_from_config(config: dict) -> CandidateClassifier | BoostedClassifier:
+    """One classifier from its config, by its ``kind`` (:data:`MEMBER_KINDS`)."""
+    kind = config.get("kind", "logistic_regression") if isinstance(config, dict) else None
+    if kind not in MEMBER_KINDS:
+        raise InvalidParameterError(f"unknown classifier kind {kind!r}; expected one of {list(MEMBER_KINDS)}")
+    return MEMBER_KINDS[kind].from_config(config)
+
+
 def _save_config(config: dict, folder: str | os.PathLike) -> Path:
-    """Write a classifier's config as ``folder/classifier.json`` (atomically); the path."""
+    """Write a classifier's config as ``folder/classifier.json`` (atomically); the path.
+
+    Logistic regressions are indented; a config with trees is written compactly (one line: its
+    thousands of node arrays would take a line per number).
+    """
     path = Path(folder) / CLASSIFIER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, config)
+    kinds = {config.get("kind")} | {member.get("kind") for member in config.get("classifiers", {}).values()}
+    if "gradient_boosting" not in kinds:
+        write_json(path, config)
+        return path
+    with atomic_write(path) as handle:
+        json.dump(config, handle, separators=(",", ":"), sort_keys=True)
     return path
 
 
-def load_classifier(folder: str | os.PathLike) -> CandidateClassifier | PerSourceClassifier:
+def load_classifier(folder: str | os.PathLike) -> CandidateClassifier | BoostedClassifier | PerSourceClassifier:
     """Read the second stage of a segmenter folder (``classifier.json``, either form of the module docstring).
 
     Returns
     -------
-    CandidateClassifier or PerSourceClassifier
-        One classifier (a file of kind ``logistic_regression``) or one per source (``per_source``).
+    CandidateClassifier, BoostedClassifier or PerSourceClassifier
+        One classifier (a file of kind ``logistic_regression`` or ``gradient_boosting``) or one per
+        source (``per_source``, each member of either kind).
 
     Raises
     ------
@@ -628,7 +883,7 @@ def load_classifier(folder: str | os.PathLike) -> CandidateClassifier | PerSourc
         config = json.loads(path.read_text())
         if isinstance(config, dict) and config.get("kind") == "per_source":
             return PerSourceClassifier.from_config(config)
-        return CandidateClassifier.from_config(config)
+        return member_from_config(config)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelFileError(f"not a valid candidate classifier ({type(exc).__name__}: {exc})", path=path) from exc
 
@@ -687,6 +942,31 @@ def rank_candidates(
     lookup[ranked["nodule_id"].to_numpy(int)] = np.arange(1, len(ranked) + 1, dtype=np.int32)
     ranked = ranked.assign(nodule_id=np.arange(1, len(ranked) + 1)).reset_index(drop=True)
     return lookup[labels], ranked
+
+
+def _check_threshold(threshold: float) -> None:
+    """An operating threshold is a probability."""
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise InvalidParameterError(f"the operating threshold must be in [0, 1], got {threshold!r}")
+
+
+def _training_rows(features: pd.DataFrame, labels: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The feature matrix and boolean labels to fit on, checked: one label per row and both classes."""
+    x = _matrix(features, names)
+    y = np.asarray(labels, bool)
+    if len(y) != len(x) or y.all() or not y.any():
+        raise InvalidParameterError(f"fitting needs one label per candidate and both classes, got {len(y)} labels for {len(x)} candidates, {int(y.sum())} positive")
+    return x, y
+
+
+def _from_config(cls, config: dict, kind: str, noun: str, keys: Sequence[str]):
+    """``cls(feature_names, **keys)`` of a config of ``kind`` whose features nodulekit computes."""
+    if not isinstance(config, dict) or config.get("kind") != kind:
+        raise InvalidParameterError(f"not a nodulekit {noun} (kind must be '{kind}')")
+    unknown = set(config["feature_names"]) - set(FEATURE_NAMES) - set(SOURCE_FEATURE_NAMES)
+    if unknown:
+        raise InvalidParameterError(f"the classifier uses features nodulekit does not compute: {sorted(unknown)}")
+    return cls(config["feature_names"], **{k: config[k] for k in keys if k in config})
 
 
 def _matrix(features: pd.DataFrame, names: Sequence[str]) -> np.ndarray:

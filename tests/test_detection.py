@@ -14,6 +14,7 @@ from nodulekit.detection import (
     INTENSITY_FREE_FEATURES,
     OUTCOMES,
     SOURCE_FEATURE_NAMES,
+    BoostedClassifier,
     CandidateClassifier,
     PerSourceClassifier,
     candidate_features,
@@ -209,8 +210,10 @@ def test_shipped_segmenter_carries_its_second_stage_and_ranks_a_synthetic_scan()
     assert isinstance(classifier, PerSourceClassifier) and 0 < classifier.threshold < 1
     for source in classifier.classifiers.values():
         assert set(source.feature_names) <= set(FEATURE_NAMES) | set(SOURCE_FEATURE_NAMES)
+        assert isinstance(source, BoostedClassifier) and source.calibration != (1.0, 0.0)  # boosted trees with their Platt step
     assert classifier.metadata["operating_point"]["target_fp_per_scan"] > 0
     assert "training scans" in classifier.metadata["operating_point"]["chosen_on"]
+    assert classifier.metadata["platt"]["used"] and "training scans" in classifier.metadata["settings_chosen_by"]
     segmenter = load_segmenter(folder)
     assert segmenter.classifier is not None
     volume = generate_volume(n_slices=8, n_nodules=2, seed=1, readers=0)
