@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +80,10 @@ EAGER_SOURCE = """
 import tensorflow as tf
 tf.config.run_functions_eagerly(True)
 """
+
+
+#: TensorFlow says so at every tf.data map while functions run eagerly (the maps stay graphs, as meant).
+pytestmark = pytest.mark.filterwarnings("ignore:Even though the `tf.config.experimental_run_functions_eagerly` option is set:UserWarning")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -576,29 +579,23 @@ print("FINISHED", flush=True)
 
 
 def _start(run_dir: Path, *kill_at) -> subprocess.Popen:
-    """The driver on ``run_dir``, started; ``kill_at=(unit, epoch)`` makes it SIGKILL itself at that
-    point. Its output goes to a temporary file (a pipe nobody reads yet could fill and block it)."""
+    """The driver on ``run_dir``, started; ``kill_at=(unit, epoch)`` makes it SIGKILL itself at that point."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
-    output = tempfile.TemporaryFile("w+")
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", DRIVER, str(run_dir), *map(str, kill_at)],
-        cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    process.output = output
-    return process
 
 
 def _wait(process: subprocess.Popen) -> subprocess.CompletedProcess:
-    """Wait for a started driver (at most 10 minutes) and return its exit status and output."""
+    """A started driver's exit status and output (it prints a few lines), after at most 10 minutes."""
     try:
-        process.wait(timeout=600)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    with process.output as output:
-        output.seek(0)
-        return subprocess.CompletedProcess(process.args, process.returncode, output.read())
+        stdout, _ = process.communicate(timeout=600)
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout)
 
 
 def _run(run_dir: Path, *kill_at) -> subprocess.CompletedProcess:
@@ -638,7 +635,7 @@ def test_sigkill_mid_unit_then_rerun_gives_the_same_tables(tmp_path):
         _finish(killed)
     except BaseException:
         uninterrupted.kill()
-        _wait(uninterrupted)
+        uninterrupted.communicate()
         raise
     _finish(reference, uninterrupted)
 
