@@ -5,6 +5,11 @@ quick on 2 CPU cores; the numbers they check are structural and hand-checkable (
 all-background accuracy of the test masks, the selection rule, bit-identical reruns). One test,
 ``test_unet_learns_the_phantom_nodules``, checks that training learns: a U-Net trained for 4 epochs
 on 300 phantom crops must beat the all-background answer on held-out crops by stated margins.
+
+The protocol tests train eagerly (``tf.config.run_functions_eagerly``, as the QUICK notebooks and
+their workers do): tracing a tiny model into a graph costs more than training it, and what they
+check (tables, failures, resume, bit-identical reruns) is the same in both modes. The learning
+test trains in graph mode, the way a full run trains.
 """
 
 from __future__ import annotations
@@ -69,6 +74,39 @@ TINY = dict(
     n_folds=2,
     filters=(4, 8, 16),
 )
+
+#: The kill-and-resume driver and the tests in this process train eagerly (see the module docstring).
+EAGER_SOURCE = """
+import tensorflow as tf
+tf.config.run_functions_eagerly(True)
+"""
+
+
+#: TensorFlow says so at every tf.data map while functions run eagerly (the maps stay graphs, as meant).
+pytestmark = pytest.mark.filterwarnings("ignore:Even though the `tf.config.experimental_run_functions_eagerly` option is set:UserWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def eager_training():
+    """Every test of this module trains eagerly unless it asks for :func:`graph_mode`."""
+    import tensorflow as tf
+
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(before)
+
+
+@pytest.fixture
+def graph_mode():
+    """Graph mode (tf.function), as a full run trains, for one test."""
+    import tensorflow as tf
+
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(False)
+    yield
+    tf.config.run_functions_eagerly(before)
+
 
 #: Columns whose values are wall-clock times (they differ between identical runs).
 TIME_COLUMNS = ("seconds",)
@@ -448,7 +486,7 @@ ACCURACY_MARGIN = 0.05
 MIN_PRECISION = 0.6
 
 
-def test_unet_learns_the_phantom_nodules(tmp_path):
+def test_unet_learns_the_phantom_nodules(tmp_path, graph_mode):
     """A few epochs on a few hundred synthetic crops beat the all-background answer on held-out crops.
 
     Fails for a training bug that `make test` would otherwise miss without ../shared/data: a
@@ -513,7 +551,7 @@ def test_grid_heatmap_marks_failed_trials(tiny_run):
 # Kill and resume
 
 
-DRIVER = TINY_CROPS_SOURCE + '''
+DRIVER = TINY_CROPS_SOURCE + EAGER_SOURCE + '''
 import json, os, signal, sys
 from pathlib import Path
 from nodulekit.training import TrainConfig, protocol, run_protocol
@@ -540,13 +578,29 @@ print("FINISHED", flush=True)
 '''.replace("{tiny!r}", repr(dict(TINY, learning_rates=(1e-3,), grid_epochs=2, epochs=2)))
 
 
-def _run(run_dir: Path, *kill_at) -> subprocess.CompletedProcess:
-    """The driver on ``run_dir``; ``kill_at=(unit, epoch)`` makes it SIGKILL itself at that point."""
+def _start(run_dir: Path, *kill_at) -> subprocess.Popen:
+    """The driver on ``run_dir``, started; ``kill_at=(unit, epoch)`` makes it SIGKILL itself at that point."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
-    return subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-c", DRIVER, str(run_dir), *map(str, kill_at)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+
+
+def _wait(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    """A started driver's exit status and output (it prints a few lines), after at most 10 minutes."""
+    try:
+        stdout, _ = process.communicate(timeout=600)
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout)
+
+
+def _run(run_dir: Path, *kill_at) -> subprocess.CompletedProcess:
+    """The driver on ``run_dir`` to its end (or its kill)."""
+    return _wait(_start(run_dir, *kill_at))
 
 
 def _killed_at(run_dir: Path, unit: str, epoch: int) -> None:
@@ -556,24 +610,34 @@ def _killed_at(run_dir: Path, unit: str, epoch: int) -> None:
     assert state["epoch"] == epoch and not (run_dir / unit / "done").exists()
 
 
-def _finish(run_dir: Path) -> None:
-    process = _run(run_dir)
-    assert process.returncode == 0 and "FINISHED" in process.stdout, process.stdout[-3000:]
+def _finish(run_dir: Path, process: subprocess.Popen | None = None) -> None:
+    """Run the driver on ``run_dir`` to its end, or wait for ``process`` (already started on it)."""
+    done = _wait(process) if process is not None else _run(run_dir)
+    assert done.returncode == 0 and "FINISHED" in done.stdout, done.stdout[-3000:]
 
 
 @pytest.mark.slow
 def test_sigkill_mid_unit_then_rerun_gives_the_same_tables(tmp_path):
-    """Tolerance: 1e-6 on every number (deterministic ops, the same seed, the same machine)."""
-    reference = tmp_path / "uninterrupted"
-    _finish(reference)
+    """Tolerance: 1e-6 on every number (deterministic ops, the same seed, the same machine).
 
-    killed = tmp_path / "killed"
-    # 1) inside the grid trial, right after its first epoch's state was saved;
-    _killed_at(killed, "grid/unet/lr=0.001_bs=8", 1)
-    # 2) inside the second fold (the trial and fold 0 done), after its first epoch.
-    _killed_at(killed, "cv/unet/fold-1", 1)
-    assert (killed / "cv/unet/fold-0/done").exists()
-    _finish(killed)
+    The uninterrupted reference runs beside the killed run (its own process and folder; one core
+    each on a 2-core machine): the kills and resumes stay in order among themselves.
+    """
+    reference = tmp_path / "uninterrupted"
+    uninterrupted = _start(reference)
+    try:
+        killed = tmp_path / "killed"
+        # 1) inside the grid trial, right after its first epoch's state was saved;
+        _killed_at(killed, "grid/unet/lr=0.001_bs=8", 1)
+        # 2) inside the second fold (the trial and fold 0 done), after its first epoch.
+        _killed_at(killed, "cv/unet/fold-1", 1)
+        assert (killed / "cv/unet/fold-0/done").exists()
+        _finish(killed)
+    except BaseException:
+        uninterrupted.kill()
+        uninterrupted.communicate()
+        raise
+    _finish(reference, uninterrupted)
 
     first, second = load_results(reference), load_results(killed)
     _assert_same_tables(first, second, atol=1e-6)

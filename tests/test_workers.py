@@ -1,7 +1,8 @@
 """Tests of nodulekit.training.workers: protocol units side by side in worker processes.
 
 One test starts real worker processes (two tiny grid trials from a script without a
-``__main__`` guard, as a user would write one); the others check the choice of the worker count.
+``__main__`` guard, as a user would write one; the script trains eagerly, as the QUICK notebooks
+do, and its workers take that mode); the others check the choice of the worker count.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from nodulekit.errors import InvalidParameterError
 from nodulekit.training import TrainConfig
 from nodulekit.training.workers import resolve_workers
 
-from test_training import TINY, TINY_CROPS_SOURCE
+from test_training import EAGER_SOURCE, TINY, TINY_CROPS_SOURCE
 
 REPO = Path(__file__).resolve().parents[1]
 
-SCRIPT = TINY_CROPS_SOURCE + '''
+SCRIPT = TINY_CROPS_SOURCE + EAGER_SOURCE + '''
 import json, sys
 from nodulekit.training import TrainConfig, grid_search, select_hyperparameters
 config = TrainConfig(**{config})
