@@ -20,6 +20,20 @@ from nodulekit.training.units import UnitData, UnitSpec, unit_meta
 from test_training import TINY, tiny_crops
 
 
+pytestmark = pytest.mark.filterwarnings("ignore:Even though the `tf.config.experimental_run_functions_eagerly` option is set:UserWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def eager_training():
+    """Train eagerly, as tests/test_training.py's protocol tests do (tracing a tiny model costs more than training it)."""
+    import tensorflow as tf
+
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(before)
+
+
 def _record(architecture, val_losses, val_dices, status="paused"):
     history = [{"epoch": e + 1, "val_loss": loss, "val_dice": dice} for e, (loss, dice) in enumerate(zip(val_losses, val_dices))]
     return {"architecture": architecture, "status": status, "history": history}
