@@ -1069,12 +1069,50 @@ def blob_candidates(
     hu = np.asarray(hu)
     lung = np.asarray(lung, bool)
     sampling = _check_scan(hu, lung, spacing)
-    radii = np.asarray(radii_mm, float)
-    if radii.ndim != 1 or not len(radii) or not (radii > 0).all() or grid_mm <= 0 or margin_mm < 0 or threshold < 0 or int(max_candidates) < 1:
-        raise InvalidParameterError("blob_candidates needs radii_mm > 0, grid_mm > 0, margin_mm >= 0, threshold >= 0 and max_candidates >= 1")
+    kept = blob_peaks(hu, lung, spacing, radii_mm=radii_mm, grid_mm=grid_mm, margin_mm=margin_mm, hu_floor=hu_floor, hu_ceiling=hu_ceiling, threshold=threshold, max_candidates=max_candidates)
     labels = np.zeros(hu.shape, np.int32)
+    rows = []
+    for peak in kept:
+        label = len(rows) + 1
+        row = _paint(labels, label, peak, hu, lung, sampling, hu_floor, margin_mm)
+        if row is not None:
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=list(BLOB_COLUMNS))
+    return labels, table
+
+
+def blob_peaks(
+    hu: np.ndarray,
+    lung: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    radii_mm: Sequence[float] = BLOB_RADII_MM,
+    grid_mm: float = 1.25,
+    margin_mm: float = 2.0,
+    hu_floor: float = -750.0,
+    hu_ceiling: float = -100.0,
+    threshold: float = 10.0,
+    max_candidates: int | None = 60,
+) -> np.ndarray:
+    """The peaks that :func:`blob_candidates` keeps, strongest first, before it paints their components.
+
+    Parameters and errors as :func:`blob_candidates`; ``max_candidates=None`` returns every peak
+    of every scale above ``threshold``, strongest first, without the one-per-place suppression.
+
+    Returns
+    -------
+    ndarray of float, shape (n, 5)
+        One row per kept peak: its centre (z, y, x in voxels of the scan), radius (mm) and
+        scale-normalized dot response (HU); at most ``max_candidates`` rows.
+    """
+    hu = np.asarray(hu)
+    lung = np.asarray(lung, bool)
+    sampling = _check_scan(hu, lung, spacing)
+    radii = np.asarray(radii_mm, float)
+    if radii.ndim != 1 or not len(radii) or not (radii > 0).all() or grid_mm <= 0 or margin_mm < 0 or threshold < 0 or (max_candidates is not None and int(max_candidates) < 1):
+        raise InvalidParameterError("blob_candidates needs radii_mm > 0, grid_mm > 0, margin_mm >= 0, threshold >= 0 and max_candidates >= 1")
     if not lung.any():
-        return labels, pd.DataFrame(columns=list(BLOB_COLUMNS))
+        return np.zeros((0, 5))
     box = _box(lung, sampling, 3.0 * radii.max())
     image = np.clip(hu[box].astype(np.float32), -1000.0, hu_ceiling)
     base_step = np.maximum(np.round(grid_mm / sampling), 1).astype(int)
@@ -1092,15 +1130,10 @@ def blob_candidates(
         peaks.append(_dot_peaks(*grids[grid], sampling, radius, hu_floor, threshold))
     peaks = np.concatenate(peaks)
     peaks[:, :3] += [s.start for s in box]
+    if max_candidates is None:
+        return peaks[np.argsort(-peaks[:, 4], kind="stable")]
     kept = _suppress(peaks, sampling, int(max_candidates))
-    rows = []
-    for peak in kept:
-        label = len(rows) + 1
-        row = _paint(labels, label, peak, hu, lung, sampling, hu_floor, margin_mm)
-        if row is not None:
-            rows.append(row)
-    table = pd.DataFrame(rows, columns=list(BLOB_COLUMNS))
-    return labels, table
+    return np.array(kept).reshape(-1, 5)
 
 
 def merge_candidates(
