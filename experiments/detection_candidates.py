@@ -237,17 +237,18 @@ def scan_ceiling(path: Path, blob_settings: dict) -> list[dict]:
             "seed": scan["info"]["seed"], "kind": record.kind, "diameter_mm": round(float(record.diameter_mm), 1), "slices": int(record.slice_last - record.slice_first + 1),
             "mean_hu": round(float(scan["hu"][z][voxels].mean()), 0), "in_lung_mask": round(float(lung[z][voxels].mean()), 2),
             **{f"found_{name}": bool(hits[index]) for name, hits in sources.items()},
-            "peak_rank": int(ranks[0]) if len(ranks) else None, "peak_response": round(float(every[ranks[0], 4]), 1) if len(ranks) else None,
-            "peak_radius_mm": float(every[ranks[0], 3]) if len(ranks) else None,
-            "response_without_threshold_or_floor": round(float(strongest.max()), 2) if len(strongest) else None,
+            "peak_rank": int(ranks[0]) if len(ranks) else np.nan, "peak_response": round(float(every[ranks[0], 4]), 1) if len(ranks) else np.nan,
+            "peak_radius_mm": float(every[ranks[0], 3]) if len(ranks) else np.nan,
+            "response_without_threshold_or_floor": round(float(strongest.max()), 2) if len(strongest) else np.nan,
         })
     return rows
 
 
 def _why_missed(row: dict, cap: int) -> str:
     """The reason a nodule without a candidate has none."""
-    if row["peak_rank"] is None:
-        return "no blob response (all three Hessian eigenvalues never negative on it)" if not row["response_without_threshold_or_floor"] else "response under the threshold or centre under hu_floor"
+    if not np.isfinite(row["peak_rank"]):
+        weak = row["response_without_threshold_or_floor"]
+        return "no blob response on it (never three negative Hessian eigenvalues)" if not np.isfinite(weak) or weak <= 0 else "response under the threshold or centre under hu_floor"
     if row["peak_rank"] >= cap:
         return "a distinct peak, ranked beyond max_candidates"
     return "a peak within max_candidates, lost to painting or the merge"
@@ -279,7 +280,7 @@ def command_ceiling(args) -> int:
         "missed_by_kind": {k: int(v) for k, v in missed["kind"].value_counts().items()},
         "missed_median": {c: float(missed[c].median()) for c in ("diameter_mm", "slices", "mean_hu", "in_lung_mask", "peak_rank", "peak_response") if missed[c].notna().any()},
         "found_with_a_larger_cap": reach,
-        "missed_nodules": missed.assign(reason=reasons).to_dict(orient="records"),
+        "missed_nodules": missed.assign(reason=reasons).astype(object).where(missed.assign(reason=reasons).notna(), None).to_dict(orient="records"),
     }
     previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
     previous[args.key] = summary
@@ -799,7 +800,10 @@ def command_ship(args) -> int:
 
 
 def _shipped_candidates() -> str:
-    return "the shipped segmenter's components (threshold 0.5, >= 3 mm) and nodulekit.detection.blob_candidates (defaults) inside the lung mask, merged by merge_candidates"
+    from nodulekit.detection import BLOB_RADII_MM
+
+    return (f"the shipped segmenter's components (threshold 0.5, >= 3 mm) and nodulekit.detection.blob_candidates (defaults: radii {list(BLOB_RADII_MM)} mm, "
+            "at most 60) inside the lung mask, merged by merge_candidates")
 
 
 def _boosted_metadata(results: dict, threshold: float) -> dict:
@@ -823,7 +827,7 @@ def _boosted_metadata(results: dict, threshold: float) -> dict:
             "target_fp_per_scan": 1.0,
             "threshold": threshold,
         },
-        "held_out": {"scans": f"{boosted['held_out_scans']} synthetic scans, odd seeds 1-59 (no stage trained on them)", "cpm": held_out["cpm"], "sensitivity_at_fp": held_out["sensitivity_at_fp"]},
+        "held_out": {"scans": f"{boosted['held_out_scans']} synthetic scans, odd seeds 1-{2 * boosted['held_out_scans'] - 1} (no stage trained on them)", "cpm": held_out["cpm"], "sensitivity_at_fp": held_out["sensitivity_at_fp"]},
         "experiment": "experiments/detection_candidates.py (boost, ship --members boosted)",
     }
 
@@ -861,6 +865,16 @@ def command_shipped(args) -> int:
     result = whole_scan.froc_of(test, test_refs, scores, spacing_of)
     previous_stage = score({source: load_classifier(out / CLASSIFIER_FOLDER / source) for source in ("segmenter", "blob")}, test)
     previous_result = whole_scan.froc_of(test, test_refs, previous_stage, spacing_of)
+    shipped_before = None
+    if args.previous_folder:  # the stage shipped before, on the candidates of its own time (another cache of the same scans)
+        old_folder = Path(args.previous_cache or args.cache)
+        old, old_refs, _, _ = load_union(old_folder, held_out=True)
+        if sorted(old_refs) != sorted(test_refs):
+            raise SystemExit(f"{old_folder} holds other held-out scans than {folder}")
+        before_stage = load_classifier(Path(args.previous_folder))
+        old_scores = before_stage.predict_proba(old)
+        shipped_before = whole_scan.froc_of(old, old_refs, old_scores, whole_scan.spacings(old_folder, old_refs))
+        ceiling_before = _union_recall(old, old_refs)
     summary = {
         "classifier": str(args.folder),
         "held_out_scans": len(test_refs),
@@ -868,13 +882,23 @@ def command_shipped(args) -> int:
         "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in result.sensitivities.items()},
         "operating_point": classifier.threshold,
         "per_source_logistic_before": {"cpm": round(float(previous_result.cpm), 4), "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in previous_result.sensitivities.items()}},
+        "candidate_recall": _union_recall(test, test_refs),
+        "candidates_per_scan": round(len(test) / len(test_refs), 1),
+        **({"shipped_before": {"classifier": str(args.previous_folder), "cache": str(args.previous_cache or args.cache), "cpm": round(float(shipped_before.cpm), 4),
+                               "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in shipped_before.sensitivities.items()},
+                               "candidate_recall": ceiling_before, "candidates_per_scan": round(len(old) / len(old_refs), 1),
+                               "fp_per_scan_at_operating_point": round(float(((old_scores >= before_stage.threshold) & ~old["label"].to_numpy(bool)).sum() / len(old_refs)), 2)}}
+           if shipped_before is not None else {}),
         "recall_by_kind_at_operating_point": whole_scan._recall_by_kind(test, test_refs, scores, classifier.threshold),
         "fp_per_scan_at_operating_point": round(float(((scores >= classifier.threshold) & ~test["label"].to_numpy(bool)).sum() / len(test_refs)), 2),
         **_rank_union_check(folder, test, test_refs, scores, classifier, spacing_of, args.check),
     }
     if args.figures:
-        _plot_shipped_froc(folder, test_refs, spacing_of, result, previous_result)
-        _plot_shipped_reliability(test["label"].to_numpy(bool), scores, previous_stage, len(test_refs))
+        _plot_shipped_froc(folder, test_refs, spacing_of, result, previous_result, shipped_before)
+        if shipped_before is not None:
+            _plot_shipped_reliability(test["label"].to_numpy(bool), scores, old_scores, len(test_refs), old["label"].to_numpy(bool), "boosted trees, 6-radii candidates (previous)")
+        else:
+            _plot_shipped_reliability(test["label"].to_numpy(bool), scores, previous_stage, len(test_refs))
     previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
     previous[args.key] = summary
     write_json(out / RESULT, previous)
@@ -915,8 +939,8 @@ def _rank_union_check(folder: Path, test, test_refs, scores, classifier, spacing
     }
 
 
-def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped, per_source_logistic) -> None:
-    """Fig. S5: the shipped boosted stage against the per-source logistic one and the stage before (segmenter candidates, one classifier) on the same scans."""
+def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped, per_source_logistic, shipped_before=None) -> None:
+    """Fig. S5: the shipped boosted stage against the boosted stage before it (its own candidates; when given), the per-source logistic one and the first stage (segmenter candidates, one classifier) on the same scans."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -929,18 +953,23 @@ def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped, per_source_logis
     segmenter_only = pd.concat(tables, ignore_index=True)
     previous = load_classifier(Path(__file__).with_name("results") / "detection_classifier")
     before = whole_scan.froc_of(segmenter_only, refs, previous.predict_proba(segmenter_only), spacing_of)
+    curves = {"blob at 10 radii + segmenter, boosted (shipped)": shipped}
+    if shipped_before is not None:
+        curves["blob at 6 radii + segmenter, boosted (before)"] = shipped_before
+    curves["blob at 10 radii + segmenter, logistic per source"] = per_source_logistic
+    curves["segmenter only, one logistic (first stage)"] = before
     fig = plot_froc(
-        {"segmenter + blob candidates, boosted trees (shipped)": shipped, "segmenter + blob candidates, logistic per source (previous)": per_source_logistic,
-         "segmenter candidates, one logistic (before)": before},
+        curves,
         title=f"{len(refs)} held-out synthetic scans ({whole_scan.N_SLICES} slices each)",
     )
+    fig.axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: the curves stay visible
     path = Path(__file__).resolve().parents[1] / "figures" / "figS5_detection_froc.png"
     fig.savefig(path, dpi=150, bbox_inches="tight")
     print(f"wrote {path} (previous stages CPM {per_source_logistic.cpm:.3f}, {before.cpm:.3f})")
 
 
-def _plot_shipped_reliability(labels, shipped, previous, scans: int) -> None:
-    """Fig. S6: reliability of the shipped stage's scores on the held-out candidates, beside the previous stage's."""
+def _plot_shipped_reliability(labels, shipped, previous, scans: int, previous_labels=None, previous_title: str = "logistic per source (previous)") -> None:
+    """Fig. S6: reliability of the shipped stage's scores on the held-out candidates, beside the previous stage's (on its own candidates when ``previous_labels`` are given)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -951,7 +980,7 @@ def _plot_shipped_reliability(labels, shipped, previous, scans: int) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     plot_reliability(shipped, labels, ax=axes[0], title=f"boosted trees + Platt (shipped): {scans} held-out scans")
-    plot_reliability(previous, labels, ax=axes[1], title="logistic per source (previous)")
+    plot_reliability(previous, labels if previous_labels is None else previous_labels, ax=axes[1], title=previous_title)
     save_figure(figure, "S6", "detection_reliability", folder=Path(__file__).resolve().parents[1] / "figures")
 
 
@@ -994,6 +1023,8 @@ def main(argv: list[str] | None = None) -> int:
     shipped.add_argument("--check", type=int, default=3, help="held-out scans run end to end through rank_union")
     shipped.add_argument("--no-figures", dest="figures", action="store_false", help="leave figS5 and figS6 as they are")
     shipped.add_argument("--key", default="shipped_per_source_held_out", help="the entry of the results file to write")
+    shipped.add_argument("--previous-folder", default=None, help="a folder with the classifier.json shipped before, scored on --previous-cache's unions beside the shipped one")
+    shipped.add_argument("--previous-cache", default=None, help="the same held-out scans' unions of the candidate settings shipped before")
     for command in (candidates, more, ceiling, evaluate, boost, stacks_stage, shipped):
         command.add_argument("--cache", default="runs/detect")
     for command in (candidates, more):

@@ -61,6 +61,7 @@ References
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -1069,7 +1070,7 @@ def blob_candidates(
     hu = np.asarray(hu)
     lung = np.asarray(lung, bool)
     sampling = _check_scan(hu, lung, spacing)
-    kept = blob_peaks(hu, lung, spacing, radii_mm=radii_mm, grid_mm=grid_mm, margin_mm=margin_mm, hu_floor=hu_floor, hu_ceiling=hu_ceiling, threshold=threshold, max_candidates=max_candidates)
+    kept = _peaks(hu, lung, sampling, radii_mm, grid_mm, margin_mm, hu_floor, hu_ceiling, threshold, max_candidates)
     labels = np.zeros(hu.shape, np.int32)
     rows = []
     for peak in kept:
@@ -1081,23 +1082,12 @@ def blob_candidates(
     return labels, table
 
 
-def blob_peaks(
-    hu: np.ndarray,
-    lung: np.ndarray,
-    spacing: Sequence[float],
-    *,
-    radii_mm: Sequence[float] = BLOB_RADII_MM,
-    grid_mm: float = 1.25,
-    margin_mm: float = 2.0,
-    hu_floor: float = -750.0,
-    hu_ceiling: float = -100.0,
-    threshold: float = 10.0,
-    max_candidates: int | None = 60,
-) -> np.ndarray:
+def blob_peaks(hu: np.ndarray, lung: np.ndarray, spacing: Sequence[float], **options) -> np.ndarray:
     """The peaks that :func:`blob_candidates` keeps, strongest first, before it paints their components.
 
-    Parameters and errors as :func:`blob_candidates`; ``max_candidates=None`` returns every peak
-    of every scale above ``threshold``, strongest first, without the one-per-place suppression.
+    ``options`` are :func:`blob_candidates`'s keyword arguments (its defaults for those not given);
+    ``max_candidates=None`` returns every peak of every scale above ``threshold``, strongest first,
+    without the one-per-place suppression. Errors as :func:`blob_candidates`.
 
     Returns
     -------
@@ -1105,9 +1095,18 @@ def blob_peaks(
         One row per kept peak: its centre (z, y, x in voxels of the scan), radius (mm) and
         scale-normalized dot response (HU); at most ``max_candidates`` rows.
     """
+    settings = {name: p.default for name, p in inspect.signature(blob_candidates).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(options) - set(settings))
+    if unknown:
+        raise InvalidParameterError(f"blob_peaks takes the options of blob_candidates ({', '.join(settings)}), not {', '.join(unknown)}")
+    settings.update(options)
     hu = np.asarray(hu)
     lung = np.asarray(lung, bool)
-    sampling = _check_scan(hu, lung, spacing)
+    return _peaks(hu, lung, _check_scan(hu, lung, spacing), *(settings[name] for name in settings))
+
+
+def _peaks(hu, lung, sampling, radii_mm, grid_mm, margin_mm, hu_floor, hu_ceiling, threshold, max_candidates) -> np.ndarray:
+    """:func:`blob_peaks` of a checked scan and spacing, every option given (in :func:`blob_candidates`'s order)."""
     radii = np.asarray(radii_mm, float)
     if radii.ndim != 1 or not len(radii) or not (radii > 0).all() or grid_mm <= 0 or margin_mm < 0 or threshold < 0 or (max_candidates is not None and int(max_candidates) < 1):
         raise InvalidParameterError("blob_candidates needs radii_mm > 0, grid_mm > 0, margin_mm >= 0, threshold >= 0 and max_candidates >= 1")

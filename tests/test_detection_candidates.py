@@ -58,6 +58,8 @@ def test_blob_peaks_are_the_candidates_centres_and_without_a_cap_every_peak():
     every = blob_peaks(hu, lung, SPACING, max_candidates=None)  # no one-per-place suppression
     assert len(every) >= len(kept) and (np.diff(every[:, 4]) <= 0).all() and every[0, 4] == kept[0, 4]
     assert blob_peaks(hu, np.zeros_like(lung), SPACING).shape == (0, 5)
+    with pytest.raises(NodulekitError, match="blob_peaks takes the options of blob_candidates"):
+        blob_peaks(hu, lung, SPACING, radius_mm=3.0)
 
 
 def test_a_long_vessel_is_not_a_candidate():
