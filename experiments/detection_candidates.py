@@ -29,6 +29,9 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
    :data:`PSEUDO_HU`). ``stacks-stage``: the synthetic-trained stages (logistic, boosted) on the
    stacks' candidates of ``detection_stacks.py candidates``, as that script's "shipped as is" row.
 
+    python experiments/detection_candidates.py ceiling --cache DIR   # training scans: why a nodule has no candidate
+    python experiments/detection_candidates.py candidates --cache NEW --scans-from DIR --training-only --blob '{"max_candidates": 90}'
+    python experiments/detection_candidates.py boost --cache NEW --out SCRATCH --cv-only   # compare candidate settings on the training scans
     python experiments/detection_candidates.py candidates --cache /tmp/cands-cache
     python experiments/detection_candidates.py evaluate --cache /tmp/cands-cache
     python experiments/detection_candidates.py boost --cache /tmp/cands-cache --held-out-cache DIR
@@ -38,6 +41,12 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
     python experiments/detection_candidates.py ship     # boost's members into the shipped folder
     python experiments/detection_candidates.py shipped --cache DIR   # its held-out FROC, figS5, figS6
 
+0. ``ceiling`` (training scans only): which nodules no candidate hits and why (a blob peak ranked
+   beyond ``max_candidates``, a response under the threshold, none at all, or lost to the merge), and
+   how many larger caps would reach. ``candidates --blob JSON`` makes the unions of other blob
+   settings in a new cache folder (the settings are recorded there; ``--scans-from`` links the same
+   scans), ``boost --cv-only`` scores them by the boosted recipe's scan-grouped CV before any
+   held-out scan is read; the README's "Candidates at ten radii" were chosen so.
 5. ``ship``: the per-source members of ``boost`` (``--members boosted``, the default) or of
    ``evaluate`` (``--members logistic``; shipped before), operating point from the training scans'
    out-of-fold scores, as one ``classifier.json`` (:class:`~nodulekit.detection.PerSourceClassifier`)
