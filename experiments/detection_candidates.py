@@ -542,7 +542,7 @@ def _union_recall(candidates, references: dict) -> dict:
                 found.append(index in hit)
                 kinds.append(record.kind)
     found, kinds = np.array(found), np.array(kinds)
-    return {"all": round(float(found.mean()), 3), "nodules": int(len(found)), "by_kind": {k: round(float(found[kinds == k].mean()), 3) for k in sorted(set(kinds))}}
+    return {"all": round(float(found.mean()), 3), "nodules": int(len(found)), "by_kind": {str(k): round(float(found[kinds == k].mean()), 3) for k in sorted(set(kinds))}}
 
 
 def _leaves_in_all(settings: dict, by_source: bool) -> int:
