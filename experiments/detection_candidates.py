@@ -29,6 +29,9 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
    :data:`PSEUDO_HU`). ``stacks-stage``: the synthetic-trained stages (logistic, boosted) on the
    stacks' candidates of ``detection_stacks.py candidates``, as that script's "shipped as is" row.
 
+    python experiments/detection_candidates.py ceiling --cache DIR   # training scans: why a nodule has no candidate
+    python experiments/detection_candidates.py candidates --cache NEW --scans-from DIR --training-only --blob '{"max_candidates": 90}'
+    python experiments/detection_candidates.py boost --cache NEW --out SCRATCH --cv-only   # compare candidate settings on the training scans
     python experiments/detection_candidates.py candidates --cache /tmp/cands-cache
     python experiments/detection_candidates.py evaluate --cache /tmp/cands-cache
     python experiments/detection_candidates.py boost --cache /tmp/cands-cache --held-out-cache DIR
@@ -38,6 +41,12 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
     python experiments/detection_candidates.py ship     # boost's members into the shipped folder
     python experiments/detection_candidates.py shipped --cache DIR   # its held-out FROC, figS5, figS6
 
+0. ``ceiling`` (training scans only): which nodules no candidate hits and why (a blob peak ranked
+   beyond ``max_candidates``, a response under the threshold, none at all, or lost to the merge), and
+   how many larger caps would reach. ``candidates --blob JSON`` makes the unions of other blob
+   settings in a new cache folder (the settings are recorded there; ``--scans-from`` links the same
+   scans), ``boost --cv-only`` scores them by the boosted recipe's scan-grouped CV before any
+   held-out scan is read; the README's "Candidates at ten radii" were chosen so.
 5. ``ship``: the per-source members of ``boost`` (``--members boosted``, the default) or of
    ``evaluate`` (``--members logistic``; shipped before), operating point from the training scans'
    out-of-fold scores, as one ``classifier.json`` (:class:`~nodulekit.detection.PerSourceClassifier`)
@@ -65,14 +74,21 @@ CLASSIFIER_FOLDER = "detection_candidates_classifier"
 SOURCES = ("segmenter", "blob", "union")
 
 
-def union_candidates(hu, probabilities, lung, spacing, *, threshold: float = 0.5):
-    """(segmenter labels and table, blob labels and table, union labels and table) of one scan."""
+#: A cache folder's blob settings (``candidates --blob``), written once: every union in it uses them.
+BLOB_SETTINGS_FILE = "blob_settings.json"
+
+
+def union_candidates(hu, probabilities, lung, spacing, *, threshold: float = 0.5, blob_settings: dict | None = None):
+    """(segmenter labels and table, blob labels and table, union labels and table) of one scan.
+
+    ``blob_settings`` are keyword arguments of :func:`~nodulekit.detection.blob_candidates` (its defaults when None).
+    """
     from nodulekit.detection import blob_candidates, merge_candidates
     from nodulekit.inference import measure_nodules
 
     segmenter = measure_nodules(probabilities >= threshold, spacing=spacing, probabilities=probabilities, hu=hu, min_diameter_mm=3.0, min_voxels=3)
     start = time.perf_counter()
-    blob = blob_candidates(hu, lung, spacing)
+    blob = blob_candidates(hu, lung, spacing, **(blob_settings or {}))
     seconds = time.perf_counter() - start
     union = merge_candidates(*segmenter, *blob, spacing=spacing)
     return segmenter, blob, union, seconds
@@ -86,8 +102,8 @@ def union_features(labels, table, *, probabilities, hu, lung, spacing):
     return table.join(features).join(source_features(table))
 
 
-def scan_union(path: Path) -> None:
-    """``scan-<seed>-union.csv`` and ``scan-<seed>-recall.csv`` beside a cached scan."""
+def scan_union(path: Path, blob_settings: dict | None = None) -> None:
+    """``scan-<seed>-union.csv`` and ``scan-<seed>-recall.csv`` beside a cached scan (blob candidates with ``blob_settings``)."""
     import pandas as pd
 
     from nodulekit.froc import hit_matrix, reference_from_mask
@@ -97,7 +113,7 @@ def scan_union(path: Path) -> None:
         return
     scan = whole_scan.load_scan(path)
     spacing = scan["spacing"]
-    (_, seg_table), (_, blob_table), (labels, table), seconds = union_candidates(scan["hu"], scan["probabilities"], scan["lung"], spacing)
+    (_, seg_table), (_, blob_table), (labels, table), seconds = union_candidates(scan["hu"], scan["probabilities"], scan["lung"], spacing, blob_settings=blob_settings)
     reference = reference_from_mask(scan["truth"], spacing=spacing)
     reference["kind"] = whole_scan._reference_kinds(reference, scan["info"]["nodules"], spacing)
     relevant = ~reference["ignore"].to_numpy(bool)
@@ -123,15 +139,46 @@ def scan_union(path: Path) -> None:
     reference.to_csv(path.with_name(path.stem + "-reference.csv"), index=False)
 
 
+def cache_blob_settings(folder: Path, requested: str | None, *, scans_from: str | None = None) -> dict:
+    """The blob settings of a cache folder: ``requested`` (JSON) recorded on first use, then checked; scans linked from ``scans_from``.
+
+    A new folder can hold the same scans as another (``scans_from``: the scans, their segmenter-only
+    features and references are linked, never copied or changed) with the blob candidates of other
+    settings, so that caches of different settings never mix.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if scans_from:
+        for source in sorted(Path(scans_from).glob("scan-?????*")):
+            if source.name.endswith((".npz", "-candidates.csv")) and not (folder / source.name).exists():
+                (folder / source.name).symlink_to(source.resolve())
+    settings = json.loads(requested) if requested else {}
+    recorded = folder / BLOB_SETTINGS_FILE
+    if recorded.exists():
+        if requested is not None and json.loads(recorded.read_text()) != settings:
+            raise SystemExit(f"{folder} holds unions of other blob settings ({recorded.read_text()}); use a new --cache folder")
+        return json.loads(recorded.read_text())
+    recorded.write_text(json.dumps(settings))
+    return settings
+
+
+def recorded_blob_settings(folder: Path) -> dict:
+    """The blob settings a cache folder's unions were made with (``{}``: the defaults of its time)."""
+    recorded = Path(folder) / BLOB_SETTINGS_FILE
+    return json.loads(recorded.read_text()) if recorded.exists() else {}
+
+
 def command_candidates(args) -> int:
     from tqdm.auto import tqdm
 
     folder = Path(args.cache)
+    settings = cache_blob_settings(folder, args.blob, scans_from=args.scans_from)
     while True:
         paths = [p for p in sorted(folder.glob("scan-?????.npz")) if not p.with_name(p.stem + "-union.csv").exists()]
         paths.sort(key=lambda p: (not whole_scan.is_held_out(int(p.name[5:10])), p.name))  # held-out scans first
+        if args.training_only:
+            paths = [p for p in paths if not whole_scan.is_held_out(int(p.name[5:10]))]
         for path in tqdm(paths, desc="union candidates"):
-            scan_union(path)
+            scan_union(path, settings)
             whole_scan.cache_features(path)
         if not args.follow or not paths and (folder / "cache.done").exists():
             return 0
@@ -146,12 +193,108 @@ def command_more_held_out(args) -> int:
     from nodulekit import load_pretrained
 
     folder = Path(args.cache)
-    folder.mkdir(parents=True, exist_ok=True)
+    settings = cache_blob_settings(folder, args.blob)
     segmenter = load_pretrained(tta=False).segmenter  # as detection.py cache
     for seed in tqdm([s for s in range(args.first, args.first + args.count) if whole_scan.is_held_out(s)], desc="held-out scans"):
         path = whole_scan.cache_scan(seed, folder, segmenter)
-        scan_union(path)
+        scan_union(path, settings)
         whole_scan.cache_features(path)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# The ceiling: why a nodule has no candidate (training scans only)
+# --------------------------------------------------------------------------------------------------
+
+#: Blob-filter caps at which ``ceiling`` counts how many nodules a larger ``max_candidates`` would reach.
+CEILING_CAPS = (60, 90, 120, 150, 200, 300)
+
+
+def scan_ceiling(path: Path, blob_settings: dict) -> list[dict]:
+    """Per nodule of one cached scan: found by which source, and for the missed ones why (blob peaks' rank and response)."""
+    import pandas as pd
+
+    from nodulekit.detection import blob_peaks
+    from nodulekit.froc import hit_matrix, reference_from_mask
+
+    scan = whole_scan.load_scan(path)
+    spacing = scan["spacing"]
+    (_, seg_table), (_, blob_table), (_, table), _ = union_candidates(scan["hu"], scan["probabilities"], scan["lung"], spacing, blob_settings=blob_settings)
+    reference = reference_from_mask(scan["truth"], spacing=spacing)
+    reference["kind"] = whole_scan._reference_kinds(reference, scan["info"]["nodules"], spacing)
+
+    def found(frame):
+        return hit_matrix(frame, reference, spacing=spacing) if len(frame) else np.zeros((0, len(reference)), bool)
+
+    def peak_hits(peaks):
+        return found(pd.DataFrame(peaks[:, :3], columns=["centroid_z", "centroid_y", "centroid_x"]))
+
+    every = blob_peaks(scan["hu"], scan["lung"], spacing, **{**blob_settings, "max_candidates": 10**6})  # every distinct peak above the threshold, strongest first
+    loose = blob_peaks(scan["hu"], scan["lung"], spacing, **{**blob_settings, "max_candidates": None, "threshold": 0.0, "hu_floor": -1000.0})
+    every_hits, loose_hits = peak_hits(every), peak_hits(loose)
+    sources = {name: found(frame).any(axis=0) for name, frame in (("segmenter", seg_table), ("blob", blob_table), ("union", table))}
+    lung = np.asarray(scan["lung"], bool)
+    rows = []
+    for index, record in enumerate(reference.itertuples(index=False)):
+        if record.ignore:
+            continue
+        z = slice(int(record.slice_first), int(record.slice_last) + 1)
+        voxels = scan["truth"][z] > 0
+        ranks = np.flatnonzero(every_hits[:, index])
+        strongest = loose[loose_hits[:, index], 4]
+        rows.append({
+            "seed": scan["info"]["seed"], "kind": record.kind, "diameter_mm": round(float(record.diameter_mm), 1), "slices": int(record.slice_last - record.slice_first + 1),
+            "mean_hu": round(float(scan["hu"][z][voxels].mean()), 0), "in_lung_mask": round(float(lung[z][voxels].mean()), 2),
+            **{f"found_{name}": bool(hits[index]) for name, hits in sources.items()},
+            "peak_rank": int(ranks[0]) if len(ranks) else np.nan, "peak_response": round(float(every[ranks[0], 4]), 1) if len(ranks) else np.nan,
+            "peak_radius_mm": float(every[ranks[0], 3]) if len(ranks) else np.nan,
+            "response_without_threshold_or_floor": round(float(strongest.max()), 2) if len(strongest) else np.nan,
+        })
+    return rows
+
+
+def _why_missed(row: dict, cap: int) -> str:
+    """The reason a nodule without a candidate has none."""
+    if not np.isfinite(row["peak_rank"]):
+        weak = row["response_without_threshold_or_floor"]
+        return "no blob response on it (never three negative Hessian eigenvalues)" if not np.isfinite(weak) or weak <= 0 else "response under the threshold or centre under hu_floor"
+    if row["peak_rank"] >= cap:
+        return "a distinct peak, ranked beyond max_candidates"
+    return "a peak within max_candidates, lost to painting or the merge"
+
+
+def command_ceiling(args) -> int:
+    """Which training nodules have no candidate, and why; how many larger caps of the blob filter would reach."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from nodulekit.utils import write_json
+
+    folder, out = Path(args.cache), Path(args.out)
+    settings = json.loads(args.blob) if args.blob else {}
+    cap = int(settings.get("max_candidates", 60))
+    paths = [p for p in sorted(folder.glob("scan-?????.npz")) if not whole_scan.is_held_out(int(p.name[5:10]))][: args.limit]
+    frame = pd.DataFrame([row for path in tqdm(paths, desc="ceiling") for row in scan_ceiling(path, settings)])
+    missed = frame[~frame["found_union"]]
+    reasons = missed.apply(lambda r: _why_missed(r.to_dict(), cap), axis=1)
+    reach = {}
+    for c in CEILING_CAPS:
+        found = frame["found_union"] | (frame["peak_rank"].notna() & (frame["peak_rank"].fillna(1e9) < c))
+        reach[str(c)] = {"all": round(float(found.mean()), 3), "by_kind": {k: round(float(v), 3) for k, v in found.groupby(frame["kind"]).mean().items()}}
+    summary = {
+        "training_scans": len(paths), "nodules": int(len(frame)), "blob_settings": settings,
+        "recall": {name: round(float(frame[f"found_{name}"].mean()), 3) for name in SOURCES},
+        "recall_by_kind": {name: {k: round(float(v), 3) for k, v in frame.groupby("kind")[f"found_{name}"].mean().items()} for name in SOURCES},
+        "missed": int(len(missed)), "missed_by_reason": {k: int(v) for k, v in reasons.value_counts().items()},
+        "missed_by_kind": {k: int(v) for k, v in missed["kind"].value_counts().items()},
+        "missed_median": {c: float(missed[c].median()) for c in ("diameter_mm", "slices", "mean_hu", "in_lung_mask", "peak_rank", "peak_response") if missed[c].notna().any()},
+        "found_with_a_larger_cap": reach,
+        "missed_nodules": missed.assign(reason=reasons).astype(object).where(missed.assign(reason=reasons).notna(), None).to_dict(orient="records"),
+    }
+    previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
+    previous[args.key] = summary
+    write_json(out / RESULT, previous)
+    print(json.dumps({k: v for k, v in summary.items() if k != "missed_nodules"}, indent=1))
     return 0
 
 
@@ -387,6 +530,21 @@ def _calibration_check(raw, labels, folds, candidates, groups) -> dict:
     return out
 
 
+def _union_recall(candidates, references: dict) -> dict:
+    """Share of the reference nodules (not ignored) hit by any candidate, overall and by kind (the ceiling of any ranking)."""
+    found, kinds = [], []
+    for seed, reference in references.items():
+        hit = set()
+        for text in candidates.loc[candidates["seed"] == seed, "hit"]:
+            hit.update(int(k) for k in str(text).split())
+        for index, record in enumerate(reference.itertuples(index=False)):
+            if not record.ignore:
+                found.append(index in hit)
+                kinds.append(record.kind)
+    found, kinds = np.array(found), np.array(kinds)
+    return {"all": round(float(found.mean()), 3), "nodules": int(len(found)), "by_kind": {str(k): round(float(found[kinds == k].mean()), 3) for k in sorted(set(kinds))}}
+
+
 def _leaves_in_all(settings: dict, by_source: bool) -> int:
     return settings["max_leaf_nodes"] * settings["max_iter"] * (2 if by_source else 1)
 
@@ -437,6 +595,23 @@ def command_boost(args) -> int:
         member.metadata = {"settings": chosen["settings"], "one_model_for_both_sources": not chosen["by_source"], "platt": use_platt,
                            "trained_on": f"{'all' if not chosen['by_source'] else source} candidates of the union of {len(train_refs)} synthetic scans (even seeds)"}
         member.save(out / BOOSTED_FOLDER / source)
+    cv = {
+        "training_scans": len(train_refs), "folds": args.folds, "cache": str(folder), "blob_settings": recorded_blob_settings(folder),
+        "training_candidates_per_scan": round(len(train) / len(train_refs), 1), "training_recall": _union_recall(train, train_refs),
+        "cv_per_source_logistic": {"cpm_by_regularization": logistic_cv, "regularization": logistic_c, "cpm": logistic_cv[str(logistic_c)]},
+        "cv_boosting": [{k: v for k, v in t.items() if k != "raw"} for t in trials],
+        "chosen": {"by_source": chosen["by_source"], "settings": chosen["settings"], "cv_cpm": chosen["cv_cpm"], "rule": f"fewest leaves within {CPM_TIE} CPM of the best"},
+        "calibration_out_of_fold": calibration,
+        "platt": {"used": use_platt, "steps": {g: list(s) for g, s in steps.items()}, "rule": "used when the cross-fitted Platt step lowers the out-of-fold Brier score"},
+        "operating_point": {"threshold": threshold, "target_fp_per_scan": 1.0, "chosen_on": "out-of-fold scores of the training scans"},
+        "cv_cpm_after_calibration": round(float(oof_result.cpm), 4),
+    }
+    previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
+    if args.cv_only:  # the training scans only: settings of the candidate stage compared before any held-out scan is scored
+        previous[args.key] = cv
+        write_json(out / RESULT, previous)
+        print(json.dumps({k: v for k, v in cv.items() if k not in ("calibration_out_of_fold", "cv_boosting")}, indent=1, default=str))
+        return 0
     # only now: the held-out scans
     held_out_folder = Path(args.held_out_cache or args.cache)
     test, test_refs, _, _ = load_union(held_out_folder, held_out=True)
@@ -455,19 +630,8 @@ def command_boost(args) -> int:
             "fp_per_scan_at_operating_point": round(float((kept & ~test_labels).sum() / len(test_refs)), 2),
             "reliability": reliability_table(scores, test_labels, bins=10),
         }
-    summary = {
-        "training_scans": len(train_refs), "held_out_scans": len(test_refs), "folds": args.folds, "held_out_cache": str(held_out_folder),
-        "cv_per_source_logistic": {"cpm_by_regularization": logistic_cv, "regularization": logistic_c, "cpm": logistic_cv[str(logistic_c)]},
-        "cv_boosting": [{k: v for k, v in t.items() if k != "raw"} for t in trials],
-        "chosen": {"by_source": chosen["by_source"], "settings": chosen["settings"], "cv_cpm": chosen["cv_cpm"], "rule": f"fewest leaves within {CPM_TIE} CPM of the best"},
-        "calibration_out_of_fold": calibration,
-        "platt": {"used": use_platt, "steps": {g: list(s) for g, s in steps.items()}, "rule": "used when the cross-fitted Platt step lowers the out-of-fold Brier score"},
-        "operating_point": {"threshold": threshold, "target_fp_per_scan": 1.0, "chosen_on": "out-of-fold scores of the training scans"},
-        "cv_cpm_after_calibration": round(float(oof_result.cpm), 4),
-        "held_out": held_out,
-    }
-    previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
-    previous["boosted_second_stage"] = summary
+    summary = {**cv, "held_out_scans": len(test_refs), "held_out_cache": str(held_out_folder), "held_out": held_out}
+    previous[args.key] = summary
     write_json(out / RESULT, previous)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("calibration_out_of_fold",)}, indent=1, default=str)[:6000])
     return 0
@@ -645,7 +809,10 @@ def command_ship(args) -> int:
 
 
 def _shipped_candidates() -> str:
-    return "the shipped segmenter's components (threshold 0.5, >= 3 mm) and nodulekit.detection.blob_candidates (defaults) inside the lung mask, merged by merge_candidates"
+    from nodulekit.detection import BLOB_RADII_MM
+
+    return (f"the shipped segmenter's components (threshold 0.5, >= 3 mm) and nodulekit.detection.blob_candidates (defaults: radii {list(BLOB_RADII_MM)} mm, "
+            "at most 60) inside the lung mask, merged by merge_candidates")
 
 
 def _boosted_metadata(results: dict, threshold: float) -> dict:
@@ -669,7 +836,7 @@ def _boosted_metadata(results: dict, threshold: float) -> dict:
             "target_fp_per_scan": 1.0,
             "threshold": threshold,
         },
-        "held_out": {"scans": f"{boosted['held_out_scans']} synthetic scans, odd seeds 1-59 (no stage trained on them)", "cpm": held_out["cpm"], "sensitivity_at_fp": held_out["sensitivity_at_fp"]},
+        "held_out": {"scans": f"{boosted['held_out_scans']} synthetic scans, odd seeds 1-{2 * boosted['held_out_scans'] - 1} (no stage trained on them)", "cpm": held_out["cpm"], "sensitivity_at_fp": held_out["sensitivity_at_fp"]},
         "experiment": "experiments/detection_candidates.py (boost, ship --members boosted)",
     }
 
@@ -707,6 +874,16 @@ def command_shipped(args) -> int:
     result = whole_scan.froc_of(test, test_refs, scores, spacing_of)
     previous_stage = score({source: load_classifier(out / CLASSIFIER_FOLDER / source) for source in ("segmenter", "blob")}, test)
     previous_result = whole_scan.froc_of(test, test_refs, previous_stage, spacing_of)
+    shipped_before = None
+    if args.previous_folder:  # the stage shipped before, on the candidates of its own time (another cache of the same scans)
+        old_folder = Path(args.previous_cache or args.cache)
+        old, old_refs, _, _ = load_union(old_folder, held_out=True)
+        if sorted(old_refs) != sorted(test_refs):
+            raise SystemExit(f"{old_folder} holds other held-out scans than {folder}")
+        before_stage = load_classifier(Path(args.previous_folder))
+        old_scores = before_stage.predict_proba(old)
+        shipped_before = whole_scan.froc_of(old, old_refs, old_scores, whole_scan.spacings(old_folder, old_refs))
+        ceiling_before = _union_recall(old, old_refs)
     summary = {
         "classifier": str(args.folder),
         "held_out_scans": len(test_refs),
@@ -714,13 +891,23 @@ def command_shipped(args) -> int:
         "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in result.sensitivities.items()},
         "operating_point": classifier.threshold,
         "per_source_logistic_before": {"cpm": round(float(previous_result.cpm), 4), "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in previous_result.sensitivities.items()}},
+        "candidate_recall": _union_recall(test, test_refs),
+        "candidates_per_scan": round(len(test) / len(test_refs), 1),
+        **({"shipped_before": {"classifier": str(args.previous_folder), "cache": str(args.previous_cache or args.cache), "cpm": round(float(shipped_before.cpm), 4),
+                               "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in shipped_before.sensitivities.items()},
+                               "candidate_recall": ceiling_before, "candidates_per_scan": round(len(old) / len(old_refs), 1),
+                               "fp_per_scan_at_operating_point": round(float(((old_scores >= before_stage.threshold) & ~old["label"].to_numpy(bool)).sum() / len(old_refs)), 2)}}
+           if shipped_before is not None else {}),
         "recall_by_kind_at_operating_point": whole_scan._recall_by_kind(test, test_refs, scores, classifier.threshold),
         "fp_per_scan_at_operating_point": round(float(((scores >= classifier.threshold) & ~test["label"].to_numpy(bool)).sum() / len(test_refs)), 2),
         **_rank_union_check(folder, test, test_refs, scores, classifier, spacing_of, args.check),
     }
     if args.figures:
-        _plot_shipped_froc(folder, test_refs, spacing_of, result, previous_result)
-        _plot_shipped_reliability(test["label"].to_numpy(bool), scores, previous_stage, len(test_refs))
+        _plot_shipped_froc(folder, test_refs, spacing_of, result, previous_result, shipped_before)
+        if shipped_before is not None:
+            _plot_shipped_reliability(test["label"].to_numpy(bool), scores, old_scores, len(test_refs), old["label"].to_numpy(bool), "boosted trees, 6-radii candidates (previous)")
+        else:
+            _plot_shipped_reliability(test["label"].to_numpy(bool), scores, previous_stage, len(test_refs))
     previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
     previous[args.key] = summary
     write_json(out / RESULT, previous)
@@ -761,8 +948,8 @@ def _rank_union_check(folder: Path, test, test_refs, scores, classifier, spacing
     }
 
 
-def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped, per_source_logistic) -> None:
-    """Fig. S5: the shipped boosted stage against the per-source logistic one and the stage before (segmenter candidates, one classifier) on the same scans."""
+def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped, per_source_logistic, shipped_before=None) -> None:
+    """Fig. S5: the shipped boosted stage against the boosted stage before it (its own candidates; when given), the per-source logistic one and the first stage (segmenter candidates, one classifier) on the same scans."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -775,18 +962,23 @@ def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped, per_source_logis
     segmenter_only = pd.concat(tables, ignore_index=True)
     previous = load_classifier(Path(__file__).with_name("results") / "detection_classifier")
     before = whole_scan.froc_of(segmenter_only, refs, previous.predict_proba(segmenter_only), spacing_of)
+    curves = {"blob at 10 radii + segmenter, boosted (shipped)": shipped}
+    if shipped_before is not None:
+        curves["blob at 6 radii + segmenter, boosted (before)"] = shipped_before
+    curves["blob at 10 radii + segmenter, logistic per source"] = per_source_logistic
+    curves["segmenter only, one logistic (first stage)"] = before
     fig = plot_froc(
-        {"segmenter + blob candidates, boosted trees (shipped)": shipped, "segmenter + blob candidates, logistic per source (previous)": per_source_logistic,
-         "segmenter candidates, one logistic (before)": before},
+        curves,
         title=f"{len(refs)} held-out synthetic scans ({whole_scan.N_SLICES} slices each)",
     )
+    fig.axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: the curves stay visible
     path = Path(__file__).resolve().parents[1] / "figures" / "figS5_detection_froc.png"
     fig.savefig(path, dpi=150, bbox_inches="tight")
     print(f"wrote {path} (previous stages CPM {per_source_logistic.cpm:.3f}, {before.cpm:.3f})")
 
 
-def _plot_shipped_reliability(labels, shipped, previous, scans: int) -> None:
-    """Fig. S6: reliability of the shipped stage's scores on the held-out candidates, beside the previous stage's."""
+def _plot_shipped_reliability(labels, shipped, previous, scans: int, previous_labels=None, previous_title: str = "logistic per source (previous)") -> None:
+    """Fig. S6: reliability of the shipped stage's scores on the held-out candidates, beside the previous stage's (on its own candidates when ``previous_labels`` are given)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -797,7 +989,7 @@ def _plot_shipped_reliability(labels, shipped, previous, scans: int) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     plot_reliability(shipped, labels, ax=axes[0], title=f"boosted trees + Platt (shipped): {scans} held-out scans")
-    plot_reliability(previous, labels, ax=axes[1], title="logistic per source (previous)")
+    plot_reliability(previous, labels if previous_labels is None else previous_labels, ax=axes[1], title=previous_title)
     save_figure(figure, "S6", "detection_reliability", folder=Path(__file__).resolve().parents[1] / "figures")
 
 
@@ -806,9 +998,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     candidates = sub.add_parser("candidates", help="segmenter, blob and union candidates of the cached scans")
     candidates.add_argument("--follow", action="store_true", help="keep going while `detection.py cache` adds scans")
+    candidates.add_argument("--scans-from", default=None, help="link the cached scans of this folder into --cache first (a cache of other blob settings)")
+    candidates.add_argument("--training-only", action="store_true", help="only the training (even) seeds: held-out unions wait until the settings are chosen")
     more = sub.add_parser("more-held-out", help="more held-out scans (odd seeds of a range): generate, segment, union candidates")
     more.add_argument("--first", type=int, default=60)
     more.add_argument("--count", type=int, default=40)
+    ceiling = sub.add_parser("ceiling", help="training scans: which nodules have no candidate and why")
+    ceiling.add_argument("--blob", default=None, help="blob_candidates keyword arguments as JSON (default: its defaults)")
+    ceiling.add_argument("--limit", type=int, default=None, help="at most this many training scans")
+    ceiling.add_argument("--key", default="ceiling_training", help="the entry of the results file to write")
     evaluate = sub.add_parser("evaluate", help="recall by source and the union's second stage on held-out scans")
     evaluate.add_argument("--held-out", type=int, default=None, help="at most this many held-out scans")
     evaluate.add_argument("--train", type=int, default=None, help="at most this many training scans")
@@ -816,6 +1014,8 @@ def main(argv: list[str] | None = None) -> int:
     boost = sub.add_parser("boost", help="boosted trees: settings by scan-grouped CV on the training scans, then the held-out scans")
     boost.add_argument("--folds", type=int, default=5)
     boost.add_argument("--held-out-cache", default=None, help="the held-out scans' union tables from here (default: --cache)")
+    boost.add_argument("--cv-only", action="store_true", help="the training scans' CV only (no held-out scan is read)")
+    boost.add_argument("--key", default="boosted_second_stage", help="the entry of the results file to write")
     lidc = sub.add_parser("lidc", help="LIDC-IDRI-0001: candidates by source and the nodule's rank")
     lidc.add_argument("scan")
     stacks = sub.add_parser("stacks", help="dev crop stacks: segmenter against union recall by pseudo-HU band")
@@ -832,12 +1032,16 @@ def main(argv: list[str] | None = None) -> int:
     shipped.add_argument("--check", type=int, default=3, help="held-out scans run end to end through rank_union")
     shipped.add_argument("--no-figures", dest="figures", action="store_false", help="leave figS5 and figS6 as they are")
     shipped.add_argument("--key", default="shipped_per_source_held_out", help="the entry of the results file to write")
-    for command in (candidates, more, evaluate, boost, stacks_stage, shipped):
+    shipped.add_argument("--previous-folder", default=None, help="a folder with the classifier.json shipped before, scored on --previous-cache's unions beside the shipped one")
+    shipped.add_argument("--previous-cache", default=None, help="the same held-out scans' unions of the candidate settings shipped before")
+    for command in (candidates, more, ceiling, evaluate, boost, stacks_stage, shipped):
         command.add_argument("--cache", default="runs/detect")
-    for command in (evaluate, boost, lidc, stacks, stacks_stage, ship_parser, shipped):
+    for command in (candidates, more):
+        command.add_argument("--blob", default=None, help="blob_candidates keyword arguments as JSON, recorded in the cache folder (default: its defaults)")
+    for command in (ceiling, evaluate, boost, lidc, stacks, stacks_stage, ship_parser, shipped):
         command.add_argument("--out", default="experiments/results")
     args = parser.parse_args(argv)
-    commands = {"candidates": command_candidates, "more-held-out": command_more_held_out, "evaluate": command_evaluate, "boost": command_boost, "lidc": command_lidc, "stacks": command_stacks, "stacks-stage": command_stacks_stage, "ship": command_ship, "shipped": command_shipped}
+    commands = {"ceiling": command_ceiling, "candidates": command_candidates, "more-held-out": command_more_held_out, "evaluate": command_evaluate, "boost": command_boost, "lidc": command_lidc, "stacks": command_stacks, "stacks-stage": command_stacks_stage, "ship": command_ship, "shipped": command_shipped}
     return commands[args.command](args)
 
 

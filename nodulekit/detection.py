@@ -61,6 +61,7 @@ References
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -990,8 +991,11 @@ BLOB_COLUMNS = ("nodule_id", "centroid_z", "centroid_y", "centroid_x", "n_slices
 #: sources (:func:`source_features`); not part of :data:`FEATURE_NAMES` (the shipped classifier).
 SOURCE_FEATURE_NAMES = ("from_blob", "log_blob_strength")
 
-#: Nodule radii (mm) at which :func:`blob_candidates` looks, 3 to 30 mm nodules.
-BLOB_RADII_MM = (1.5, 2.5, 4.0, 6.5, 10.0, 15.0)
+#: Nodule radii (mm) at which :func:`blob_candidates` looks, 3 to 30 mm nodules, about 1.25x apart up
+#: to 10 mm. The six radii before, (1.5, 2.5, 4.0, 6.5, 10.0, 15.0), missed more nodules between their
+#: scales: union candidate recall 0.883 with them, 0.917 with these, at the same 60 blobs per scan
+#: (60 training scans; ``experiments/detection_candidates.py ceiling``, README "Whole scans").
+BLOB_RADII_MM = (1.5, 2.0, 2.5, 3.2, 4.0, 5.0, 6.5, 8.0, 10.0, 15.0)
 
 
 def blob_candidates(
@@ -1069,12 +1073,48 @@ def blob_candidates(
     hu = np.asarray(hu)
     lung = np.asarray(lung, bool)
     sampling = _check_scan(hu, lung, spacing)
-    radii = np.asarray(radii_mm, float)
-    if radii.ndim != 1 or not len(radii) or not (radii > 0).all() or grid_mm <= 0 or margin_mm < 0 or threshold < 0 or int(max_candidates) < 1:
-        raise InvalidParameterError("blob_candidates needs radii_mm > 0, grid_mm > 0, margin_mm >= 0, threshold >= 0 and max_candidates >= 1")
+    kept = _peaks(hu, lung, sampling, radii_mm, grid_mm, margin_mm, hu_floor, hu_ceiling, threshold, max_candidates)
     labels = np.zeros(hu.shape, np.int32)
+    rows = []
+    for peak in kept:
+        label = len(rows) + 1
+        row = _paint(labels, label, peak, hu, lung, sampling, hu_floor, margin_mm)
+        if row is not None:
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=list(BLOB_COLUMNS))
+    return labels, table
+
+
+def blob_peaks(hu: np.ndarray, lung: np.ndarray, spacing: Sequence[float], **options) -> np.ndarray:
+    """The peaks that :func:`blob_candidates` keeps, strongest first, before it paints their components.
+
+    ``options`` are :func:`blob_candidates`'s keyword arguments (its defaults for those not given);
+    ``max_candidates=None`` returns every peak of every scale above ``threshold``, strongest first,
+    without the one-per-place suppression. Errors as :func:`blob_candidates`.
+
+    Returns
+    -------
+    ndarray of float, shape (n, 5)
+        One row per kept peak: its centre (z, y, x in voxels of the scan), radius (mm) and
+        scale-normalized dot response (HU); at most ``max_candidates`` rows.
+    """
+    settings = {name: p.default for name, p in inspect.signature(blob_candidates).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(options) - set(settings))
+    if unknown:
+        raise InvalidParameterError(f"blob_peaks takes the options of blob_candidates ({', '.join(settings)}), not {', '.join(unknown)}")
+    settings.update(options)
+    hu = np.asarray(hu)
+    lung = np.asarray(lung, bool)
+    return _peaks(hu, lung, _check_scan(hu, lung, spacing), *(settings[name] for name in settings))
+
+
+def _peaks(hu, lung, sampling, radii_mm, grid_mm, margin_mm, hu_floor, hu_ceiling, threshold, max_candidates) -> np.ndarray:
+    """:func:`blob_peaks` of a checked scan and spacing, every option given (in :func:`blob_candidates`'s order)."""
+    radii = np.asarray(radii_mm, float)
+    if radii.ndim != 1 or not len(radii) or not (radii > 0).all() or grid_mm <= 0 or margin_mm < 0 or threshold < 0 or (max_candidates is not None and int(max_candidates) < 1):
+        raise InvalidParameterError("blob_candidates needs radii_mm > 0, grid_mm > 0, margin_mm >= 0, threshold >= 0 and max_candidates >= 1")
     if not lung.any():
-        return labels, pd.DataFrame(columns=list(BLOB_COLUMNS))
+        return np.zeros((0, 5))
     box = _box(lung, sampling, 3.0 * radii.max())
     image = np.clip(hu[box].astype(np.float32), -1000.0, hu_ceiling)
     base_step = np.maximum(np.round(grid_mm / sampling), 1).astype(int)
@@ -1092,15 +1132,10 @@ def blob_candidates(
         peaks.append(_dot_peaks(*grids[grid], sampling, radius, hu_floor, threshold))
     peaks = np.concatenate(peaks)
     peaks[:, :3] += [s.start for s in box]
+    if max_candidates is None:
+        return peaks[np.argsort(-peaks[:, 4], kind="stable")]
     kept = _suppress(peaks, sampling, int(max_candidates))
-    rows = []
-    for peak in kept:
-        label = len(rows) + 1
-        row = _paint(labels, label, peak, hu, lung, sampling, hu_floor, margin_mm)
-        if row is not None:
-            rows.append(row)
-    table = pd.DataFrame(rows, columns=list(BLOB_COLUMNS))
-    return labels, table
+    return np.array(kept).reshape(-1, 5)
 
 
 def merge_candidates(

@@ -201,6 +201,20 @@ def test_segmenter_folder_saves_and_loads_its_second_stage(tmp_path):
     assert not (tmp_path / "with" / CLASSIFIER_FILE).exists() and load_segmenter(tmp_path / "with").classifier is None
 
 
+def test_the_shipped_stage_was_trained_on_the_candidates_blob_candidates_makes_now():
+    """The shipped numbers (README "Whole scans", candidates at ten radii) and the blob settings they hold for."""
+    from nodulekit.detection import BLOB_RADII_MM
+    from nodulekit.pretrained import PRETRAINED_DIR
+
+    metadata = load_classifier(PRETRAINED_DIR / "lidc_attention_unet").metadata
+    assert f"radii {list(BLOB_RADII_MM)} mm" in metadata["candidates"]  # retrain and ship again after changing the blob defaults
+    assert BLOB_RADII_MM == (1.5, 2.0, 2.5, 3.2, 4.0, 5.0, 6.5, 8.0, 10.0, 15.0)
+    assert metadata["held_out"]["cpm"] == pytest.approx(0.7645, abs=1e-4) and metadata["held_out"]["scans"].startswith("50 synthetic scans")
+    assert metadata["validation_cpm"] == pytest.approx(0.7667, abs=1e-4)
+    assert metadata["operating_point"]["threshold"] == pytest.approx(0.3885, abs=1e-4)
+    assert metadata["settings"] == {"learning_rate": 0.1, "max_iter": 100, "max_leaf_nodes": 16, "min_samples_leaf": 20}
+
+
 def test_shipped_segmenter_carries_its_second_stage_and_ranks_a_synthetic_scan():
     from nodulekit.phantom import generate_volume
     from nodulekit.pretrained import PRETRAINED_DIR

@@ -12,6 +12,7 @@ from nodulekit.detection import (
     SOURCE_FEATURE_NAMES,
     CandidateClassifier,
     blob_candidates,
+    blob_peaks,
     merge_candidates,
     source_features,
 )
@@ -44,6 +45,21 @@ def test_a_solid_and_a_ground_glass_ball_are_candidates():
         assert np.linalg.norm(centres - centre, axis=1).min() <= 2.0
     assert np.linalg.norm(centres[0] - (16, 20, 20)) <= 2.0  # the solid ball responds most
     assert (table["source"] == "blob").all() and (table["blob_strength"] > 0).all()
+
+
+def test_blob_peaks_are_the_candidates_centres_and_without_a_cap_every_peak():
+    hu, lung = _lung()
+    hu[_ball(hu.shape, (16, 20, 20), 4.0)], hu[_ball(hu.shape, (16, 44, 44), 5.0)] = 30.0, -600.0
+    _, table = blob_candidates(hu, lung, SPACING)
+    kept = blob_peaks(hu, lung, SPACING)
+    assert kept.shape == (len(table), 5)
+    assert np.allclose(kept[:, :3], table[["centroid_z", "centroid_y", "centroid_x"]].to_numpy())
+    assert np.allclose(kept[:, 3:], table[["blob_radius_mm", "blob_strength"]].to_numpy())
+    every = blob_peaks(hu, lung, SPACING, max_candidates=None)  # no one-per-place suppression
+    assert len(every) >= len(kept) and (np.diff(every[:, 4]) <= 0).all() and every[0, 4] == kept[0, 4]
+    assert blob_peaks(hu, np.zeros_like(lung), SPACING).shape == (0, 5)
+    with pytest.raises(NodulekitError, match="blob_peaks takes the options of blob_candidates"):
+        blob_peaks(hu, lung, SPACING, radius_mm=3.0)
 
 
 def test_a_long_vessel_is_not_a_candidate():
