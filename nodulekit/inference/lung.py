@@ -103,6 +103,12 @@ def lung_mask(
 
 
 
+#: Below this lung-mask volume (ml) :func:`search_region` warns: a whole chest holds litres; the 12
+#: slices of LIDC-IDRI-0001's upper abdomen give about 20 ml of gas taken for lung, its lowest 12
+#: slices with lung about 28 ml.
+SMALL_LUNG_ML = 100.0
+
+
 def search_region(
     images: np.ndarray, *, units: str, spacing: Sequence[float], lungs: bool | str = "auto", options: dict | None = None
 ) -> np.ndarray | None:
@@ -144,6 +150,16 @@ def search_region(
             "(--lungs off) searches the whole image",
             "x".join(map(str, images.shape)),
         )
+    elif pixel is not None and np.isfinite(spacing[0]):
+        volume_ml = float(lung.sum()) * float(np.prod(spacing)) / 1000.0
+        if volume_ml < SMALL_LUNG_ML:  # a lung apex or base alone, or gas below the diaphragm taken for lung
+            logger.warning(
+                "the lung mask of %s holds only %.0f ml (a whole chest holds litres): a slab at the lung's apex or base, "
+                "or no lung in view and bowel or stomach gas taken for lung; the second stage was trained on whole "
+                "chests and may score candidates there too high",
+                "x".join(map(str, images.shape)),
+                volume_ml,
+            )
     return lung
 
 
