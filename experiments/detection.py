@@ -449,7 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--ship", help="also write classifier.json into this segmenter folder")
     evaluate = sub.add_parser("evaluate", help="FROC, AUC and calibration on the held-out scans")
-    evaluate.add_argument("--figures", default="figures")
+    evaluate.add_argument(
+        "--figures",
+        default="runs/detection_single_stage",
+        help="where its FROC and reliability figures go (not figures/: the README's figS5/S6 are the shipped "
+        "stage's, drawn by experiments/detection_candidates.py shipped)",
+    )
     scans = sub.add_parser("scans", help="FROC and nodule ranks on annotated real scans (DICOM + LIDC XML)")
     scans.add_argument("scans", nargs="+", help="scan folders (DICOM series with its LIDC XML) or .mhd files")
     scans.add_argument("--classifier", help="folder of a classifier.json (default: the shipped one)")
