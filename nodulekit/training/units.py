@@ -329,20 +329,23 @@ def train_unit(
     return _finish(spec, data, folder, meta, state, config, stop_reason)
 
 
-def _paused(spec: UnitSpec, state: dict) -> dict[str, Any]:
-    """The record of a unit paused by ``pause_after`` (its resume state stays on disk)."""
+def _record(spec: UnitSpec, state: dict, *, status: str, reason: str) -> dict[str, Any]:
+    """A unit's row from its state: the spec, status, reason, epochs run, best epoch and loss, seconds."""
     return {
         "unit": spec.name,
         **spec.to_dict(),
-        "status": "paused",
-        "reason": "",
+        "status": status,
+        "reason": reason,
         "epochs_run": int(state["epoch"]),
         "best_epoch": state["best_epoch"],
         "best_val_loss": state["best_val_loss"] if state["best"] else math.nan,
         "seconds": round(float(state["seconds"]), 3),
-        "history": state["history"],
-        "skipped": False,
     }
+
+
+def _paused(spec: UnitSpec, state: dict) -> dict[str, Any]:
+    """The record of a unit paused by ``pause_after`` (its resume state stays on disk)."""
+    return {**_record(spec, state, status="paused", reason=""), "history": state["history"], "skipped": False}
 
 
 def _finish(
@@ -359,16 +362,7 @@ def _finish(
     unit = UnitFolder(folder)
     with atomic_write(unit.history) as handle:
         history.to_csv(handle, index=False)
-    record: dict[str, Any] = {
-        "unit": spec.name,
-        **spec.to_dict(),
-        "status": "ok",
-        "reason": stop_reason or "",
-        "epochs_run": int(state["epoch"]),
-        "best_epoch": state["best_epoch"],
-        "best_val_loss": state["best_val_loss"] if state["best"] else math.nan,
-        "seconds": round(float(state["seconds"]), 3),
-    }
+    record = _record(spec, state, status="ok", reason=stop_reason or "")
     checkpoint = unit.checkpoint
     if state["failed"] is None and state["best"] is None:
         state["failed"] = "no epoch gave a finite validation loss"
