@@ -17,21 +17,9 @@ from nodulekit.training import TrainConfig, grid_search, select_hyperparameters
 from nodulekit.training.protocol import _grid_epochs_counted, build_parser, halving_survivors, rung_score
 from nodulekit.training.units import UnitData, UnitSpec, unit_meta
 
-from test_training import TINY, tiny_crops
-
-
-pytestmark = pytest.mark.filterwarnings("ignore:Even though the `tf.config.experimental_run_functions_eagerly` option is set:UserWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def eager_training():
-    """Train eagerly, as tests/test_training.py's protocol tests do (tracing a tiny model costs more than training it)."""
-    import tensorflow as tf
-
-    before = tf.config.functions_run_eagerly()
-    tf.config.run_functions_eagerly(True)
-    yield
-    tf.config.run_functions_eagerly(before)
+# The module's eager training and its warning filter, as in tests/test_training.py's protocol tests
+# (tracing a tiny model costs more than training it): one definition, used here too.
+from test_training import TINY, eager_training, pytestmark, tiny_crops  # noqa: F401
 
 
 def _record(architecture, val_losses, val_dices, status="paused"):
