@@ -9,10 +9,12 @@ full grid.
 This script answers that on recorded learning curves rather than by retraining: the per-epoch
 validation history of every grid trial of a full run (``results/histories.csv`` of a run folder,
 ``phase == "grid"``) and that run's grid table (``results/grid.csv``: the selection metric
-``val_dice`` of each trial's restored best weights). The rung score of a trial is its validation
-Dice (Keras's per-epoch ``val_dice``) at its lowest validation loss up to the rung, i.e. the
-weights the protocol would restore if the trial stopped there. With the rung at the last epoch
-that score must reproduce the full grid's selection (checked; printed as ``rung=epochs``).
+``val_dice`` of each trial's restored best weights). The survivors are those of the protocol's own
+rule (``TrainConfig.grid_halving``: :func:`nodulekit.training.protocol.halving_survivors`), whose
+score of a trial is its validation Dice (Keras's per-epoch ``val_dice``) at its lowest validation
+loss up to the rung, i.e. of the weights the protocol would restore if the trial stopped there.
+With the rung at the last epoch that score must reproduce the full grid's selection (checked;
+printed as ``rung=epochs``).
 
     python benchmarks/halving.py                       # the committed 2026-12-05 reproduce run
     python benchmarks/halving.py RUN/results/histories.csv RUN/results/grid.csv
@@ -29,32 +31,42 @@ from pathlib import Path
 
 import pandas as pd
 
+from nodulekit.training.protocol import halving_survivors, rung_score
+
 HERE = Path(__file__).resolve().parent
 HISTORIES = HERE / "results" / "2026-12-05_reproduce_grid_histories.csv"
 GRID = HERE / "results" / "2026-12-05_reproduce_grid.csv"
 TRIAL = ["learning_rate", "batch_size"]
 
 
-def rung_scores(history: pd.DataFrame, rung: int) -> pd.Series:
-    """Per trial: ``val_dice`` at the epoch of lowest ``val_loss`` among epochs ``<= rung``."""
-    seen = history[history["epoch"] <= rung]
-    best = seen.loc[seen.groupby(TRIAL)["val_loss"].idxmin()]
-    return best.set_index(TRIAL)["val_dice"]
+def trial_records(histories: pd.DataFrame) -> list[dict]:
+    """One record per grid trial (``architecture``, ``learning_rate``, ``batch_size``, ``status``,
+    ``history``), in the histories' order: the shape the protocol's halving rule reads."""
+    records = []
+    for (architecture, learning_rate, batch_size), rows in histories.groupby(["architecture", *TRIAL], sort=False):
+        history = rows.sort_values("epoch")[["epoch", "val_loss", "val_dice"]].to_dict(orient="records")
+        records.append({"architecture": architecture, "learning_rate": learning_rate, "batch_size": batch_size, "status": "ok", "history": history})
+    return records
 
 
 def halving_table(histories: pd.DataFrame, grid: pd.DataFrame, rungs, keeps) -> pd.DataFrame:
-    """One row per (model, rung, keep): does the full grid's choice survive, and at what cost."""
+    """One row per (model, rung, keep): does the full grid's choice survive, and at what cost.
+
+    The survivors are those of the protocol's own rule (:func:`nodulekit.training.protocol.halving_survivors`,
+    scores by :func:`~nodulekit.training.protocol.rung_score`)."""
     rows = []
-    for architecture, history in histories.groupby("architecture"):
+    for architecture, history in histories.groupby("architecture", sort=False):
+        records = trial_records(history)
+        trials = [(r["learning_rate"], r["batch_size"]) for r in records]
         final = grid[grid["architecture"] == architecture].set_index(TRIAL)["val_dice"]
         chosen = final.idxmax()
         runner_up = final.drop(chosen).idxmax()
         epochs = int(history["epoch"].max())
         n = len(final)
         for rung in [*rungs, epochs]:
-            ranks = rung_scores(history, rung).rank(ascending=False, method="min")
+            ranks = pd.Series([rung_score(r, rung) for r in records], index=pd.MultiIndex.from_tuples(trials)).rank(ascending=False, method="min")
             for keep in keeps if rung < epochs else [n]:
-                survivors = ranks[ranks <= keep].index
+                survivors = [trial for trial, go_on in zip(trials, halving_survivors(records, rung=rung, keep=keep)) if go_on]
                 # The survivors are trained to the end; the full grid's numbers then choose among them.
                 picked = final.loc[survivors].idxmax()
                 rows.append({
