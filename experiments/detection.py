@@ -8,12 +8,14 @@ Steps (each cached in ``--cache``, default ``runs/detect``; rerunning reuses wha
 2. ``train``: candidate features (:mod:`nodulekit.detection`) on the training scans, a logistic
    regression on standardized features, saved as JSON.
 3. ``evaluate``: FROC (:mod:`nodulekit.froc`) on held-out scans that no stage trained on, candidate
-   AUC, a reliability diagram, and LIDC-IDRI-0001.
+   AUC, a reliability diagram.
 
     python experiments/detection.py cache --scans 200
     python experiments/detection.py train
     python experiments/detection.py evaluate
-    python experiments/detection.py scans ../shared/data/lidc/LIDC-IDRI-0001
+
+Real annotated scans (DICOM + LIDC XML, or .mhd + annotations.csv) are scored by ``nodulekit froc``
+(:func:`nodulekit.froc.score_scans`).
 """
 
 from __future__ import annotations
@@ -357,69 +359,6 @@ def _recall_by_kind(candidates, references: dict, scores, threshold: float) -> d
     return {kind: {"n": int(r.n), "found_by_a_candidate": round(float(r.found), 3), "found_at_operating_point": round(float(r.kept), 3)} for kind, r in grouped.iterrows()}
 
 
-# --------------------------------------------------------------------------------------------------
-# Real annotated scans (DICOM + LIDC XML)
-# --------------------------------------------------------------------------------------------------
-
-
-def score_scans(paths, segmenter) -> tuple[object, list[dict]]:
-    """FROC of ``segmenter`` (with its second stage) on annotated scans, and each reference nodule's rank.
-
-    Each path is anything :func:`nodulekit.readers.read_any` reads with a consensus mask (a DICOM
-    folder with its LIDC XML, an .mhd with annotations). Every candidate is kept (``min_score=0``),
-    so the FROC covers the whole list; a nodule's rank is that of the best-ranked candidate hitting it.
-    """
-    from nodulekit.froc import ScanDetections, froc, hit_matrix, reference_from_mask
-    from nodulekit.readers import read_any
-
-    scans, rows = [], []
-    for path in paths:
-        volume = read_any(path)
-        if volume.mask is None:
-            raise SystemExit(f"{path}: no annotations (consensus mask) to score against")
-        start = time.perf_counter()
-        result = segmenter.segment(volume, min_score=0.0, progress=False)
-        seconds = time.perf_counter() - start
-        reference = reference_from_mask(volume.mask, spacing=volume.spacing)
-        table = result.nodules
-        hits = hit_matrix(table, reference, spacing=volume.spacing) if len(table) else np.zeros((0, len(reference)), bool)
-        for index, record in enumerate(reference.itertuples(index=False)):
-            ranks = np.flatnonzero(hits[:, index]) + 1
-            rows.append(
-                {
-                    "scan": Path(path).name,
-                    "nodule": index,
-                    "diameter_mm": round(float(record.diameter_mm), 1),
-                    "ignored_under_3mm": bool(record.ignore),
-                    "rank": int(ranks[0]) if len(ranks) else None,
-                    "score": round(float(table["score"].iloc[ranks[0] - 1]), 4) if len(ranks) and "score" in table else None,
-                    "candidates": int(len(table)),
-                    "seconds": round(seconds, 1),
-                    "top_scores": [round(float(v), 4) for v in table["score"].head(5)] if "score" in table else None,
-                }
-            )
-        scans.append(ScanDetections(candidates=table, reference=reference, spacing=volume.spacing, name=Path(path).name))
-    return froc(scans), rows
-
-
-def command_scans(args) -> int:
-    from nodulekit import load_pretrained
-    from nodulekit.detection import load_classifier
-    from nodulekit.utils import write_json
-
-    segmenter = load_pretrained(tta=False).segmenter
-    if args.classifier:
-        segmenter.classifier = load_classifier(args.classifier)
-    if segmenter.classifier is None:
-        raise SystemExit("the segmenter has no second stage: pass --classifier FOLDER")
-    paths = [Path(p) for p in args.scans]
-    result, rows = score_scans(paths, segmenter)
-    summary = {"scans": [str(p) for p in paths], "froc": result.to_dict(), "nodules": rows, "classifier": str(args.classifier or "shipped")}
-    write_json(Path(args.out) / args.name, summary)
-    print(json.dumps({"cpm": result.cpm, "nodules": rows}, indent=1))
-    return 0
-
-
 def command_cache(args) -> int:
     from tqdm.auto import tqdm
 
@@ -455,16 +394,12 @@ def main(argv: list[str] | None = None) -> int:
         help="where its FROC and reliability figures go (not figures/: the README's figS5/S6 are the shipped "
         "stage's, drawn by experiments/detection_candidates.py shipped)",
     )
-    scans = sub.add_parser("scans", help="FROC and nodule ranks on annotated real scans (DICOM + LIDC XML)")
-    scans.add_argument("scans", nargs="+", help="scan folders (DICOM series with its LIDC XML) or .mhd files")
-    scans.add_argument("--classifier", help="folder of a classifier.json (default: the shipped one)")
-    scans.add_argument("--name", default="detection_lidc.json", help="result file name in --out")
-    for command in (train, evaluate, scans):
+    for command in (train, evaluate):
         command.add_argument("--out", default="experiments/results")
     for command in (cache, features, train, evaluate):
         command.add_argument("--cache", default="runs/detect")
     args = parser.parse_args(argv)
-    return {"cache": command_cache, "features": command_features, "train": command_train, "evaluate": command_evaluate, "scans": command_scans}[args.command](args)
+    return {"cache": command_cache, "features": command_features, "train": command_train, "evaluate": command_evaluate}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ CV (sklearn ``GroupKFold`` on patient ids):
 * baselines: volume order (what ``nodules.csv`` listed before) and the mean probability.
 
 Then ``scan``: the real-refit classifier trained on every patient but LIDC-IDRI-0001 ranks the
-candidates of the whole LIDC-IDRI-0001 DICOM scan (``experiments/detection.py``'s ``score_scans``).
+candidates of the whole LIDC-IDRI-0001 DICOM scan (:func:`nodulekit.froc.score_scans`).
 
 The shipped segmenter was trained on these same 191 patients: its candidates here are in-sample
 (it finds these nodules more easily than it would on new patients).
@@ -290,6 +290,7 @@ def command_scan(args) -> int:
 
     from nodulekit import load_pretrained
     from nodulekit.detection import INTENSITY_FREE_FEATURES, CandidateClassifier
+    from nodulekit.froc import score_scans
     from nodulekit.utils import write_json
 
     frame = pd.read_csv(Path(args.cache) / CANDIDATES_CSV)
@@ -304,8 +305,8 @@ def command_scan(args) -> int:
     folder = model.save(Path(args.cache) / f"classifier-without-{CHECK_PATIENT}").parent
     segmenter = load_pretrained(tta=False).segmenter
     segmenter.classifier = model
-    result, rows = _detection_module().score_scans([Path(args.scan)], segmenter)
-    summary = {"classifier": str(folder), "trained_patients": int(train["patient_id"].nunique()), "froc_cpm": result.cpm, "nodules": rows}
+    scored = score_scans([Path(args.scan)], segmenter, progress=False)
+    summary = {"classifier": str(folder), "trained_patients": int(train["patient_id"].nunique()), "froc_cpm": scored.froc.cpm, "nodules": scored.nodules.to_dict(orient="records")}
     path = Path(args.out) / "detection_stacks.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
     stored[f"whole_scan_{CHECK_PATIENT}"] = summary

@@ -85,17 +85,26 @@ def _unit(data: str, name: str, fold: int, n_folds: int, out: str, seed: int, pr
     return f"cv_{name}_fold{fold}: nodule Dice {scores['plain']:.3f} / TTA+PP {scores['tta_pp']:.3f} ({time.perf_counter() - start:.0f} s)"
 
 
-def _final(data: str, name: str, out: str, seed: int, epochs: int = 0) -> str:
+def _final(data: str, name: str, out: str, seed: int, epochs: int = 0, exclude: tuple[str, ...] = ()) -> str:
+    """Train ``name`` on every patient of ``data`` but ``exclude``; saved as ``pretrained_<name>[_without_<patients>]``."""
+    import numpy as np
+
     from nodulekit import evaluation as ev
     from nodulekit.utils import write_json
 
     crops = _load(data)
+    if exclude:
+        missing = sorted(set(exclude) - set(crops.groups.astype(str)))
+        if missing:
+            raise SystemExit(f"--exclude: no such patient in {data}: {', '.join(missing)}")
+        crops = crops.subset(np.flatnonzero(~np.isin(crops.groups.astype(str), list(exclude))))
+    stem = f"pretrained_{name}" + "".join(f"_without_{patient}" for patient in exclude)
     recipe = _recipe(name, epochs, **VARIANTS["tta_pp"])
     images = recipe.pipeline().apply(crops.images)
     model, history = ev.train_recipe(images, ev.training_targets(crops, recipe), crops.groups, recipe, seed=seed)
-    _save_weights_only(model, Path(out) / f"pretrained_{name}.keras")
-    write_json(Path(out) / f"pretrained_{name}.json", {"recipe": recipe.to_dict(), "history": history.to_dict(orient="list"), "patients": sorted(set(crops.groups))})
-    return f"final model of {name} saved"
+    _save_weights_only(model, Path(out) / f"{stem}.keras")
+    write_json(Path(out) / f"{stem}.json", {"recipe": recipe.to_dict(), "history": history.to_dict(orient="list"), "patients": sorted(set(crops.groups))})
+    return f"final model of {name} saved as {stem}"
 
 
 def _synthetic(data: str, name: str, out: str, seed: int, n_crops: int, epochs: int = 0) -> str:
@@ -139,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--final-best", action="store_true", help="after the CV, train the recipe of the best TTA+PP nodule Dice (all folds done, default width) on all patients"
     )
+    parser.add_argument("--exclude", default="", help="--final without these patients (comma-separated), e.g. a scan kept for a whole-scan check")
     parser.add_argument("--synthetic", default="", help="also train this recipe on synthetic crops only")
     parser.add_argument("--synthetic-crops", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=0, help="override every recipe's epochs (for a quick check)")
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     # spawn, not fork: a forked JAX/CUDA process can deadlock (the parent has imported Keras).
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for name in filter(None, args.final.split(",")):
-            tasks.append(pool.submit(_final, args.data, name, args.out, args.seed, args.epochs))
+            tasks.append(pool.submit(_final, args.data, name, args.out, args.seed, args.epochs, tuple(filter(None, args.exclude.split(",")))))
         if args.synthetic:
             tasks.append(pool.submit(_synthetic, args.data, args.synthetic, args.out, args.seed, args.synthetic_crops, args.epochs))
         for fold in (int(f) for f in args.folds.split(",")):  # fold-major: every recipe gets fold 0 first

@@ -5,6 +5,7 @@ Subcommands::
     nodulekit segment INPUT [--model MODEL] --out DIR find, outline and measure nodules
     nodulekit train --run-dir DIR [...]               the paper's protocol (grid search + k-fold CV)
     nodulekit evaluate DATA [--model MODEL]           Dice, IoU, precision, recall on labelled crops
+    nodulekit froc SCANS... [--model MODEL] --out DIR detection on annotated whole scans: FROC, CPM, ranks
     nodulekit export MODEL --out DIR                  .keras, TensorFlow SavedModel, ONNX
     nodulekit reproduce [--quick]                     run the notebook series (the whole study)
 
@@ -130,6 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", "-o", help="also write the report to this JSON file")
     evaluate.add_argument("--no-progress", action="store_false", dest="progress")
     evaluate.set_defaults(func=_evaluate)
+
+    froc = sub.add_parser(
+        "froc",
+        help="score whole-scan detection on annotated scans (FROC, CPM, each nodule's rank)",
+        description=(
+            "Run the model and its second stage over annotated whole scans (every candidate kept) and score them with the "
+            "LUNA16 definitions of nodulekit.froc: reference = the readers' consensus nodules >= 3 mm, a hit = a candidate "
+            "centre on the nodule's slices within d/2 in-plane, sensitivity at 1/8-8 false positives per scan, CPM their "
+            "mean. SCANS: .mhd files (annotations.csv beside them), DICOM series folders with their LIDC XML, or folders "
+            "holding either (searched recursively). Writes, into DIR: froc.json (CPM, sensitivities, the curve, the "
+            "scans), reference_nodules.csv (each reference nodule's rank, score and the false positives scored above it), "
+            "candidates.csv (every candidate with its outcome) and froc.png."
+        ),
+        epilog=_EPILOG,
+    )
+    froc.add_argument("scans", nargs="+", help="annotated scans, or folders of them")
+    froc.add_argument("--model", "-m", help=f"{model_help}, with its second stage (default: {DEFAULT_MODEL})")
+    froc.add_argument("--out", "-o", required=True, help="output folder (written atomically)")
+    froc.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    froc.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bar")
+    froc.set_defaults(func=_froc)
 
     export = sub.add_parser(
         "export",
@@ -406,6 +428,57 @@ def _segment(args: argparse.Namespace) -> int:
         write_json(staging / "summary.json", summary)
     _print_segment_summary(out, summary)
     return EXIT_OK
+
+
+def _froc(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file, never a window
+    from .froc import annotated_scans, score_scans
+    from .plots.detection import plot_froc
+    from .utils import write_json
+
+    segmenter = _load_model(args)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:  # fail before the long part
+        raise RunFolderError("output exists; choose another --out or pass --overwrite", path=out)
+    paths = [scan for given in args.scans for scan in annotated_scans(given)]
+    start = time.perf_counter()
+    scored = score_scans(paths, segmenter, progress=args.progress)
+    summary = {
+        "model": str(args.model),
+        "operating_point": scored.threshold,
+        **scored.froc.to_dict(),
+        "scans": scored.scans.to_dict(orient="records"),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    with _staging(out, overwrite=args.overwrite) as staging:
+        write_json(staging / "froc.json", summary)
+        scored.nodules.to_csv(staging / "reference_nodules.csv", index=False)
+        scored.candidates.to_csv(staging / "candidates.csv", index=False, float_format="%.6g")
+        n_scored = int((scored.scans["error"] == "").sum())
+        figure = plot_froc({f"{args.model}": scored.froc}, title=f"{n_scored} annotated scan(s)")
+        figure.savefig(staging / "froc.png", dpi=150, bbox_inches="tight")
+    _print_froc_summary(out, scored)
+    return EXIT_OK
+
+
+def _print_froc_summary(out: Path, scored) -> None:
+    result = scored.froc
+    rates = " ".join(f"{v:.2f}" for v in result.sensitivities.values())
+    print(f"nodulekit froc: {result.n_scans} scan(s), {result.n_nodules} nodule(s) >= 3 mm, CPM {result.cpm:.3f} -> {out}")
+    print(f"  sensitivity at 1/8, 1/4, 1/2, 1, 2, 4, 8 false positives per scan: {rates}")
+    for row in scored.scans.itertuples(index=False):
+        if row.error:
+            print(f"  skipped {row.path}: {row.error}")
+    relevant = scored.nodules[~scored.nodules["ignore"].astype(bool)]
+    for row in relevant.itertuples(index=False):
+        if row.rank != row.rank:  # NaN: no candidate hits it
+            found = "no candidate"
+        else:
+            found = f"rank {int(row.rank)}, score {row.score:.3f}, {int(row.false_positives_above)} false positive(s) above"
+            found += "" if row.listed else ", below the operating point"
+        print(f"  {row.scan} nodule {row.nodule} ({row.diameter_mm} mm): {found}")
 
 
 def _merge_stack(source: Path, staging: Path, shape) -> Any:

@@ -35,13 +35,17 @@ References
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .errors import InvalidParameterError
+from .dataset import Volume
+from .errors import InvalidParameterError, MissingDataError, NodulekitError
 from .inference import measure_nodules
 
 __all__ = [
@@ -49,10 +53,13 @@ __all__ = [
     "MIN_DIAMETER_MM",
     "FrocResult",
     "ScanDetections",
+    "ScoredScans",
+    "annotated_scans",
     "froc",
     "froc_from_outcomes",
     "hit_matrix",
     "reference_from_mask",
+    "score_scans",
 ]
 
 logger = logging.getLogger(__name__)
@@ -384,3 +391,194 @@ def _spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     if len(values) != 3 or not all(np.isfinite(values[1:])) or min(values[1:]) <= 0:
         raise InvalidParameterError(f"spacing must be 3 mm values (slice, row, column) with a known pixel size, got {spacing!r}")
     return values
+
+
+# --------------------------------------------------------------------------------------------------
+# Annotated whole scans, end to end (``nodulekit froc``)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoredScans:
+    """A detector scored on annotated whole scans (:func:`score_scans`).
+
+    Attributes
+    ----------
+    froc : FrocResult
+        Over the scans that were scored.
+    nodules : pandas.DataFrame
+        One row per reference nodule: ``scan``, ``nodule`` (its number in the scan), ``diameter_mm``,
+        ``ignore`` (under :data:`MIN_DIAMETER_MM`: neither counted nor a false positive), ``rank``
+        (1-based, of the best-scored candidate that hits it; missing when none does), ``score``,
+        ``false_positives_above`` (false positives of its scan scored above it: the issue's "at most
+        4 false positives ranked above it") and ``listed`` (scored at or above ``threshold``).
+    candidates : pandas.DataFrame
+        Every candidate: ``scan``, ``rank``, ``score``, ``source`` when the detector gives one, the
+        centre (voxels) and ``outcome`` (``hit``, ``false_positive`` or ``ignored``).
+    scans : pandas.DataFrame
+        One row per path: ``scan`` (the DICOM patient ID, or the file's stem), ``path``, ``slices``, ``candidates``, ``seconds`` and ``error``
+        (why a scan was skipped: unreadable, no annotations; empty when it was scored).
+    threshold : float
+        The detector's operating point (its second stage's ``threshold``).
+    """
+
+    froc: FrocResult
+    nodules: pd.DataFrame
+    candidates: pd.DataFrame
+    scans: pd.DataFrame
+    threshold: float
+
+
+def annotated_scans(path: str | os.PathLike) -> list[Path]:
+    """The whole scans under ``path``, each something :func:`nodulekit.readers.read_any` reads as a volume.
+
+    ``path`` may be one scan (an ``.mhd`` file, a DICOM series folder, an LIDC patient folder) or a
+    folder of them: every ``.mhd`` below it, and every folder that holds DICOM files beside an LIDC
+    XML (the LIDC-IDRI download's series folders: ``LIDC-IDRI-XXXX/<study>/<series>/``, its reads in
+    ``NNN.xml``), in name order. A DICOM series without an XML is not annotated and is not listed.
+
+    Raises
+    ------
+    MissingDataError
+        ``path`` does not exist, or holds no annotated scan.
+    """
+    from .readers import find_dicom_files
+
+    path = Path(path)
+    if not path.exists():
+        raise MissingDataError("no such file or folder", path=path)
+    if path.is_file():
+        return [path]
+    found = sorted(p for p in path.rglob("*.mhd") if not p.name.startswith("."))
+    series = sorted({file.parent for file in find_dicom_files(path)})
+    found += [folder for folder in series if any(folder.glob("*.xml"))]
+    if not found:
+        raise MissingDataError("no annotated scan found: expected .mhd files, or DICOM series folders with their LIDC XML", path=path)
+    return sorted(found)
+
+
+def _scan_name(path: Path, volume, taken: set) -> str:
+    """A scan's name: its DICOM patient ID (or the file's stem), made unique among ``taken``."""
+    meta = getattr(volume, "meta", None) or {}
+    name = str(meta.get("patient_id") or (path.stem if path.is_file() else path.name))
+    unique, count = name, 1
+    while unique in taken:
+        count += 1
+        unique = f"{name}#{count}"
+    taken.add(unique)
+    return unique
+
+
+def score_scans(paths: Sequence[str | os.PathLike], segmenter, *, progress: bool = True) -> ScoredScans:
+    """Run a detector over annotated whole scans and score it the LUNA16 way (module docstring).
+
+    Each scan is read with :func:`nodulekit.readers.read_any` (its consensus mask is the
+    reference: :func:`reference_from_mask`), segmented with every candidate kept
+    (``segmenter.segment(volume, min_score=0.0)``) and released before the next one is read. A scan
+    that cannot be read, or has no annotations, is skipped with its reason in ``scans["error"]``
+    (and a logged warning); the rest are scored.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        Scans (:func:`annotated_scans` finds them in a folder).
+    segmenter : nodulekit.inference.Segmenter
+        With a second stage (``classifier``): the candidates need a score to be ranked.
+    progress : bool
+        A progress bar over the scans.
+
+    Returns
+    -------
+    ScoredScans
+
+    Raises
+    ------
+    InvalidParameterError
+        The segmenter has no second stage.
+    NodulekitError
+        No scan could be scored (every reason is in the message).
+    """
+    from tqdm.auto import tqdm
+
+    from .readers import read_any
+
+    if getattr(segmenter, "classifier", None) is None:
+        raise InvalidParameterError("scoring detections needs a segmenter with a second stage (classifier.json): its candidates have no score to rank")
+    threshold = float(segmenter.classifier.threshold)
+    paths = [Path(p) for p in paths]
+    taken: set = set()
+    detections, nodule_rows, candidate_tables, scan_rows = [], [], [], []
+    for path in tqdm(paths, desc="scans", unit="scan", disable=not progress):
+        row = {"scan": None, "path": str(path), "slices": None, "candidates": None, "seconds": None, "error": ""}
+        scan_rows.append(row)
+        start = time.perf_counter()
+        try:
+            volume = read_any(path)
+            row["scan"] = name = _scan_name(path, volume, taken)
+            if not isinstance(volume, Volume):
+                raise MissingDataError(f"not a whole scan (read as {type(volume).__name__})", path=path)
+            if volume.mask is None:
+                raise MissingDataError("no annotations to score against (an LIDC XML beside the DICOM files, or annotations.csv beside the .mhd)", path=path)
+            result = segmenter.segment(volume, min_score=0.0, progress=False)
+        except NodulekitError as exc:
+            row["scan"] = row["scan"] or _scan_name(path, None, taken)
+            row["error"] = str(exc)
+            logger.warning("skipped %s: %s", path, exc)
+            continue
+        row["slices"], row["seconds"] = int(volume.hu.shape[0]), round(time.perf_counter() - start, 1)
+        reference = reference_from_mask(volume.mask, spacing=volume.spacing)
+        table = result.nodules.reset_index(drop=True)
+        row["candidates"] = int(len(table))
+        detections.append(ScanDetections(candidates=table, reference=reference, spacing=volume.spacing, name=name))
+        nodule_rows += _nodule_rows(name, table, reference, volume.spacing, threshold)
+        candidate_tables.append(_candidate_rows(name, table, reference, volume.spacing))
+        del volume, result
+    if not detections:
+        reasons = "; ".join(f"{r['path']}: {r['error']}" for r in scan_rows)
+        raise NodulekitError(f"no scan could be scored ({reasons})")
+    return ScoredScans(
+        froc=froc(detections),
+        nodules=pd.DataFrame(nodule_rows),
+        candidates=pd.concat(candidate_tables, ignore_index=True),
+        scans=pd.DataFrame(scan_rows),
+        threshold=threshold,
+    )
+
+
+def _nodule_rows(name: str, table: pd.DataFrame, reference: pd.DataFrame, spacing, threshold: float) -> list[dict]:
+    """Each reference nodule's rank, score and the false positives scored above it (``table`` is sorted by score)."""
+    hits = hit_matrix(table, reference, spacing=spacing) if len(table) and len(reference) else np.zeros((len(table), len(reference)), bool)
+    ignore = reference["ignore"].to_numpy(bool)
+    false = ~hits.any(axis=1)  # a candidate on an ignored finding is not a false positive either
+    scores = table["score"].to_numpy(float) if len(table) else np.zeros(0)
+    rows = []
+    for index in range(len(reference)):
+        first = np.flatnonzero(hits[:, index])
+        score = float(scores[first[0]]) if len(first) else None
+        rows.append(
+            {
+                "scan": name,
+                "nodule": index + 1,
+                "diameter_mm": round(float(reference["diameter_mm"].iloc[index]), 1),
+                "ignore": bool(ignore[index]),
+                "rank": int(first[0]) + 1 if len(first) else None,
+                "score": score,
+                "false_positives_above": int((false & (scores > score)).sum()) if score is not None else None,
+                "listed": bool(score is not None and score >= threshold),
+            }
+        )
+    return rows
+
+
+def _candidate_rows(name: str, table: pd.DataFrame, reference: pd.DataFrame, spacing) -> pd.DataFrame:
+    """Every candidate with its outcome under the hit rule."""
+    hits = hit_matrix(table, reference, spacing=spacing) if len(table) and len(reference) else np.zeros((len(table), len(reference)), bool)
+    ignore = reference["ignore"].to_numpy(bool) if len(reference) else np.zeros(0, bool)
+    relevant = (hits & ~ignore[None]).any(axis=1)
+    outcome = np.where(relevant, "hit", np.where(hits.any(axis=1), "ignored", "false_positive"))
+    columns = [c for c in ("score", "source", "centroid_z", "centroid_y", "centroid_x", "diameter_mm") if c in table]
+    frame = table[columns].copy()
+    frame.insert(0, "rank", np.arange(1, len(table) + 1))
+    frame.insert(0, "scan", name)
+    frame["outcome"] = outcome
+    return frame
