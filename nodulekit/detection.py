@@ -953,7 +953,11 @@ def rank_candidates(
     lookup = np.zeros(int(max(np.max(labels, initial=0), table["nodule_id"].max() if len(table) else 0)) + 1, np.int32)
     lookup[ranked["nodule_id"].to_numpy(int)] = np.arange(1, len(ranked) + 1, dtype=np.int32)
     ranked = ranked.assign(nodule_id=np.arange(1, len(ranked) + 1)).reset_index(drop=True)
-    return lookup[labels], ranked
+    labels = np.asarray(labels)
+    relabelled = np.zeros(labels.shape, np.int32)  # written in the candidates' box only (a whole scan is mostly 0)
+    box = _labels_box(labels)
+    relabelled[box] = lookup[labels[box]]
+    return relabelled, ranked
 
 
 def _check_threshold(threshold: float) -> None:
@@ -1127,7 +1131,8 @@ def _peaks(hu, lung, sampling, radii_mm, grid_mm, margin_mm, hu_floor, hu_ceilin
     if not lung.any():
         return np.zeros((0, 5))
     box = _box(lung, sampling, 3.0 * radii.max())
-    image = np.clip(hu[box].astype(np.float32), -1000.0, hu_ceiling)
+    image = hu[box].astype(np.float32)
+    np.clip(image, -1000.0, hu_ceiling, out=image)  # in place: one copy of the lungs' box, not two
     base_step = np.maximum(np.round(grid_mm / sampling), 1).astype(int)
     base, inside = _block_mean(image, lung[box], base_step)
     del image
@@ -1233,7 +1238,9 @@ def merge_candidates(
     lookup = np.zeros(int(max(np.max(blob_in, initial=0), ids.max() if len(ids) else 0)) + 1, np.int32)
     new_ids = np.arange(count + 1, count + 1 + len(blobs), dtype=np.int32)
     lookup[blobs["nodule_id"].to_numpy(int)] = new_ids
-    merged = segmenter_labels.astype(np.int32)  # a copy; outside the blobs' box it is the segmenter's labels
+    merged = np.zeros(segmenter_labels.shape, np.int32)  # written in the two boxes only: no whole-scan copy
+    segmenter_box = _labels_box(segmenter_labels)
+    merged[segmenter_box] = segmenter_labels[segmenter_box]
     merged[box] = np.where(segmenter_in > 0, segmenter_in, lookup[blob_in])
     first = segmenter_table.assign(source="segmenter", blob_strength=[segmenter_strength.get(int(i), 0.0) for i in segmenter_table["nodule_id"]])
     second = blobs.assign(nodule_id=new_ids, source="blob")

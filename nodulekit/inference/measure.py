@@ -128,7 +128,7 @@ def measure_nodules(
     # 26-connected across slices, or 8-connected within each image of a stack; labelled inside the
     # mask's bounding box only (a whole scan's mask fills a small part of it), in the same raster order
     labels = np.zeros(mask.shape, np.int32)
-    box = _bounding_box(mask)
+    box = mask_box(mask)
     found, count, offset = np.zeros((1, 1, 1), np.int32), 0, np.zeros(3, int)
     if box is not None:
         found, count = label_components(mask[box], connectivity=3, within_slices=not connect_slices)
@@ -153,7 +153,7 @@ def measure_nodules(
     return (labels[0] if two_d else labels), table
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+def mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """The smallest box (slices of a 3-D array) that holds every True voxel of ``mask``; None when there is none."""
     planes = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
     if not len(planes):
