@@ -98,13 +98,15 @@ def measure_segment(scan: Path, out: Path, extra: list[str] | None = None, *, st
     each step's seconds and RSS (``extra`` options are then not passed). ``code`` is the folder
     whose ``nodulekit`` package the child imports (default this repository's).
     """
+    scan, out = Path(scan).resolve(), Path(out).resolve()
     if steps:
         command = [sys.executable, str(Path(__file__).resolve()), "--steps-child", str(scan), str(out)]
     else:
         command = [sys.executable, "-m", "nodulekit", "segment", str(scan), "--out", str(out), "--no-progress", *(extra or [])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH", "")]))}
     start = time.perf_counter()
-    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # In ``code`` (``python -m`` puts the working folder first on sys.path, before PYTHONPATH).
+    child = subprocess.Popen(command, env=env, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     samples: list[tuple[float, float]] = []
     done = threading.Event()
     sampler = threading.Thread(target=_sample_rss, args=(child.pid, samples, done), daemon=True)
