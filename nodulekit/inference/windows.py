@@ -253,7 +253,7 @@ def predict_full(
     if context is not None and int(context) < 0:
         raise InvalidParameterError(f"context must be >= 0 pixels (or None), got {context!r}")
     # What is preprocessed: whole slices, or the box and the preprocessing's reach around it.
-    source = (0, rows, 0, columns) if context is None or preprocess is None else _widen(box, (rows, columns), int(context) + 1)
+    source = (0, rows, 0, columns) if context is None or preprocess is None else _widen(box, (rows, columns), int(context) + 1)  # a pixel to spare
     inner = (box[0] - source[0], box[1] - source[0], box[2] - source[2], box[3] - source[2])
     bar = tqdm(total=len(keep), desc="slices", unit="slice", disable=not progress)
     for begin in range(0, len(keep), int(batch_size)):
