@@ -66,7 +66,7 @@ def test_full_mode_preprocesses_only_the_box_and_its_reach_with_the_same_values(
     boxed = segmenter.predict(hu + np.float32(offset), region=lung, progress=False)
     box = segmenter._last_counts["box"]
     assert box[1] - box[0] < hu.shape[1] or box[3] - box[2] < hu.shape[2]  # the shortcut is taken
-    segmenter._slice_reach = None  # whole slices, as before
+    segmenter._steps_reach = None  # whole slices, as before
     whole = segmenter.predict(hu + np.float32(offset), region=lung, progress=False)
     assert np.array_equal(boxed, whole)
 
@@ -167,7 +167,7 @@ def test_the_shipped_segmenter_gives_the_same_scan_result_with_the_box_shortcut(
     volume = generate_volume(n_slices=10, n_nodules=2, seed=5, thickness=2.0)
     segmenter = load_segmenter("pretrained")
     fast = segmenter.segment(volume, min_score=0.0, progress=False)
-    segmenter._slice_reach = None
+    segmenter._steps_reach = None
     whole = segmenter.segment(volume, min_score=0.0, progress=False)
     assert np.array_equal(fast.probabilities, whole.probabilities) and np.array_equal(fast.labels, whole.labels)
     assert fast.nodules.equals(whole.nodules) and len(fast.nodules) > 0

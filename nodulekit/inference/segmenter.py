@@ -129,7 +129,7 @@ class Segmenter:
         self._functions: dict[str, Callable] = {}
         self._last_counts: dict[str, Any] = {}
         self._before_zscore, self._after_zscore, self._has_zscore = _split_pipeline(pipeline)
-        self._slice_reach = _slice_reach(self._before_zscore, self._after_zscore, self._has_zscore, self.window)
+        self._steps_reach = _steps_reach(self._before_zscore, self._after_zscore)
 
     def __repr__(self) -> str:
         name = getattr(self.model, "name", type(self.model).__name__)
@@ -500,6 +500,18 @@ class Segmenter:
         return report
 
     @property
+    def _slice_reach(self) -> int | None:
+        """How far (pixels) :meth:`preprocess_slices` looks around a pixel; None when unbounded.
+
+        :func:`predict_full` then preprocesses only the box it predicts and this margin around it,
+        with the same values in the box. The local z-score reads ``window // 2`` pixels
+        (:func:`local_zscore`'s ``window x window`` box); the other steps add theirs.
+        """
+        if self._steps_reach is None:
+            return None
+        return self._steps_reach + (self.window // 2 if self._has_zscore else 0)
+
+    @property
     def _scale_invariant(self) -> bool:
         """True when the pipeline z-scores (any affine intensity scale then gives the same input)."""
         return self._has_zscore
@@ -619,14 +631,9 @@ _STEP_REACH: dict[str, Callable[[Any], int | None]] = {
 }
 
 
-def _slice_reach(before: Any, after: Any, has_zscore: bool, window: int) -> int | None:
-    """How far :meth:`Segmenter.preprocess_slices` looks around a pixel, or None when unbounded.
-
-    The reaches of the steps add up; the local z-score reads ``window // 2`` pixels
-    (:func:`local_zscore`'s ``window x window`` box). :func:`predict_full` then preprocesses only
-    the box it predicts and this margin around it, with the same result in the box.
-    """
-    reach = window // 2 if has_zscore else 0
+def _steps_reach(before: Any, after: Any) -> int | None:
+    """How far the pipeline steps around the local z-score look around a pixel (their reaches add up), or None when unbounded."""
+    reach = 0
     for step in [*_pipeline_steps(before), *_pipeline_steps(after)]:
         rule = _STEP_REACH.get(_step_name(step))
         step_reach = None if rule is None else rule(step)
