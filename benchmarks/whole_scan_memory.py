@@ -9,6 +9,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/whole_scan_memory.py --slices 133 --spacing 2.5
     .venv/bin/python benchmarks/whole_scan_memory.py --slices 600 --slices 133 --spacing 0.5 --spacing 2.5
     .venv/bin/python benchmarks/whole_scan_memory.py --keep /tmp/scan600 --steps   # reuses a kept scan; per step
+    .venv/bin/python benchmarks/whole_scan_memory.py --keep /tmp/scan600 --baseline c3c6074   # before / after, back to back
 
 Each scan is a ``nodulekit.phantom.generate_volume`` chest (512x512 slices, nodules of every kind),
 written as a DICOM series (int16, one file per slice, as a scanner exports it) into a temporary
@@ -20,6 +21,10 @@ per step from ``summary.json`` and the RSS over time. ``--steps`` runs the same 
 child of this script that wraps each step (reading, lung mask, prediction, measurement, the second
 stage's features and ranking, writing) and prints its seconds and RSS before, at its peak and
 after. ``--keep DIR`` keeps the scans (a rerun reuses them), the outputs and every RSS sample.
+``--baseline REV`` first runs the same command with the ``nodulekit`` package of git revision REV
+(``git archive`` into a temporary folder, the shipped model included), then with this tree's, back
+to back on the same scan, and prints this tree's wall and CPU seconds and peak RSS as ratios of REV's,
+and whether the two wrote the same results (``nodules.csv``, ``labels.npy``, the mask PNGs).
 
 The synthetic chest is at most 1.3 x its height long (210-270 mm), so 600 slices fit at 0.5 mm
 (300 mm), not at 0.625 mm; memory depends on the voxel count (600 x 512 x 512), not on the
@@ -86,19 +91,22 @@ def _sample_rss(pid: int, samples: list[tuple[float, float]], done: threading.Ev
         return
 
 
-def measure_segment(scan: Path, out: Path, extra: list[str] | None = None, *, steps: bool = False) -> dict:
+def measure_segment(scan: Path, out: Path, extra: list[str] | None = None, *, steps: bool = False, code: Path = REPO) -> dict:
     """Run ``python -m nodulekit segment scan --out out`` in a child; its wall time and peak RSS.
 
     With ``steps``, the child is this script, which runs the same command in-process and prints
-    each step's seconds and RSS (``extra`` options are then not passed).
+    each step's seconds and RSS (``extra`` options are then not passed). ``code`` is the folder
+    whose ``nodulekit`` package the child imports (default this repository's).
     """
+    scan, out = Path(scan).resolve(), Path(out).resolve()
     if steps:
         command = [sys.executable, str(Path(__file__).resolve()), "--steps-child", str(scan), str(out)]
     else:
         command = [sys.executable, "-m", "nodulekit", "segment", str(scan), "--out", str(out), "--no-progress", *(extra or [])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH", "")]))}
     start = time.perf_counter()
-    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # In ``code`` (``python -m`` puts the working folder first on sys.path, before PYTHONPATH).
+    child = subprocess.Popen(command, env=env, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     samples: list[tuple[float, float]] = []
     done = threading.Event()
     sampler = threading.Thread(target=_sample_rss, args=(child.pid, samples, done), daemon=True)
@@ -195,7 +203,7 @@ def _steps_child(scan: str, out: str) -> int:
     return cli_main(["segment", scan, "--out", out, "--no-progress"])
 
 
-def _row(slices: int, spacing: float, folder: Path, extra: list[str], steps: bool = False) -> dict:
+def _row(slices: int, spacing: float, folder: Path, extra: list[str], steps: bool = False, code: Path = REPO, label: str = "this tree") -> dict:
     from nodulekit.readers import write_dicom_series
 
     start = time.perf_counter()
@@ -205,15 +213,51 @@ def _row(slices: int, spacing: float, folder: Path, extra: list[str], steps: boo
         write_dicom_series(volume, scan, patient_id=f"BENCH-{slices}")
         del volume
     prepared = time.perf_counter() - start
-    print(f"{slices} slices: scan made and written in {prepared:.0f} s; segmenting ...", flush=True)
-    shutil.rmtree(folder / f"out_{slices}", ignore_errors=True)
-    result = measure_segment(scan, folder / f"out_{slices}", extra, steps=steps)
+    print(f"{slices} slices: scan made and written in {prepared:.0f} s; segmenting with {label} ...", flush=True)
+    out = folder / (f"out_{slices}" if code == REPO else f"out_{slices}_{label}")
+    shutil.rmtree(out, ignore_errors=True)
+    result = measure_segment(scan, out, extra, steps=steps, code=code)
     if steps:
         print("\n".join(line for line in result["output"].splitlines() if line.startswith("step ")))
-    result.update(slices=slices, spacing=spacing, phases=_phases(folder / f"out_{slices}"))
+    result.update(slices=slices, spacing=spacing, code=label, out=str(out), phases=_phases(out))
     if result["returncode"] != 0:
         print(result["output"][-3000:], file=sys.stderr)
     return result
+
+
+def _checkout(revision: str, folder: Path) -> Path:
+    """The ``nodulekit`` package of git ``revision`` extracted into ``folder`` (returned, for PYTHONPATH)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "nodulekit"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def _same_results(first: dict, second: dict) -> bool:
+    """Whether two runs wrote byte-identical ``nodules.csv``, ``labels.npy`` and mask PNGs."""
+    import filecmp
+
+    a, b = Path(first["out"]), Path(second["out"])
+    names = sorted(p.name for p in (a / "masks").glob("*.png"))
+    if not names or names != sorted(p.name for p in (b / "masks").glob("*.png")):
+        return False
+    files = ["nodules.csv", "labels.npy", *(f"masks/{name}" for name in names)]
+    return all(filecmp.cmp(a / name, b / name, shallow=False) for name in files)
+
+
+def _ratios(rows: list[dict]) -> list[str]:
+    """Per scan size: this tree's wall and CPU seconds and peak RSS as ratios of the baseline's."""
+    lines = []
+    for row in rows:
+        base = next((r for r in rows if r["slices"] == row["slices"] and r is not row and row["code"] == "this tree"), None)
+        if base is None or row["returncode"] or base["returncode"]:
+            continue
+        lines.append(
+            f"{row['slices']} slices, this tree / {base['code']} (run back to back): wall {row['seconds'] / base['seconds']:.2f}x, "
+            f"CPU {row['cpu_seconds'] / base['cpu_seconds']:.2f}x, peak RSS {row['peak_rss_gb'] / base['peak_rss_gb']:.2f}x; "
+            f"results {'identical' if _same_results(base, row) else 'DIFFERENT'}"
+        )
+    return lines
 
 
 def _phases(out: Path) -> dict:
@@ -235,7 +279,7 @@ def _timeline(samples: list[tuple[float, float]], points: int = 12) -> str:
 
 def _table(rows: list[dict]) -> str:
     lines = [
-        f"{'scan':<26} {'wall s':>7} {'CPU s':>7} {'peak RSS GB':>12} {'peak at s':>10}  verdict",
+        f"{'scan':<26} {'code':<10} {'wall s':>7} {'CPU s':>7} {'peak RSS GB':>12} {'peak at s':>10}  verdict",
     ]
     for row in rows:
         scan = f"{row['slices']} x 512 x 512, {row['spacing']:g} mm"
@@ -244,12 +288,12 @@ def _table(rows: list[dict]) -> str:
             f"time {'ok' if row['seconds'] <= TIME_BUDGET_S else 'OVER'} (<= {TIME_BUDGET_S:g} s)"
         )
         lines.append(
-            f"{scan:<26} {row['seconds']:>7.1f} {row['cpu_seconds']:>7.1f} {row['peak_rss_gb']:>12.2f} {row['peak_at_s']:>10.1f}  {verdict}"
+            f"{scan:<26} {row['code'][:10]:<10} {row['seconds']:>7.1f} {row['cpu_seconds']:>7.1f} {row['peak_rss_gb']:>12.2f} {row['peak_at_s']:>10.1f}  {verdict}"
         )
     for row in rows:
         steps = ", ".join(f"{key[:-2]} {value:.1f}" for key, value in row["phases"].items())
-        lines.append(f"{row['slices']} slices, seconds per step (summary.json): {steps or 'n/a'}")
-        lines.append(f"{row['slices']} slices, RSS over time (s:GB): {_timeline(row['samples'])}")
+        lines.append(f"{row['slices']} slices ({row['code']}), seconds per step (summary.json): {steps or 'n/a'}")
+        lines.append(f"{row['slices']} slices ({row['code']}), RSS over time (s:GB): {_timeline(row['samples'])}")
     return "\n".join(lines)
 
 
@@ -259,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spacing", type=float, action="append", help="slice spacing in mm, one per --slices (default 0.5)")
     parser.add_argument("--keep", type=Path, help="keep the scans, outputs and RSS samples (whole_scan_memory.json) here")
     parser.add_argument("--steps", action="store_true", help="also time each step in the child (RSS before, peak, after)")
+    parser.add_argument("--baseline", metavar="REV", help="first run each scan with the nodulekit of git revision REV, then this tree's; print the ratios")
     parser.add_argument("--steps-child", nargs=2, metavar=("SCAN", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("segment_options", nargs=argparse.REMAINDER, help="after --: more `nodulekit segment` options")
     args = parser.parse_args(argv)
@@ -270,12 +315,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give one --spacing per --slices")
     extra = [option for option in args.segment_options if option != "--"]
     folder = args.keep or Path(tempfile.mkdtemp(prefix="nodulekit-bench-scan-"))
+    rows, ratios = [], []
     try:
-        rows = [_row(n, s, folder, extra, args.steps) for n, s in zip(slices, spacings)]
+        baseline = _checkout(args.baseline, Path(tempfile.mkdtemp(prefix="nodulekit-baseline-"))) if args.baseline else None
+        for n, s in zip(slices, spacings):
+            if baseline is not None:
+                rows.append(_row(n, s, folder, extra, args.steps, code=baseline, label=args.baseline))
+            rows.append(_row(n, s, folder, extra, args.steps))
+        if baseline is not None:
+            ratios = _ratios(rows) or ["no ratio (a run failed)"]  # compares the outputs: before they go
+            shutil.rmtree(baseline, ignore_errors=True)
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
-    print(_table(rows))
+    print("\n".join([_table(rows), *ratios]))
     if args.keep is not None:  # every RSS sample and the child's output, for a closer look
         (args.keep / "whole_scan_memory.json").write_text(json.dumps(rows, default=list, indent=1))
     return int(any(row["returncode"] for row in rows))

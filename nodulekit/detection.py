@@ -279,14 +279,25 @@ class _ScanContext:
         else:
             self.lung = None
 
-    def depth(self) -> np.ndarray | None:
-        """Distance (mm) from each lung voxel to the nearest voxel outside the lungs, in-plane."""
-        if self.lung is not None and self._depth is None:
-            depth = np.empty(self.lung.shape, np.float32)  # filled slice by slice: no float64 copy of the scan
-            for index, lung_slice in enumerate(self.lung):
-                depth[index] = ndimage.distance_transform_edt(lung_slice, sampling=self.sampling[1:])
-            self._depth = depth
-        return self._depth
+    def depth(self, crop: tuple[slice, ...] | None = None) -> np.ndarray | None:
+        """Distance (mm) from each lung voxel to the nearest voxel outside the lungs, in-plane (of ``crop`` when given).
+
+        Filled in float32 slice by slice (no float64 copy of the scan), each slice when first
+        needed, inside the lungs' in-plane bounding box and one voxel around it: every voxel
+        outside that box is outside the lungs, so the ring holds a nearest one of every lung voxel.
+        """
+        if self.lung is None:
+            return None
+        if self._depth is None:
+            self._depth = np.zeros(self.lung.shape, np.float32)
+            self._filled = np.zeros(len(self.lung), bool)
+            rows = np.flatnonzero(self.lung.any(axis=(0, 2)))
+            self._plane = (slice(max(int(rows[0]) - 1, 0), int(rows[-1]) + 2), slice(max(int(self.left) - 1, 0), int(self.right) + 2))
+        for index in range(len(self.lung))[slice(None) if crop is None else crop[0]]:
+            if not self._filled[index]:
+                self._depth[index][self._plane] = ndimage.distance_transform_edt(self.lung[index][self._plane], sampling=self.sampling[1:])
+                self._filled[index] = True
+        return self._depth if crop is None else self._depth[crop]
 
 
 def _features(labels, label, box, record, probabilities, hu, context: _ScanContext, sampling) -> dict:
@@ -366,7 +377,7 @@ def _position(context: _ScanContext, crop, inside) -> dict:
     """Depth inside the lungs, pleural contact and medial position of a candidate."""
     if context.lung is None:
         return {"lung_depth_mm": 0.0, "pleura_contact": 0.0, "medial_position": 0.0}
-    depth = context.depth()[crop][inside]
+    depth = context.depth(crop)[inside]
     column = np.argwhere(inside)[:, 2].mean() + crop[2].start
     middle = 0.5 * (context.left + context.right)
     half = max(0.5 * (context.right - context.left), 1.0)
@@ -942,7 +953,11 @@ def rank_candidates(
     lookup = np.zeros(int(max(np.max(labels, initial=0), table["nodule_id"].max() if len(table) else 0)) + 1, np.int32)
     lookup[ranked["nodule_id"].to_numpy(int)] = np.arange(1, len(ranked) + 1, dtype=np.int32)
     ranked = ranked.assign(nodule_id=np.arange(1, len(ranked) + 1)).reset_index(drop=True)
-    return lookup[labels], ranked
+    labels = np.asarray(labels)
+    relabelled = np.zeros(labels.shape, np.int32)  # written in the candidates' box only (a whole scan is mostly 0)
+    box = _labels_box(labels)
+    relabelled[box] = lookup[labels[box]]
+    return relabelled, ranked
 
 
 def _check_threshold(threshold: float) -> None:
@@ -1116,7 +1131,8 @@ def _peaks(hu, lung, sampling, radii_mm, grid_mm, margin_mm, hu_floor, hu_ceilin
     if not lung.any():
         return np.zeros((0, 5))
     box = _box(lung, sampling, 3.0 * radii.max())
-    image = np.clip(hu[box].astype(np.float32), -1000.0, hu_ceiling)
+    image = hu[box].astype(np.float32)
+    np.clip(image, -1000.0, hu_ceiling, out=image)  # in place: one copy of the lungs' box, not two
     base_step = np.maximum(np.round(grid_mm / sampling), 1).astype(int)
     base, inside = _block_mean(image, lung[box], base_step)
     del image
@@ -1199,8 +1215,10 @@ def merge_candidates(
         raise InvalidParameterError(f"candidate labels must be 3-D arrays of one shape, got {segmenter_labels.shape} and {blob_labels.shape}")
     sampling = _voxel_size(spacing, "merging candidates needs")
     centre_columns = ["centroid_z", "centroid_y", "centroid_x"]
-    both = (segmenter_labels > 0) & (blob_labels > 0)
-    pairs = np.unique(np.stack([segmenter_labels[both], blob_labels[both]], axis=1), axis=0) if both.any() else np.zeros((0, 2), int)
+    box = _labels_box(blob_labels)  # blobs fill a small part of a scan: the voxel-wise work stays inside their box
+    segmenter_in, blob_in = segmenter_labels[box], blob_labels[box]
+    both = (segmenter_in > 0) & (blob_in > 0)
+    pairs = np.unique(np.stack([segmenter_in[both], blob_in[both]], axis=1), axis=0) if both.any() else np.zeros((0, 2), int)
     strength = dict(zip(blob_table["nodule_id"].to_numpy(int), blob_table["blob_strength"].to_numpy(float))) if "blob_strength" in blob_table else {}
     radius = dict(zip(blob_table["nodule_id"].to_numpy(int), blob_table["blob_radius_mm"].to_numpy(float))) if "blob_radius_mm" in blob_table else {}
     segmenter_centres = dict(zip(segmenter_table["nodule_id"].to_numpy(int), segmenter_table[centre_columns].to_numpy(float)))
@@ -1212,15 +1230,18 @@ def merge_candidates(
         distance = np.sqrt((((segmenter_centres[int(segment)] - blob_centres[int(blob)]) * sampling) ** 2).sum())
         if distance <= max(radius.get(int(blob), 0.0), float(min_distance_mm)):
             duplicates.add(int(blob))
-    free = np.bincount(blob_labels[(segmenter_labels == 0) & (blob_labels > 0)], minlength=int(np.max(blob_labels, initial=0)) + 1)
+    free = np.bincount(blob_in[(segmenter_in == 0) & (blob_in > 0)], minlength=int(np.max(blob_in, initial=0)) + 1)
     ids = blob_table["nodule_id"].to_numpy(int)
     keep = np.array([i not in duplicates and i < len(free) and free[i] > 0 for i in ids], bool)
     blobs = blob_table[keep]
     count = int(max(np.max(segmenter_labels, initial=0), len(segmenter_table)))
-    lookup = np.zeros(int(max(np.max(blob_labels, initial=0), ids.max() if len(ids) else 0)) + 1, np.int32)
+    lookup = np.zeros(int(max(np.max(blob_in, initial=0), ids.max() if len(ids) else 0)) + 1, np.int32)
     new_ids = np.arange(count + 1, count + 1 + len(blobs), dtype=np.int32)
     lookup[blobs["nodule_id"].to_numpy(int)] = new_ids
-    merged = np.where(segmenter_labels > 0, segmenter_labels, lookup[blob_labels]).astype(np.int32)
+    merged = np.zeros(segmenter_labels.shape, np.int32)  # written in the two boxes only: no whole-scan copy
+    segmenter_box = _labels_box(segmenter_labels)
+    merged[segmenter_box] = segmenter_labels[segmenter_box]
+    merged[box] = np.where(segmenter_in > 0, segmenter_in, lookup[blob_in])
     first = segmenter_table.assign(source="segmenter", blob_strength=[segmenter_strength.get(int(i), 0.0) for i in segmenter_table["nodule_id"]])
     second = blobs.assign(nodule_id=new_ids, source="blob")
     table = pd.concat([first, second], ignore_index=True) if len(second) else first.reset_index(drop=True)
@@ -1258,6 +1279,14 @@ def _dilate(mask: np.ndarray, sampling: np.ndarray, margin_mm: float) -> np.ndar
     size = 2 * np.ceil(margin_mm / sampling[1:]).astype(int) + 1
     grown = ndimage.maximum_filter1d(mask.view(np.uint8), int(size[0]), axis=1)
     return ndimage.maximum_filter1d(grown, int(size[1]), axis=2).view(bool)
+
+
+def _labels_box(labels: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of the non-zero voxels of a label volume (empty slices when there is none)."""
+    boxes = [b for b in ndimage.find_objects(labels) if b is not None] if labels.size else []
+    if not boxes:
+        return tuple(slice(0, 0) for _ in range(labels.ndim))
+    return tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes)) for axis in range(labels.ndim))
 
 
 def _box(mask: np.ndarray, sampling: np.ndarray, pad_mm: float) -> tuple[slice, ...]:

@@ -257,11 +257,37 @@ class MedianFilter(Step):
         images = _gray_batch(np.asarray(images, np.float32), self.name)
         if self.size == 1:
             return images
+        if self.size == 3:
+            return _median3(images)
         footprint = np.ones((1, self.size, self.size), bool)  # never mixes two images of the batch
         return median(images, footprint=footprint, mode="nearest").astype(np.float32)
 
     def get_config(self) -> dict[str, Any]:
         return {"size": self.size}
+
+
+#: Devillard's 19 exchanges whose element 4 ends as the median of 9 (``opt_med9``, after Paeth).
+_MEDIAN9_EXCHANGES = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+
+
+def _median3(images: np.ndarray) -> np.ndarray:
+    """3x3 median of each float32 image, border 'nearest': scikit-image's values, several times faster.
+
+    The median of the 9 shifted copies by a sorting network of element-wise minima and maxima,
+    so every output is one of its 9 inputs, as with a rank filter (a whole 512x512 scan's slices
+    are median-filtered before every prediction). Images go through in groups of about 2**18
+    pixels, whose temporaries stay small.
+    """
+    rows, columns = images.shape[1:]
+    out = np.empty(images.shape, np.float32)
+    group = max(1, 2**18 // max(rows * columns, 1))
+    for begin in range(0, len(images), group):
+        padded = np.pad(images[begin : begin + group], ((0, 0), (1, 1), (1, 1)), mode="edge")
+        values = [padded[:, i : i + rows, j : j + columns] for i in range(3) for j in range(3)]
+        for i, j in _MEDIAN9_EXCHANGES:
+            values[i], values[j] = np.minimum(values[i], values[j]), np.maximum(values[i], values[j])
+        out[begin : begin + group] = values[4]
+    return out
 
 
 @_register

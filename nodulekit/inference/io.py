@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -158,6 +159,15 @@ def _from_run_folder(folder: Path) -> tuple[Path, Path | None, dict]:
     return model_file, pipeline_file, {}
 
 
+def _png(image: np.ndarray) -> bytes:
+    """The PNG file of a uint8 image, as ``PIL.Image.save`` writes it."""
+    from PIL import Image
+
+    encoded = io.BytesIO()
+    Image.fromarray(image).save(encoded, format="PNG")
+    return encoded.getvalue()
+
+
 def write_segmentation(
     result: SegmentationResult,
     folder: str | os.PathLike,
@@ -243,9 +253,16 @@ def write_segmentation(
         (folder / "overlays").mkdir(exist_ok=True)
         files["overlays"] = "overlays/"
     written = 0
+    empty_png: bytes | None = None  # most slices of a scan have no nodule: their (identical) PNG is encoded once
     for index in tqdm(range(count), desc="writing", unit="slice", disable=not progress):
-        Image.fromarray((result.mask[index] > 0).astype(np.uint8) * 255).save(folder / "masks" / f"{names[index]}.png")
-        interesting = result.mask[index].any() or (truth is not None and truth[index].any())
+        marked = bool(result.mask[index].any())
+        if marked or empty_png is None:
+            png = _png((result.mask[index] > 0).astype(np.uint8) * 255)
+            empty_png = empty_png if marked else png
+        else:
+            png = empty_png
+        (folder / "masks" / f"{names[index]}.png").write_bytes(png)
+        interesting = marked or (truth is not None and truth[index].any())
         if overlays == "all" or (overlays == "nodules" and interesting):
             rgb = overlay_rgb(result.images[index], result.mask[index], truth=None if truth is None else truth[index])
             Image.fromarray(rgb).save(folder / "overlays" / f"{names[index]}.png")

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidParameterError
 from ..postprocess import fill_holes, keep_largest_components, label_components
+from .measure import mask_box
 
 __all__ = ["lung_mask", "search_region"]
 
@@ -95,7 +96,10 @@ def lung_mask(
     air = volume < float(threshold)
     for index in range(len(air)):
         air[index] = clear_border(air[index])
-    mask = keep_largest_components(air, connectivity=1, keep=int(keep), min_fraction=float(min_fraction))
+    mask = np.zeros(air.shape, bool)
+    box = mask_box(air)  # the same components inside the box of the air, a fraction of the volume
+    if box is not None:
+        mask[box] = keep_largest_components(air[box], connectivity=1, keep=int(keep), min_fraction=float(min_fraction))
     for index in tqdm(range(len(mask)), desc="lung mask", unit="slice", disable=not progress):
         if mask[index].any():
             mask[index] = _close_fill_dilate(mask[index], pixel, float(closing_mm), float(margin_mm))

@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import ndimage
 
 from ..errors import InvalidParameterError
-from ..postprocess import label_components, remove_small_objects
+from ..postprocess import component_sizes, label_components
 from .result import SegmentationResult
 
 __all__ = ["NODULE_COLUMNS", "measure_labels", "measure_nodules", "match_nodules"]
@@ -125,14 +125,20 @@ def measure_nodules(
                 raise InvalidParameterError(f"{name} shape {array.shape} differs from mask shape {mask.shape}")
             extras[name] = array
 
-    # 26-connected across slices, or 8-connected within each image of a stack
-    if int(min_voxels) > 1:
-        mask = remove_small_objects(mask, min_size=int(min_voxels), connectivity=3, within_slices=not connect_slices)
-    labels, count = label_components(mask, connectivity=3, within_slices=not connect_slices)
+    # 26-connected across slices, or 8-connected within each image of a stack; labelled inside the
+    # mask's bounding box only (a whole scan's mask fills a small part of it), in the same raster order
+    labels = np.zeros(mask.shape, np.int32)
+    box = mask_box(mask)
+    found, count, offset = np.zeros((1, 1, 1), np.int32), 0, np.zeros(3, int)
+    if box is not None:
+        found, count = label_components(mask[box], connectivity=3, within_slices=not connect_slices)
+        found, count = _drop_small(found, count, int(min_voxels))
+        offset = np.array([b.start for b in box])
+        labels[box] = found
     pixel_known = bool(np.isfinite(values[1]) and np.isfinite(values[2]))
     rows = []
-    for region in regionprops(labels):
-        row = _measure_component(labels, region.label, region.coords, values, connect_slices, extras)
+    for region in regionprops(found):
+        row = _measure_component(labels, region.label, region.coords + offset, values, connect_slices, extras)
         if pixel_known and row["diameter_mm"] < float(min_diameter_mm):
             continue
         rows.append(row)
@@ -141,9 +147,35 @@ def measure_nodules(
     for number, row in enumerate(rows, start=1):
         lookup[row.pop("label")] = number
         row["nodule_id"] = number
-    relabelled = lookup[labels]
+    if box is not None:
+        labels[box] = lookup[found]
     table = pd.DataFrame(rows, columns=list(NODULE_COLUMNS))
-    return (relabelled[0] if two_d else relabelled), table
+    return (labels[0] if two_d else labels), table
+
+
+def mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box (slices of a 3-D array) that holds every True voxel of ``mask``; None when there is none."""
+    planes = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
+    if not len(planes):
+        return None
+    inside = mask[planes[0] : planes[-1] + 1]
+    rows, columns = np.flatnonzero(inside.any(axis=(0, 2))), np.flatnonzero(inside.any(axis=(0, 1)))
+    return (slice(int(planes[0]), int(planes[-1]) + 1), slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1))
+
+
+def _drop_small(labels: np.ndarray, count: int, min_voxels: int) -> tuple[np.ndarray, int]:
+    """Components of fewer than ``min_voxels`` voxels dropped, the others numbered 1.. in their order.
+
+    The same labels as labelling the mask without the small components again
+    (:func:`~nodulekit.postprocess.remove_small_objects` then :func:`~nodulekit.postprocess.label_components`):
+    labels follow the raster order of each component's first voxel, which dropping others keeps.
+    """
+    if min_voxels <= 1 or count == 0:
+        return labels, count
+    big = component_sizes(labels, count) >= min_voxels
+    lookup = np.zeros(count + 1, np.int32)
+    lookup[1:][big] = np.arange(1, int(big.sum()) + 1, dtype=np.int32)
+    return lookup[labels], int(big.sum())
 
 
 def measure_labels(

@@ -129,6 +129,7 @@ class Segmenter:
         self._functions: dict[str, Callable] = {}
         self._last_counts: dict[str, Any] = {}
         self._before_zscore, self._after_zscore, self._has_zscore = _split_pipeline(pipeline)
+        self._steps_reach = _steps_reach(self._before_zscore, self._after_zscore)
 
     def __repr__(self) -> str:
         name = getattr(self.model, "name", type(self.model).__name__)
@@ -248,6 +249,7 @@ class Segmenter:
                 preprocess=self.preprocess_slices,
                 batch_size=batch_size,
                 progress=progress,
+                context=self._slice_reach,
             )
         if region is not None:
             out[~region] = 0.0
@@ -498,6 +500,18 @@ class Segmenter:
         return report
 
     @property
+    def _slice_reach(self) -> int | None:
+        """How far (pixels) :meth:`preprocess_slices` looks around a pixel; None when unbounded.
+
+        :func:`predict_full` then preprocesses only the box it predicts and this margin around it,
+        with the same values in the box. The local z-score reads ``window // 2`` pixels
+        (:func:`local_zscore`'s ``window x window`` box); the other steps add theirs.
+        """
+        if self._steps_reach is None:
+            return None
+        return self._steps_reach + (self.window // 2 if self._has_zscore else 0)
+
+    @property
     def _scale_invariant(self) -> bool:
         """True when the pipeline z-scores (any affine intensity scale then gives the same input)."""
         return self._has_zscore
@@ -604,6 +618,29 @@ def _split_pipeline(pipeline: Any) -> tuple[Any, Any, bool]:
     after = [s for s, n in zip(steps[cut + 1 :], names[cut + 1 :]) if "crop" not in n]
     cls = type(pipeline)
     return (cls(before) if before else None, cls(after) if after else None, has_zscore)
+
+
+#: How far (pixels) a pipeline step looks around a pixel of a whole slice, by step name (0: pixel-wise).
+#: A step not listed, or a per-image z-score left after the split (statistics of the whole slice),
+#: has no bounded reach.
+_STEP_REACH: dict[str, Callable[[Any], int | None]] = {
+    "to_grayscale": lambda step: 0,
+    "window_hu": lambda step: 0,
+    "zscore": lambda step: None if getattr(step, "per_image", True) else 0,
+    "median_filter": lambda step: int(step.size) // 2 if isinstance(getattr(step, "size", None), int) else None,
+}
+
+
+def _steps_reach(before: Any, after: Any) -> int | None:
+    """How far the pipeline steps around the local z-score look around a pixel (their reaches add up), or None when unbounded."""
+    reach = 0
+    for step in [*_pipeline_steps(before), *_pipeline_steps(after)]:
+        rule = _STEP_REACH.get(_step_name(step))
+        step_reach = None if rule is None else rule(step)
+        if step_reach is None:
+            return None
+        reach += step_reach
+    return reach
 
 
 def _check_finite(array: np.ndarray, what: str) -> None:

@@ -196,12 +196,15 @@ def predict_full(
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    context: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Probabilities for whole slices from one fully convolutional pass over the region's bounding box.
 
     Each batch of slices is preprocessed whole (so local statistics are those of a window), cut to
     the bounding box of ``region`` (plus ``window // 4`` pixels, grown to a multiple of 16 where
-    the slice allows), padded by reflection to a multiple of 16 and predicted at once.
+    the slice allows), padded by reflection to a multiple of 16 and predicted at once. With
+    ``context``, only the box and ``context`` pixels around it (inside the slice) are preprocessed:
+    the same values in the box as preprocessing whole slices, on a fraction of the pixels.
 
     Parameters
     ----------
@@ -220,6 +223,10 @@ def predict_full(
         Slices per ``predictor`` call; default about two 512x512 slices' worth of pixels.
     progress : bool
         Show a progress bar over slices.
+    context : int, optional
+        How far (pixels) ``preprocess`` looks around a pixel (its reach: e.g. ``window // 2`` for
+        :func:`local_zscore`, plus 1 for a 3x3 median filter), >= 0. ``None``: unknown (e.g. a
+        histogram equalisation reads the whole slice), so whole slices are preprocessed.
 
     Returns
     -------
@@ -243,18 +250,29 @@ def predict_full(
     target = (-(-height // 16) * 16, -(-width // 16) * 16)
     if batch_size is None:
         batch_size = max(1, (512 * 512 * 2) // (target[0] * target[1]))
+    if context is not None and int(context) < 0:
+        raise InvalidParameterError(f"context must be >= 0 pixels (or None), got {context!r}")
+    # What is preprocessed: whole slices, or the box and the preprocessing's reach around it.
+    source = (0, rows, 0, columns) if context is None or preprocess is None else _widen(box, (rows, columns), int(context) + 1)  # a pixel to spare
+    inner = (box[0] - source[0], box[1] - source[0], box[2] - source[2], box[3] - source[2])
     bar = tqdm(total=len(keep), desc="slices", unit="slice", disable=not progress)
     for begin in range(0, len(keep), int(batch_size)):
         index = keep[begin : begin + int(batch_size)]
-        # Normalise on the whole slice (local statistics are then the same as a window's), then cut the box.
-        normalised = slices[index] if preprocess is None else preprocess(slices[index])
-        normalised = normalised[:, box[0] : box[1], box[2] : box[3]]
+        # Normalise with the whole neighbourhood of every box pixel (local statistics are then those of a window), then cut the box.
+        raw = slices[index, source[0] : source[1], source[2] : source[3]]
+        normalised = raw if preprocess is None else preprocess(raw)
+        normalised = normalised[:, inner[0] : inner[1], inner[2] : inner[3]]
         padded = np.pad(normalised, ((0, 0), (0, target[0] - height), (0, target[1] - width)), mode="reflect")
         probabilities = predictor(padded)
         out[index, box[0] : box[1], box[2] : box[3]] = probabilities[:, :height, :width]
         bar.update(len(index))
     bar.close()
     return out, {"slices": int(len(keep)), "box": [int(b) for b in box]}
+
+
+def _widen(box: tuple[int, int, int, int], shape: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
+    """A (row0, row1, column0, column1) box ``margin`` pixels wider on every side, inside ``shape``."""
+    return (max(0, box[0] - margin), min(shape[0], box[1] + margin), max(0, box[2] - margin), min(shape[1], box[3] + margin))
 
 
 def _region_box(region: np.ndarray, *, margin: int) -> tuple[int, int, int, int]:
