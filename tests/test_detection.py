@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from nodulekit.detection import (
+    BALL_FEATURE_NAMES,
     CLASSIFIER_FILE,
     FEATURE_NAMES,
     INTENSITY_FREE_FEATURES,
@@ -17,6 +18,7 @@ from nodulekit.detection import (
     BoostedClassifier,
     CandidateClassifier,
     PerSourceClassifier,
+    ball_features,
     candidate_features,
     candidate_outcomes,
     load_classifier,
@@ -61,7 +63,7 @@ def _candidates():
 
 def test_features_tell_a_ball_from_a_vessel_and_the_pleura():
     _, table, features, which = _candidates()
-    assert list(features.columns) == list(FEATURE_NAMES) and len(features) == len(table) == 3
+    assert list(features.columns) == list(FEATURE_NAMES) + list(BALL_FEATURE_NAMES) and len(features) == len(table) == 3
     assert np.isfinite(features.to_numpy()).all()
     ball, vessel, wall = (features.iloc[which[k]] for k in ("ball", "vessel", "wall"))
     assert ball["hessian_blob"] > 0.5 > vessel["hessian_blob"]  # three strong curvatures against one weak
@@ -71,6 +73,24 @@ def test_features_tell_a_ball_from_a_vessel_and_the_pleura():
     assert wall["pleura_contact"] > 0.2 and ball["pleura_contact"] == 0.0
     assert ball["lung_depth_mm"] > wall["lung_depth_mm"]
     assert ball["hu_contrast"] == pytest.approx(880.0, abs=50)
+
+
+def test_ball_features_tell_a_nodule_in_air_from_a_vessel_the_pleura_calcium_and_ground_glass():
+    hu, lung, _, _ = _phantom()
+    _, table, features, which = _candidates()
+    ball, vessel, wall = (features.iloc[which[k]] for k in ("ball", "vessel", "wall"))
+    assert ball["shell_dense_fraction"] == 0.0 < vessel["shell_dense_fraction"]  # the vessel leaves its ball on both ends
+    assert ball["shell_lung_fraction"] == 1.0 and wall["shell_lung_fraction"] < 0.9
+    assert ball["ball_hu_max"] == 30.0 and ball["ball_ggo_fraction"] == 0.0
+    centre = table.iloc[[which["ball"]]]
+    hu[20, 30, 30] = 600.0  # a calcified core
+    hu[hu == 30.0] = -550.0  # the rest ground glass
+    again = ball_features(centre, hu=hu, lung=lung, spacing=SPACING).iloc[0]
+    assert again["ball_hu_max"] == 600.0 and again["ball_ggo_fraction"] > 0.8
+    blob = centre.assign(blob_radius_mm=8.0)  # a blob candidate's ball has the filter's radius: twice the nodule's, mostly air
+    assert ball_features(blob, hu=hu, lung=None, spacing=SPACING).iloc[0]["ball_ggo_fraction"] < 0.2
+    with pytest.raises(InvalidParameterError):
+        ball_features(centre, hu=hu[0], lung=None, spacing=SPACING)
 
 
 def test_features_refuse_2d_and_unknown_spacing():
