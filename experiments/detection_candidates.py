@@ -912,6 +912,8 @@ def _logistic_metadata(results: dict, threshold: float) -> dict:
 
 def command_shipped(args) -> int:
     """The shipped stage on the held-out scans: FROC, recall by kind, the stage before, and ``rank_union`` against the cached scores."""
+    from sklearn.metrics import roc_auc_score
+
     from nodulekit.detection import load_classifier
     from nodulekit.utils import write_json
 
@@ -938,12 +940,15 @@ def command_shipped(args) -> int:
         "held_out_scans": len(test_refs),
         "cpm": round(float(result.cpm), 4),
         "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in result.sensitivities.items()},
+        "candidate_auc": round(float(roc_auc_score(test["label"].to_numpy(bool), scores)), 4),
         "operating_point": classifier.threshold,
         "per_source_logistic_before": {"cpm": round(float(previous_result.cpm), 4), "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in previous_result.sensitivities.items()}},
         "candidate_recall": _union_recall(test, test_refs),
         "candidates_per_scan": round(len(test) / len(test_refs), 1),
         **({"shipped_before": {"classifier": str(args.previous_folder), "cache": str(args.previous_cache or args.cache), "cpm": round(float(shipped_before.cpm), 4),
                                "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in shipped_before.sensitivities.items()},
+                               "candidate_auc": round(float(roc_auc_score(old["label"].to_numpy(bool), old_scores)), 4),
+                               "recall_by_kind_at_operating_point": whole_scan._recall_by_kind(old, old_refs, old_scores, before_stage.threshold),
                                "candidate_recall": ceiling_before, "candidates_per_scan": round(len(old) / len(old_refs), 1),
                                "fp_per_scan_at_operating_point": round(float(((old_scores >= before_stage.threshold) & ~old["label"].to_numpy(bool)).sum() / len(old_refs)), 2)}}
            if shipped_before is not None else {}),
