@@ -19,7 +19,10 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
    training scans; gradient boosting on the union for comparison (it does not fit the JSON format).
 3. ``boost``: gradient-boosted trees (:class:`~nodulekit.detection.BoostedClassifier`, JSON trees):
    settings (:data:`BOOSTING_GRID`, one model for all candidates or one per source) by scan-grouped
-   CV CPM on the training scans only, against the per-source logistic in the same folds; the Platt
+   CV CPM on the training scans only, against the per-source logistic in the same folds, on the
+   candidate features, the ball features (:func:`~nodulekit.detection.ball_features`, computed once
+   per cached union as ``scan-<seed>-ball.csv`` when the union predates them; ``--no-ball-features``:
+   without) and the source features; the Platt
    step if it lowers the out-of-fold Brier score (cross-fitted); the operating point at 1 false
    positive per scan on the out-of-fold scores; only then the held-out scans.
    ``lidc``: LIDC-IDRI-0001 (DICOM + XML) end to end with a segmenter folder's second stage (the
@@ -38,6 +41,7 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
     python experiments/detection_candidates.py lidc ../shared/data/lidc/LIDC-IDRI-0001
     python experiments/detection_candidates.py stacks
     python experiments/detection_candidates.py stacks-stage --cache /tmp/cands-cache --stacks-cache runs/stacks
+    python experiments/detection_candidates.py more-held-out --training --first 120 --count 120 --cache NEW --scans-from DIR --blob JSON   # more training scans (even seeds)
     python experiments/detection_candidates.py ship     # boost's members into the shipped folder
     python experiments/detection_candidates.py shipped --cache DIR   # its held-out FROC, figS5, figS6
 

@@ -91,6 +91,8 @@ def test_ball_features_tell_a_nodule_in_air_from_a_vessel_the_pleura_calcium_and
     assert ball_features(blob, hu=hu, lung=None, spacing=SPACING).iloc[0]["ball_ggo_fraction"] < 0.2
     with pytest.raises(InvalidParameterError):
         ball_features(centre, hu=hu[0], lung=None, spacing=SPACING)
+    before = _blob_classifier()  # a classifier stored before the ball features never reads them
+    assert before.predict_proba(features).tolist() == before.predict_proba(features[list(FEATURE_NAMES)]).tolist()
 
 
 def test_features_refuse_2d_and_unknown_spacing():
@@ -222,17 +224,18 @@ def test_segmenter_folder_saves_and_loads_its_second_stage(tmp_path):
 
 
 def test_the_shipped_stage_was_trained_on_the_candidates_blob_candidates_makes_now():
-    """The shipped numbers (README "Whole scans", candidates at ten radii) and the blob settings they hold for."""
+    """The shipped numbers (README "Whole scans", candidates at ten radii, ball features, 120 training scans) and the blob settings they hold for."""
     from nodulekit.detection import BLOB_RADII_MM
     from nodulekit.pretrained import PRETRAINED_DIR
 
     metadata = load_classifier(PRETRAINED_DIR / "lidc_attention_unet").metadata
     assert f"radii {list(BLOB_RADII_MM)} mm" in metadata["candidates"]  # retrain and ship again after changing the blob defaults
     assert BLOB_RADII_MM == (1.5, 2.0, 2.5, 3.2, 4.0, 5.0, 6.5, 8.0, 10.0, 15.0)
-    assert metadata["held_out"]["cpm"] == pytest.approx(0.7645, abs=1e-4) and metadata["held_out"]["scans"].startswith("50 synthetic scans")
-    assert metadata["validation_cpm"] == pytest.approx(0.7667, abs=1e-4)
-    assert metadata["operating_point"]["threshold"] == pytest.approx(0.3885, abs=1e-4)
+    assert metadata["held_out"]["cpm"] == pytest.approx(0.8069, abs=1e-4) and metadata["held_out"]["scans"].startswith("50 synthetic scans")
+    assert metadata["validation_cpm"] == pytest.approx(0.7963, abs=1e-4) and metadata["n_scans"] == 120
+    assert metadata["operating_point"]["threshold"] == pytest.approx(0.3352, abs=1e-4)
     assert metadata["settings"] == {"learning_rate": 0.1, "max_iter": 100, "max_leaf_nodes": 16, "min_samples_leaf": 20}
+    assert set(BALL_FEATURE_NAMES) <= set(metadata["features"])  # retrain and ship again after changing ball_features
 
 
 def test_shipped_segmenter_carries_its_second_stage_and_ranks_a_synthetic_scan():
@@ -243,7 +246,7 @@ def test_shipped_segmenter_carries_its_second_stage_and_ranks_a_synthetic_scan()
     classifier = load_classifier(folder)
     assert isinstance(classifier, PerSourceClassifier) and 0 < classifier.threshold < 1
     for source in classifier.classifiers.values():
-        assert set(source.feature_names) <= set(FEATURE_NAMES) | set(SOURCE_FEATURE_NAMES)
+        assert set(source.feature_names) <= set(FEATURE_NAMES) | set(BALL_FEATURE_NAMES) | set(SOURCE_FEATURE_NAMES)
         assert isinstance(source, BoostedClassifier) and source.calibration != (1.0, 0.0)  # boosted trees with their Platt step
     assert classifier.metadata["operating_point"]["target_fp_per_scan"] > 0
     assert "training scans" in classifier.metadata["operating_point"]["chosen_on"]
