@@ -19,7 +19,10 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
    training scans; gradient boosting on the union for comparison (it does not fit the JSON format).
 3. ``boost``: gradient-boosted trees (:class:`~nodulekit.detection.BoostedClassifier`, JSON trees):
    settings (:data:`BOOSTING_GRID`, one model for all candidates or one per source) by scan-grouped
-   CV CPM on the training scans only, against the per-source logistic in the same folds; the Platt
+   CV CPM on the training scans only, against the per-source logistic in the same folds, on the
+   candidate features, the ball features (:func:`~nodulekit.detection.ball_features`, computed once
+   per cached union as ``scan-<seed>-ball.csv`` when the union predates them; ``--no-ball-features``:
+   without) and the source features; the Platt
    step if it lowers the out-of-fold Brier score (cross-fitted); the operating point at 1 false
    positive per scan on the out-of-fold scores; only then the held-out scans.
    ``lidc``: LIDC-IDRI-0001 (DICOM + XML) end to end with a segmenter folder's second stage (the
@@ -38,6 +41,7 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
     python experiments/detection_candidates.py lidc ../shared/data/lidc/LIDC-IDRI-0001
     python experiments/detection_candidates.py stacks
     python experiments/detection_candidates.py stacks-stage --cache /tmp/cands-cache --stacks-cache runs/stacks
+    python experiments/detection_candidates.py more-held-out --training --first 120 --count 120 --cache NEW --scans-from DIR --blob JSON   # more training scans (even seeds)
     python experiments/detection_candidates.py ship     # boost's members into the shipped folder
     python experiments/detection_candidates.py shipped --cache DIR   # its held-out FROC, figS5, figS6
 
@@ -186,20 +190,36 @@ def command_candidates(args) -> int:
             time.sleep(20)
 
 
-def command_more_held_out(args) -> int:
-    """Generate, segment (``detection.py``'s ``cache_scan``) and union the held-out seeds of ``[first, first + count)`` only."""
+def command_more_scans(args) -> int:
+    """Generate, segment (``detection.py``'s ``cache_scan``) and union the held-out seeds of ``[first, first + count)`` only.
+
+    ``--training``: the training (even) seeds of the range instead, never a held-out one; ``--scans-from``
+    links another cache folder's training scans (with their unions: the blob settings must be the same).
+    """
     from tqdm.auto import tqdm
 
     from nodulekit import load_pretrained
 
     folder = Path(args.cache)
     settings = cache_blob_settings(folder, args.blob)
+    if args.scans_from:
+        link_training_scans(Path(args.scans_from), folder, settings)
     segmenter = load_pretrained(tta=False).segmenter  # as detection.py cache
-    for seed in tqdm([s for s in range(args.first, args.first + args.count) if whole_scan.is_held_out(s)], desc="held-out scans"):
+    seeds = [s for s in range(args.first, args.first + args.count) if whole_scan.is_held_out(s) != args.training]
+    for seed in tqdm(seeds, desc="training scans" if args.training else "held-out scans"):
         path = whole_scan.cache_scan(seed, folder, segmenter)
         scan_union(path, settings)
         whole_scan.cache_features(path)
     return 0
+
+
+def link_training_scans(source: Path, folder: Path, settings: dict) -> None:
+    """Link ``source``'s training scans and their union files into ``folder`` (the same blob settings only)."""
+    if recorded_blob_settings(source) != settings:
+        raise SystemExit(f"{source} holds unions of other blob settings ({recorded_blob_settings(source)}); link scans of the same settings")
+    for path in sorted(source.glob("scan-?????*")):
+        if not whole_scan.is_held_out(int(path.name[5:10])) and not path.name.startswith(".") and not (folder / path.name).exists():
+            (folder / path.name).symlink_to(path.resolve())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,11 +333,32 @@ def load_union(folder: Path, *, held_out: bool, limit: int | None = None):
     for path in paths:
         seed = int(path.name[5:10])
         table = pd.read_csv(path, dtype={"hit": str}, keep_default_na=False)
-        tables.append(table.assign(seed=seed))
+        tables.append(with_ball_features(path, table).assign(seed=seed))
         references[seed] = pd.read_csv(path.with_name(f"scan-{seed:05d}-reference.csv"))
         recalls.append(pd.read_csv(path.with_name(f"scan-{seed:05d}-recall.csv")))
         counts.append(json.loads(path.with_name(f"scan-{seed:05d}-counts.json").read_text()))
     return pd.concat(tables, ignore_index=True), references, pd.concat(recalls, ignore_index=True), pd.DataFrame(counts)
+
+
+def with_ball_features(union_csv: Path, table):
+    """A union table with :data:`~nodulekit.detection.BALL_FEATURE_NAMES`: its own, or ``scan-<seed>-ball.csv`` beside it (computed once from the scan).
+
+    Unions made before the ball features lack them; they are computed from the union table (centre,
+    radius) and the cached scan, never by rewriting the union.
+    """
+    import pandas as pd
+
+    from nodulekit.detection import BALL_FEATURE_NAMES, ball_features
+
+    if set(BALL_FEATURE_NAMES) <= set(table.columns):
+        return table
+    cached = union_csv.with_name(union_csv.name.replace("-union.csv", "-ball.csv"))
+    if not cached.exists():
+        scan = whole_scan.load_scan(union_csv.with_name(union_csv.name.replace("-union.csv", ".npz")))
+        temporary = cached.with_name("." + cached.name)
+        ball_features(table, hu=scan["hu"], lung=scan["lung"], spacing=scan["spacing"]).to_csv(temporary, index=False)
+        temporary.replace(cached)
+    return table.join(pd.read_csv(cached)[list(BALL_FEATURE_NAMES)])
 
 
 def recall_summary(recall, counts) -> dict:
@@ -545,6 +586,16 @@ def _union_recall(candidates, references: dict) -> dict:
     return {"all": round(float(found.mean()), 3), "nodules": int(len(found)), "by_kind": {str(k): round(float(found[kinds == k].mean()), 3) for k in sorted(set(kinds))}}
 
 
+def _fold_cpms(candidates, references: dict, scores, folds, spacing_of) -> list[float]:
+    """CPM of each fold's held-back scans alone (the spread of the CV CPM: fold noise)."""
+    out = []
+    for _, test in folds:
+        seeds = sorted(set(candidates["seed"].iloc[test]))
+        mine = candidates["seed"].isin(seeds).to_numpy()
+        out.append(round(float(whole_scan.froc_of(candidates[mine], {s: references[s] for s in seeds}, scores[mine], spacing_of).cpm), 4))
+    return out
+
+
 def _leaves_in_all(settings: dict, by_source: bool) -> int:
     return settings["max_leaf_nodes"] * settings["max_iter"] * (2 if by_source else 1)
 
@@ -556,14 +607,14 @@ def command_boost(args) -> int:
     from sklearn.model_selection import GroupKFold
     from tqdm.auto import tqdm
 
-    from nodulekit.detection import FEATURE_NAMES, SOURCE_FEATURE_NAMES, load_classifier
+    from nodulekit.detection import BALL_FEATURE_NAMES, FEATURE_NAMES, SOURCE_FEATURE_NAMES, load_classifier
     from nodulekit.plots.detection import reliability_table
     from nodulekit.utils import write_json
 
     folder, out = Path(args.cache), Path(args.out)
     train, train_refs, _, _ = load_union(folder, held_out=False)
     train_spacing = whole_scan.spacings(folder, train_refs)
-    names = tuple(FEATURE_NAMES) + tuple(SOURCE_FEATURE_NAMES)
+    names = tuple(FEATURE_NAMES) + (tuple(BALL_FEATURE_NAMES) if args.ball_features else ()) + tuple(SOURCE_FEATURE_NAMES)
     labels = train["label"].to_numpy(bool)
     folds = list(GroupKFold(n_splits=args.folds).split(train, labels, train["seed"]))
     _, logistic_cv, logistic_c = fit_union(train, train_refs, train_spacing, feature_names=names, folds=args.folds, by_source=True)
@@ -596,11 +647,12 @@ def command_boost(args) -> int:
                            "trained_on": f"{'all' if not chosen['by_source'] else source} candidates of the union of {len(train_refs)} synthetic scans (even seeds)"}
         member.save(out / BOOSTED_FOLDER / source)
     cv = {
-        "training_scans": len(train_refs), "folds": args.folds, "cache": str(folder), "blob_settings": recorded_blob_settings(folder),
+        "training_scans": len(train_refs), "folds": args.folds, "cache": str(folder), "blob_settings": recorded_blob_settings(folder), "features": list(names),
         "training_candidates_per_scan": round(len(train) / len(train_refs), 1), "training_recall": _union_recall(train, train_refs),
         "cv_per_source_logistic": {"cpm_by_regularization": logistic_cv, "regularization": logistic_c, "cpm": logistic_cv[str(logistic_c)]},
         "cv_boosting": [{k: v for k, v in t.items() if k != "raw"} for t in trials],
-        "chosen": {"by_source": chosen["by_source"], "settings": chosen["settings"], "cv_cpm": chosen["cv_cpm"], "rule": f"fewest leaves within {CPM_TIE} CPM of the best"},
+        "chosen": {"by_source": chosen["by_source"], "settings": chosen["settings"], "cv_cpm": chosen["cv_cpm"], "rule": f"fewest leaves within {CPM_TIE} CPM of the best",
+                   "cv_cpm_by_fold": _fold_cpms(train, train_refs, expit(chosen["raw"]), folds, train_spacing)},
         "calibration_out_of_fold": calibration,
         "platt": {"used": use_platt, "steps": {g: list(s) for g, s in steps.items()}, "rule": "used when the cross-fitted Platt step lowers the out-of-fold Brier score"},
         "operating_point": {"threshold": threshold, "target_fp_per_scan": 1.0, "chosen_on": "out-of-fold scores of the training scans"},
@@ -822,11 +874,12 @@ def _boosted_metadata(results: dict, threshold: float) -> dict:
     held_out = boosted["held_out"]["boosted"]
     return {
         "candidates": _shipped_candidates(),
-        "trained_on": f"{boosted['training_scans']} synthetic scans of nodulekit.phantom.generate_volume (32 slices, 4 nodules, even seeds 0-118); "
+        "trained_on": f"{boosted['training_scans']} synthetic scans of nodulekit.phantom.generate_volume (32 slices, 4 nodules, even seeds 0-{2 * boosted['training_scans'] - 2}); "
                       f"gradient-boosted trees (scikit-learn HistGradientBoostingClassifier, exported as arrays), "
                       f"{'one model for both sources (from_blob is a feature)' if not chosen['by_source'] else 'one model per candidate source'}",
         "n_scans": boosted["training_scans"],
         "settings": chosen["settings"],
+        "features": boosted.get("features"),
         "settings_chosen_by": f"{boosted['folds']}-fold scan-grouped CV CPM on the training scans, {chosen['rule']}",
         "validation_cpm": chosen["cv_cpm"],
         "validation_cpm_per_source_logistic": boosted["cv_per_source_logistic"]["cpm"],
@@ -863,6 +916,8 @@ def _logistic_metadata(results: dict, threshold: float) -> dict:
 
 def command_shipped(args) -> int:
     """The shipped stage on the held-out scans: FROC, recall by kind, the stage before, and ``rank_union`` against the cached scores."""
+    from sklearn.metrics import roc_auc_score
+
     from nodulekit.detection import load_classifier
     from nodulekit.utils import write_json
 
@@ -889,12 +944,15 @@ def command_shipped(args) -> int:
         "held_out_scans": len(test_refs),
         "cpm": round(float(result.cpm), 4),
         "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in result.sensitivities.items()},
+        "candidate_auc": round(float(roc_auc_score(test["label"].to_numpy(bool), scores)), 4),
         "operating_point": classifier.threshold,
         "per_source_logistic_before": {"cpm": round(float(previous_result.cpm), 4), "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in previous_result.sensitivities.items()}},
         "candidate_recall": _union_recall(test, test_refs),
         "candidates_per_scan": round(len(test) / len(test_refs), 1),
         **({"shipped_before": {"classifier": str(args.previous_folder), "cache": str(args.previous_cache or args.cache), "cpm": round(float(shipped_before.cpm), 4),
                                "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in shipped_before.sensitivities.items()},
+                               "candidate_auc": round(float(roc_auc_score(old["label"].to_numpy(bool), old_scores)), 4),
+                               "recall_by_kind_at_operating_point": whole_scan._recall_by_kind(old, old_refs, old_scores, before_stage.threshold),
                                "candidate_recall": ceiling_before, "candidates_per_scan": round(len(old) / len(old_refs), 1),
                                "fp_per_scan_at_operating_point": round(float(((old_scores >= before_stage.threshold) & ~old["label"].to_numpy(bool)).sum() / len(old_refs)), 2)}}
            if shipped_before is not None else {}),
@@ -903,9 +961,9 @@ def command_shipped(args) -> int:
         **_rank_union_check(folder, test, test_refs, scores, classifier, spacing_of, args.check),
     }
     if args.figures:
-        _plot_shipped_froc(folder, test_refs, spacing_of, result, previous_result, shipped_before)
+        _plot_shipped_froc(folder, test_refs, spacing_of, result, previous_result, shipped_before, labels=(args.label, args.previous_label))
         if shipped_before is not None:
-            _plot_shipped_reliability(test["label"].to_numpy(bool), scores, old_scores, len(test_refs), old["label"].to_numpy(bool), "boosted trees, 6-radii candidates (previous)")
+            _plot_shipped_reliability(test["label"].to_numpy(bool), scores, old_scores, len(test_refs), old["label"].to_numpy(bool), args.previous_label)
         else:
             _plot_shipped_reliability(test["label"].to_numpy(bool), scores, previous_stage, len(test_refs))
     previous = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
@@ -948,7 +1006,7 @@ def _rank_union_check(folder: Path, test, test_refs, scores, classifier, spacing
     }
 
 
-def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped, per_source_logistic, shipped_before=None) -> None:
+def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped, per_source_logistic, shipped_before=None, *, labels: tuple[str, str]) -> None:
     """Fig. S5: the shipped boosted stage against the boosted stage before it (its own candidates; when given), the per-source logistic one and the first stage (segmenter candidates, one classifier) on the same scans."""
     import matplotlib
 
@@ -962,9 +1020,9 @@ def _plot_shipped_froc(folder: Path, refs, spacing_of, shipped, per_source_logis
     segmenter_only = pd.concat(tables, ignore_index=True)
     previous = load_classifier(Path(__file__).with_name("results") / "detection_classifier")
     before = whole_scan.froc_of(segmenter_only, refs, previous.predict_proba(segmenter_only), spacing_of)
-    curves = {"blob at 10 radii + segmenter, boosted (shipped)": shipped}
+    curves = {labels[0]: shipped}
     if shipped_before is not None:
-        curves["blob at 6 radii + segmenter, boosted (before)"] = shipped_before
+        curves[labels[1]] = shipped_before
     curves["blob at 10 radii + segmenter, logistic per source"] = per_source_logistic
     curves["segmenter only, one logistic (first stage)"] = before
     fig = plot_froc(
@@ -1000,9 +1058,11 @@ def main(argv: list[str] | None = None) -> int:
     candidates.add_argument("--follow", action="store_true", help="keep going while `detection.py cache` adds scans")
     candidates.add_argument("--scans-from", default=None, help="link the cached scans of this folder into --cache first (a cache of other blob settings)")
     candidates.add_argument("--training-only", action="store_true", help="only the training (even) seeds: held-out unions wait until the settings are chosen")
-    more = sub.add_parser("more-held-out", help="more held-out scans (odd seeds of a range): generate, segment, union candidates")
+    more = sub.add_parser("more-held-out", help="more held-out scans (odd seeds of a range; --training: even ones): generate, segment, union candidates")
     more.add_argument("--first", type=int, default=60)
     more.add_argument("--count", type=int, default=40)
+    more.add_argument("--training", action="store_true", help="the training (even) seeds of the range instead of the held-out ones")
+    more.add_argument("--scans-from", default=None, help="link this cache folder's training scans and unions into --cache first (same blob settings)")
     ceiling = sub.add_parser("ceiling", help="training scans: which nodules have no candidate and why")
     ceiling.add_argument("--blob", default=None, help="blob_candidates keyword arguments as JSON (default: its defaults)")
     ceiling.add_argument("--limit", type=int, default=None, help="at most this many training scans")
@@ -1016,6 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
     boost.add_argument("--held-out-cache", default=None, help="the held-out scans' union tables from here (default: --cache)")
     boost.add_argument("--cv-only", action="store_true", help="the training scans' CV only (no held-out scan is read)")
     boost.add_argument("--key", default="boosted_second_stage", help="the entry of the results file to write")
+    boost.add_argument("--no-ball-features", dest="ball_features", action="store_false", help="without the ball features (the stage shipped before them)")
     lidc = sub.add_parser("lidc", help="LIDC-IDRI-0001: candidates by source and the nodule's rank")
     lidc.add_argument("scan")
     stacks = sub.add_parser("stacks", help="dev crop stacks: segmenter against union recall by pseudo-HU band")
@@ -1034,6 +1095,8 @@ def main(argv: list[str] | None = None) -> int:
     shipped.add_argument("--key", default="shipped_per_source_held_out", help="the entry of the results file to write")
     shipped.add_argument("--previous-folder", default=None, help="a folder with the classifier.json shipped before, scored on --previous-cache's unions beside the shipped one")
     shipped.add_argument("--previous-cache", default=None, help="the same held-out scans' unions of the candidate settings shipped before")
+    shipped.add_argument("--label", default="blob at 10 radii + segmenter, boosted (shipped)", help="the shipped stage's name in figS5")
+    shipped.add_argument("--previous-label", default="blob at 6 radii + segmenter, boosted (before)", help="the stage shipped before's name in figS5 and figS6")
     for command in (candidates, more, ceiling, evaluate, boost, stacks_stage, shipped):
         command.add_argument("--cache", default="runs/detect")
     for command in (candidates, more):
@@ -1041,7 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
     for command in (ceiling, evaluate, boost, lidc, stacks, stacks_stage, ship_parser, shipped):
         command.add_argument("--out", default="experiments/results")
     args = parser.parse_args(argv)
-    commands = {"ceiling": command_ceiling, "candidates": command_candidates, "more-held-out": command_more_held_out, "evaluate": command_evaluate, "boost": command_boost, "lidc": command_lidc, "stacks": command_stacks, "stacks-stage": command_stacks_stage, "ship": command_ship, "shipped": command_shipped}
+    commands = {"ceiling": command_ceiling, "candidates": command_candidates, "more-held-out": command_more_scans, "evaluate": command_evaluate, "boost": command_boost, "lidc": command_lidc, "stacks": command_stacks, "stacks-stage": command_stacks_stage, "ship": command_ship, "shipped": command_shipped}
     return commands[args.command](args)
 
 

@@ -15,7 +15,9 @@ trained on candidates with known truth:
 * **intensity**: mean, spread and percentiles of the HU inside, contrast with a shell around it;
 * **position**: depth inside the lung mask, fraction touching its boundary (pleura), distance from
   the mediastinal side (hilum);
-* **the model's probabilities**: mean, spread, fraction above 0.9, mean in the shell around.
+* **the model's probabilities**: mean, spread, fraction above 0.9, mean in the shell around;
+* **a ball at the candidate's own scale** (:func:`ball_features`, :data:`BALL_FEATURE_NAMES`): its
+  densest voxel, its share of ground-glass HU, how dense and how much lung the shell around it is.
 
 The segmenter alone never proposes many sub-solid, ground-glass and juxtapleural nodules.
 :func:`blob_candidates` is a second, model-free candidate source (a multi-scale Hessian "dot"
@@ -94,7 +96,9 @@ __all__ = [
     "rank_candidates",
     "BLOB_COLUMNS",
     "BLOB_RADII_MM",
+    "BALL_FEATURE_NAMES",
     "SOURCE_FEATURE_NAMES",
+    "ball_features",
     "blob_candidates",
     "merge_candidates",
     "source_features",
@@ -132,6 +136,13 @@ FEATURE_NAMES = (
     "probability_high",
     "probability_shell",
 )
+
+#: Features of :func:`ball_features` (also returned by :func:`candidate_features`), measured on a ball
+#: of the candidate's own radius at its centre and on a lung shell around it: the densest voxel
+#: (calcification), the share of ground-glass HU, how much of the shell is dense (vessels leaving a
+#: bifurcation, a nodule sits in air) and how much of it is lung (pleura, mediastinum). Not in
+#: :data:`FEATURE_NAMES`: a classifier stored before them does not name them and scores as before.
+BALL_FEATURE_NAMES = ("ball_hu_max", "ball_ggo_fraction", "shell_dense_fraction", "shell_lung_fraction")
 
 #: Features that depend on HU or on a lung mask: the HU statistics, ``hessian_strength`` (in HU) and
 #: the position features (0 without a lung mask).
@@ -186,7 +197,8 @@ def candidate_features(
     Returns
     -------
     pandas.DataFrame
-        One row per ``table`` row (same order), columns :data:`FEATURE_NAMES`.
+        One row per ``table`` row (same order), columns :data:`FEATURE_NAMES` then
+        :data:`BALL_FEATURE_NAMES` (:func:`ball_features`; a classifier uses the ones it names).
 
     Raises
     ------
@@ -209,7 +221,9 @@ def candidate_features(
         if box is None:
             raise InvalidParameterError(f"nodule_id {label} of the table has no voxel in labels")
         rows.append(_features(labels, label, box, record, np.asarray(probabilities), np.asarray(hu), context, sampling))
-    return pd.DataFrame(rows, columns=list(FEATURE_NAMES), dtype=float)
+    features = pd.DataFrame(rows, columns=list(FEATURE_NAMES), dtype=float)
+    centred = table if {"centroid_z", "centroid_y", "centroid_x"} <= set(table.columns) else _with_centres(labels, table)
+    return features.join(ball_features(centred, hu=np.asarray(hu), lung=lung, spacing=spacing).set_index(features.index))
 
 
 def candidate_outcomes(labels: np.ndarray, table: pd.DataFrame, marks: np.ndarray) -> np.ndarray:
@@ -386,6 +400,90 @@ def _position(context: _ScanContext, crop, inside) -> dict:
         "pleura_contact": float((depth <= _CONTACT_MM).mean()),
         "medial_position": float(1.0 - abs(column - middle) / half),  # 1 at the midline, 0 at the lateral wall
     }
+
+
+#: Ground-glass HU band of ``ball_ggo_fraction``; HU above which a shell voxel is dense.
+_GGO_HU = (-800.0, -300.0)
+_DENSE_HU = -500.0
+#: The shell of :func:`ball_features` lies between these multiples of the candidate's radius.
+_SHELL = (1.25, 2.0)
+#: Smallest ball radius (mm): about a voxel's in-plane size for a 3 mm nodule.
+_MIN_BALL_MM = 1.5
+
+
+def ball_features(table: pd.DataFrame, *, hu: np.ndarray, lung: np.ndarray | None, spacing: Sequence[float]) -> pd.DataFrame:
+    """:data:`BALL_FEATURE_NAMES` of each candidate: a ball of its own radius at its centre, and a lung shell around it.
+
+    The ball's radius is the blob filter's (``blob_radius_mm``) for a blob candidate and the
+    equivalent sphere's of ``volume_mm3`` otherwise (at least 1.5 mm); the shell lies between 1.25
+    and 2 radii, its lung voxels only (all of it without a lung mask or without lung in it).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        ``centroid_z``, ``centroid_y``, ``centroid_x`` (voxels), ``volume_mm3``; optional
+        ``blob_radius_mm`` (mm; missing or not positive: not a blob).
+    hu : ndarray of float, shape (slices, rows, columns)
+        The scan in Hounsfield units.
+    lung : ndarray of bool or None
+        The lung mask (``None``: the whole image is lung).
+    spacing : sequence of float
+        Voxel size in mm (slice, row, column), all known.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ``table`` row (same order and index).
+
+    Raises
+    ------
+    InvalidParameterError
+        On a scan that is not 3-D, a lung mask of another shape or an unknown spacing.
+    """
+    hu = np.asarray(hu)
+    if hu.ndim != 3 or (lung is not None and np.shape(lung) != hu.shape):
+        raise InvalidParameterError(f"ball features need a 3-D scan and a lung mask of its shape, got {hu.shape} and {np.shape(lung)}")
+    sampling = _voxel_size(spacing, "ball features need")
+    lung = np.ones(hu.shape, bool) if lung is None else np.asarray(lung, bool)
+    centres = table[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(float)
+    radii = _ball_radii(table)
+    rows = [_ball(hu, lung, sampling, centre, radius) for centre, radius in zip(centres, radii)]
+    return pd.DataFrame(rows, columns=list(BALL_FEATURE_NAMES), index=table.index, dtype=float)
+
+
+def _ball_radii(table: pd.DataFrame) -> np.ndarray:
+    """Each candidate's ball radius (mm): the blob filter's, else the equivalent sphere's."""
+    sphere = np.cbrt(3.0 * table["volume_mm3"].to_numpy(float) / (4.0 * np.pi))
+    blob = pd.to_numeric(table["blob_radius_mm"], errors="coerce").to_numpy(float) if "blob_radius_mm" in table else np.full(len(table), np.nan)
+    return np.maximum(np.where(np.isfinite(blob) & (blob > 0), blob, sphere), _MIN_BALL_MM)
+
+
+def _ball(hu, lung, sampling, centre, radius) -> dict:
+    """One candidate's ball features (see :func:`ball_features`)."""
+    outer = _SHELL[1] * radius
+    voxel = np.clip(np.rint(centre).astype(int), 0, np.array(hu.shape) - 1)
+    half = np.ceil(outer / sampling).astype(int) + 1
+    box = tuple(slice(max(c - h, 0), min(c + h + 1, n)) for c, h, n in zip(voxel, half, hu.shape))
+    distance = np.sqrt(sum(((g - c) * s) ** 2 for g, c, s in zip(np.ogrid[box], centre, sampling)))
+    ball = distance <= radius
+    if not ball.any():
+        ball = distance <= distance.min()
+    shell = (distance > _SHELL[0] * radius) & (distance <= outer)
+    shell_lung = shell & lung[box]
+    inside, around = hu[box][ball], hu[box][shell_lung if shell_lung.any() else shell]
+    return {
+        "ball_hu_max": float(inside.max()),
+        "ball_ggo_fraction": float(((inside >= _GGO_HU[0]) & (inside <= _GGO_HU[1])).mean()),
+        "shell_dense_fraction": float((around > _DENSE_HU).mean()) if around.size else 0.0,
+        "shell_lung_fraction": float(shell_lung.sum() / max(int(shell.sum()), 1)),
+    }
+
+
+def _with_centres(labels: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each component's centre of mass (voxels) as ``centroid_z``, ``centroid_y``, ``centroid_x``."""
+    ids = table["nodule_id"].to_numpy(int)
+    centres = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, ids), float).reshape(-1, 3)
+    return table.assign(centroid_z=centres[:, 0], centroid_y=centres[:, 1], centroid_x=centres[:, 2])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -979,7 +1077,7 @@ def _from_config(cls, config: dict, kind: str, noun: str, keys: Sequence[str]):
     """``cls(feature_names, **keys)`` of a config of ``kind`` whose features nodulekit computes."""
     if not isinstance(config, dict) or config.get("kind") != kind:
         raise InvalidParameterError(f"not a nodulekit {noun} (kind must be '{kind}')")
-    unknown = set(config["feature_names"]) - set(FEATURE_NAMES) - set(SOURCE_FEATURE_NAMES)
+    unknown = set(config["feature_names"]) - set(FEATURE_NAMES) - set(BALL_FEATURE_NAMES) - set(SOURCE_FEATURE_NAMES)
     if unknown:
         raise InvalidParameterError(f"the classifier uses features nodulekit does not compute: {sorted(unknown)}")
     return cls(config["feature_names"], **{k: config[k] for k in keys if k in config})
