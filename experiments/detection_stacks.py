@@ -68,12 +68,12 @@ STACKS_CSV = "stacks.csv"
 
 def stack_candidates(images, marks, segmenter):
     """Candidates of one stack: the nodule table joined with features and each candidate's outcome."""
-    from nodulekit.detection import FEATURE_NAMES, candidate_features, candidate_outcomes
+    from nodulekit.detection import candidate_features, candidate_outcomes
 
     result = segmenter.segment(images, spacing=SPACING, units="uint8", connect_slices=True, lungs=False, progress=False)
     table = result.nodules
     features = candidate_features(result.labels, table, probabilities=result.probabilities, hu=images, lung=None, spacing=SPACING)
-    table = table.join(features[list(FEATURE_NAMES)])
+    table = table.join(features)  # every feature, the ball's included (a stage uses the ones it names)
     table["outcome"] = candidate_outcomes(result.labels, table, marks)
     return table, result.info["total_s"]
 
