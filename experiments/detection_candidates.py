@@ -85,14 +85,16 @@ BLOB_SETTINGS_FILE = "blob_settings.json"
 def union_candidates(hu, probabilities, lung, spacing, *, threshold: float = 0.5, blob_settings: dict | None = None):
     """(segmenter labels and table, blob labels and table, union labels and table) of one scan.
 
-    ``blob_settings`` are keyword arguments of :func:`~nodulekit.detection.blob_candidates` (its defaults when None).
+    ``blob_settings`` are keyword arguments of :func:`~nodulekit.detection.blob_candidates` (its defaults when None);
+    with a ``"faint"`` entry, :func:`~nodulekit.detection.faint_blob_candidates` (that entry its second pass).
     """
-    from nodulekit.detection import blob_candidates, merge_candidates
+    from nodulekit.detection import blob_candidates, faint_blob_candidates, merge_candidates
     from nodulekit.inference import measure_nodules
 
     segmenter = measure_nodules(probabilities >= threshold, spacing=spacing, probabilities=probabilities, hu=hu, min_diameter_mm=3.0, min_voxels=3)
     start = time.perf_counter()
-    blob = blob_candidates(hu, lung, spacing, **(blob_settings or {}))
+    settings = dict(blob_settings or {})
+    blob = faint_blob_candidates(hu, lung, spacing, **settings) if "faint" in settings else blob_candidates(hu, lung, spacing, **settings)
     seconds = time.perf_counter() - start
     union = merge_candidates(*segmenter, *blob, spacing=spacing)
     return segmenter, blob, union, seconds
@@ -249,6 +251,7 @@ def scan_ceiling(path: Path, blob_settings: dict) -> list[dict]:
     def peak_hits(peaks):
         return found(pd.DataFrame(peaks[:, :3], columns=["centroid_z", "centroid_y", "centroid_x"]))
 
+    blob_settings = {k: v for k, v in blob_settings.items() if k != "faint"}  # the first pass's peaks
     every = blob_peaks(scan["hu"], scan["lung"], spacing, **{**blob_settings, "max_candidates": 10**6})  # every distinct peak above the threshold, strongest first
     loose = blob_peaks(scan["hu"], scan["lung"], spacing, **{**blob_settings, "max_candidates": None, "threshold": 0.0, "hu_floor": -1000.0})
     every_hits, loose_hits = peak_hits(every), peak_hits(loose)
