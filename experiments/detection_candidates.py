@@ -858,9 +858,20 @@ def command_ship(args) -> int:
     threshold = thresholds.pop()
     results = json.loads((out / RESULT).read_text())
     metadata = _boosted_metadata(results, threshold) if args.members == "boosted" else _logistic_metadata(results, threshold)
-    path = PerSourceClassifier(classifiers, threshold=threshold, metadata=metadata).save(args.folder)
+    path = PerSourceClassifier(classifiers, threshold=threshold, metadata=metadata, blob_options=_shipped_blob_options(results) if args.members == "boosted" else None).save(args.folder)
     print(path)
     return 0
+
+
+def _shipped_blob_options(results: dict) -> dict:
+    """The blob settings of ``boost``'s cache that differ from :func:`~nodulekit.detection.blob_candidates`'s defaults (empty: the defaults)."""
+    import inspect
+
+    from nodulekit.detection import blob_candidates
+
+    defaults = {name: p.default for name, p in inspect.signature(blob_candidates).parameters.items()}
+    settings = results["boosted_second_stage"].get("blob_settings", {})
+    return {k: v for k, v in settings.items() if k not in defaults or list(np.atleast_1d(v)) != list(np.atleast_1d(defaults[k]))}
 
 
 def _shipped_candidates() -> str:

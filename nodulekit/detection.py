@@ -876,6 +876,11 @@ class PerSourceClassifier:
         The default operating point of the union (``--min-score``), in [0, 1].
     metadata : dict, optional
         How it was trained and measured.
+    blob_options : dict, optional
+        Keyword arguments of :func:`blob_candidates` for the blob candidates it was trained on and
+        ranks (:func:`nodulekit.inference.rank_union`); with a ``"faint"`` entry,
+        :func:`faint_blob_candidates` (that entry its second pass). Empty (the default): the
+        defaults of :func:`blob_candidates`. Saved in ``classifier.json`` only when not empty.
 
     Examples
     --------
@@ -886,7 +891,7 @@ class PerSourceClassifier:
     [0.007, 0.993]
     """
 
-    def __init__(self, classifiers: dict, *, threshold: float = 0.0, metadata: dict | None = None) -> None:
+    def __init__(self, classifiers: dict, *, threshold: float = 0.0, metadata: dict | None = None, blob_options: dict | None = None) -> None:
         if not isinstance(classifiers, dict) or set(classifiers) != set(CANDIDATE_SOURCES):
             raise InvalidParameterError(f"a per-source classifier needs exactly the sources {list(CANDIDATE_SOURCES)}, got {sorted(classifiers) if isinstance(classifiers, dict) else classifiers!r}")
         if not all(isinstance(c, (CandidateClassifier, BoostedClassifier)) for c in classifiers.values()):
@@ -895,6 +900,9 @@ class PerSourceClassifier:
         self.classifiers = {source: classifiers[source] for source in CANDIDATE_SOURCES}
         self.threshold = float(threshold)
         self.metadata = dict(metadata or {})
+        self.blob_options = dict(blob_options or {})
+        rest = {k: v for k, v in self.blob_options.items() if k != "faint"}
+        _blob_settings({**rest, **dict(self.blob_options.get("faint") or {})}, "a per-source classifier's blob_options")
 
     def __repr__(self) -> str:
         return f"PerSourceClassifier({', '.join(CANDIDATE_SOURCES)}, threshold={self.threshold:.3g})"
@@ -917,13 +925,19 @@ class PerSourceClassifier:
 
     def to_config(self) -> dict:
         """JSON-serialisable form (what ``classifier.json`` holds; module docstring)."""
-        return {
+        config = {
             "kind": "per_source",
             "version": PER_SOURCE_VERSION,
             "threshold": self.threshold,
             "metadata": self.metadata,
             "classifiers": {source: classifier.to_config() for source, classifier in self.classifiers.items()},
         }
+        return {**config, "blob_options": self.blob_options} if self.blob_options else config
+
+    def blob_candidates(self, hu: np.ndarray, lung: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, pd.DataFrame]:
+        """The blob candidates of a scan with :attr:`blob_options` (:func:`blob_candidates` or :func:`faint_blob_candidates`)."""
+        options = dict(self.blob_options)
+        return faint_blob_candidates(hu, lung, spacing, **options) if "faint" in options else blob_candidates(hu, lung, spacing, **options)
 
     @classmethod
     def from_config(cls, config: dict) -> PerSourceClassifier:
@@ -936,7 +950,7 @@ class PerSourceClassifier:
         if not isinstance(entries, dict) or set(entries) != set(CANDIDATE_SOURCES):
             raise InvalidParameterError(f"'classifiers' must hold exactly {list(CANDIDATE_SOURCES)}")
         classifiers = {source: member_from_config(entries[source]) for source in CANDIDATE_SOURCES}
-        return cls(classifiers, threshold=config["threshold"], metadata=config.get("metadata"))
+        return cls(classifiers, threshold=config["threshold"], metadata=config.get("metadata"), blob_options=config.get("blob_options"))
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``classifier.json`` into ``folder`` (atomically)."""

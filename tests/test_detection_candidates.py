@@ -189,6 +189,26 @@ def test_per_source_classifier_round_trips_and_scores_by_source(tmp_path):
         loaded.predict_proba(frame.assign(source="other"))
 
 
+def test_per_source_blob_options_round_trip_and_choose_the_blob_filter(tmp_path):
+    from nodulekit.detection import PerSourceClassifier, load_classifier
+
+    assert "blob_options" not in _per_source().to_config()  # the shipped form is unchanged
+    faint = {"faint": {"hu_ceiling": -300.0, "max_candidates": 1}, "max_candidates": 1}
+    model = PerSourceClassifier(_per_source().classifiers, threshold=0.2, blob_options=faint)
+    model.save(tmp_path)
+    loaded = load_classifier(tmp_path)
+    assert loaded.blob_options == faint
+    hu, lung = _lung()
+    hu[_ball(hu.shape, (16, 20, 20), 4.0)], hu[_ball(hu.shape, (16, 44, 44), 4.0)] = 30.0, -650.0
+    _, table = loaded.blob_candidates(hu, lung, SPACING)
+    _, expected = faint_blob_candidates(hu, lung, SPACING, **faint)
+    pd.testing.assert_frame_equal(table, expected)
+    _, default = _per_source().blob_candidates(hu, lung, SPACING)
+    pd.testing.assert_frame_equal(default, blob_candidates(hu, lung, SPACING)[1])
+    with pytest.raises(NodulekitError, match="takes the options of blob_candidates"):
+        PerSourceClassifier(_per_source().classifiers, blob_options={"faint": {"radius_mm": 3.0}})
+
+
 @pytest.mark.parametrize(
     "edit",
     [
