@@ -50,7 +50,10 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
    how many larger caps would reach. ``candidates --blob JSON`` makes the unions of other blob
    settings in a new cache folder (the settings are recorded there; ``--scans-from`` links the same
    scans), ``boost --cv-only`` scores them by the boosted recipe's scan-grouped CV before any
-   held-out scan is read; the README's "Candidates at ten radii" were chosen so.
+   held-out scan is read; the README's "Candidates at ten radii" were chosen so. ``--blob`` with a
+   ``"faint"`` entry (e.g. ``{"faint": {"hu_ceiling": -300.0, "threshold": 5.0, "max_candidates": 15}}``)
+   adds :func:`~nodulekit.detection.faint_blob_candidates`'s second pass aimed at ground glass
+   (``faint_pass_cv`` in the results; ``ship`` records it as the classifier's ``blob_options``).
 5. ``ship``: the per-source members of ``boost`` (``--members boosted``, the default) or of
    ``evaluate`` (``--members logistic``; shipped before), operating point from the training scans'
    out-of-fold scores, as one ``classifier.json`` (:class:`~nodulekit.detection.PerSourceClassifier`)
