@@ -50,7 +50,10 @@ unions both. Steps, on the scans cached by ``experiments/detection.py cache`` (`
    how many larger caps would reach. ``candidates --blob JSON`` makes the unions of other blob
    settings in a new cache folder (the settings are recorded there; ``--scans-from`` links the same
    scans), ``boost --cv-only`` scores them by the boosted recipe's scan-grouped CV before any
-   held-out scan is read; the README's "Candidates at ten radii" were chosen so.
+   held-out scan is read; the README's "Candidates at ten radii" were chosen so. ``--blob`` with a
+   ``"faint"`` entry (e.g. ``{"faint": {"hu_ceiling": -300.0, "threshold": 5.0, "max_candidates": 15}}``)
+   adds :func:`~nodulekit.detection.faint_blob_candidates`'s second pass aimed at ground glass
+   (``faint_pass_cv`` in the results; ``ship`` records it as the classifier's ``blob_options``).
 5. ``ship``: the per-source members of ``boost`` (``--members boosted``, the default) or of
    ``evaluate`` (``--members logistic``; shipped before), operating point from the training scans'
    out-of-fold scores, as one ``classifier.json`` (:class:`~nodulekit.detection.PerSourceClassifier`)
@@ -85,14 +88,16 @@ BLOB_SETTINGS_FILE = "blob_settings.json"
 def union_candidates(hu, probabilities, lung, spacing, *, threshold: float = 0.5, blob_settings: dict | None = None):
     """(segmenter labels and table, blob labels and table, union labels and table) of one scan.
 
-    ``blob_settings`` are keyword arguments of :func:`~nodulekit.detection.blob_candidates` (its defaults when None).
+    ``blob_settings`` are keyword arguments of :func:`~nodulekit.detection.blob_candidates` (its defaults when None);
+    with a ``"faint"`` entry, :func:`~nodulekit.detection.faint_blob_candidates` (that entry its second pass).
     """
-    from nodulekit.detection import blob_candidates, merge_candidates
+    from nodulekit.detection import blob_candidates, faint_blob_candidates, merge_candidates
     from nodulekit.inference import measure_nodules
 
     segmenter = measure_nodules(probabilities >= threshold, spacing=spacing, probabilities=probabilities, hu=hu, min_diameter_mm=3.0, min_voxels=3)
     start = time.perf_counter()
-    blob = blob_candidates(hu, lung, spacing, **(blob_settings or {}))
+    settings = dict(blob_settings or {})
+    blob = faint_blob_candidates(hu, lung, spacing, **settings) if "faint" in settings else blob_candidates(hu, lung, spacing, **settings)
     seconds = time.perf_counter() - start
     union = merge_candidates(*segmenter, *blob, spacing=spacing)
     return segmenter, blob, union, seconds
@@ -249,6 +254,7 @@ def scan_ceiling(path: Path, blob_settings: dict) -> list[dict]:
     def peak_hits(peaks):
         return found(pd.DataFrame(peaks[:, :3], columns=["centroid_z", "centroid_y", "centroid_x"]))
 
+    blob_settings = {k: v for k, v in blob_settings.items() if k != "faint"}  # the first pass's peaks
     every = blob_peaks(scan["hu"], scan["lung"], spacing, **{**blob_settings, "max_candidates": 10**6})  # every distinct peak above the threshold, strongest first
     loose = blob_peaks(scan["hu"], scan["lung"], spacing, **{**blob_settings, "max_candidates": None, "threshold": 0.0, "hu_floor": -1000.0})
     every_hits, loose_hits = peak_hits(every), peak_hits(loose)
@@ -855,9 +861,20 @@ def command_ship(args) -> int:
     threshold = thresholds.pop()
     results = json.loads((out / RESULT).read_text())
     metadata = _boosted_metadata(results, threshold) if args.members == "boosted" else _logistic_metadata(results, threshold)
-    path = PerSourceClassifier(classifiers, threshold=threshold, metadata=metadata).save(args.folder)
+    path = PerSourceClassifier(classifiers, threshold=threshold, metadata=metadata, blob_options=_shipped_blob_options(results) if args.members == "boosted" else None).save(args.folder)
     print(path)
     return 0
+
+
+def _shipped_blob_options(results: dict) -> dict:
+    """The blob settings of ``boost``'s cache that differ from :func:`~nodulekit.detection.blob_candidates`'s defaults (empty: the defaults)."""
+    import inspect
+
+    from nodulekit.detection import blob_candidates
+
+    defaults = {name: p.default for name, p in inspect.signature(blob_candidates).parameters.items()}
+    settings = results["boosted_second_stage"].get("blob_settings", {})
+    return {k: v for k, v in settings.items() if k not in defaults or list(np.atleast_1d(v)) != list(np.atleast_1d(defaults[k]))}
 
 
 def _shipped_candidates() -> str:

@@ -100,6 +100,8 @@ __all__ = [
     "SOURCE_FEATURE_NAMES",
     "ball_features",
     "blob_candidates",
+    "FAINT_BLOB_PASS",
+    "faint_blob_candidates",
     "merge_candidates",
     "source_features",
 ]
@@ -874,6 +876,11 @@ class PerSourceClassifier:
         The default operating point of the union (``--min-score``), in [0, 1].
     metadata : dict, optional
         How it was trained and measured.
+    blob_options : dict, optional
+        Keyword arguments of :func:`blob_candidates` for the blob candidates it was trained on and
+        ranks (:func:`nodulekit.inference.rank_union`); with a ``"faint"`` entry,
+        :func:`faint_blob_candidates` (that entry its second pass). Empty (the default): the
+        defaults of :func:`blob_candidates`. Saved in ``classifier.json`` only when not empty.
 
     Examples
     --------
@@ -884,7 +891,7 @@ class PerSourceClassifier:
     [0.007, 0.993]
     """
 
-    def __init__(self, classifiers: dict, *, threshold: float = 0.0, metadata: dict | None = None) -> None:
+    def __init__(self, classifiers: dict, *, threshold: float = 0.0, metadata: dict | None = None, blob_options: dict | None = None) -> None:
         if not isinstance(classifiers, dict) or set(classifiers) != set(CANDIDATE_SOURCES):
             raise InvalidParameterError(f"a per-source classifier needs exactly the sources {list(CANDIDATE_SOURCES)}, got {sorted(classifiers) if isinstance(classifiers, dict) else classifiers!r}")
         if not all(isinstance(c, (CandidateClassifier, BoostedClassifier)) for c in classifiers.values()):
@@ -893,6 +900,9 @@ class PerSourceClassifier:
         self.classifiers = {source: classifiers[source] for source in CANDIDATE_SOURCES}
         self.threshold = float(threshold)
         self.metadata = dict(metadata or {})
+        self.blob_options = dict(blob_options or {})
+        rest = {k: v for k, v in self.blob_options.items() if k != "faint"}
+        _blob_settings({**rest, **dict(self.blob_options.get("faint") or {})}, "a per-source classifier's blob_options")
 
     def __repr__(self) -> str:
         return f"PerSourceClassifier({', '.join(CANDIDATE_SOURCES)}, threshold={self.threshold:.3g})"
@@ -915,13 +925,19 @@ class PerSourceClassifier:
 
     def to_config(self) -> dict:
         """JSON-serialisable form (what ``classifier.json`` holds; module docstring)."""
-        return {
+        config = {
             "kind": "per_source",
             "version": PER_SOURCE_VERSION,
             "threshold": self.threshold,
             "metadata": self.metadata,
             "classifiers": {source: classifier.to_config() for source, classifier in self.classifiers.items()},
         }
+        return {**config, "blob_options": self.blob_options} if self.blob_options else config
+
+    def blob_candidates(self, hu: np.ndarray, lung: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, pd.DataFrame]:
+        """The blob candidates of a scan with :attr:`blob_options` (:func:`blob_candidates` or :func:`faint_blob_candidates`)."""
+        options = dict(self.blob_options)
+        return faint_blob_candidates(hu, lung, spacing, **options) if "faint" in options else blob_candidates(hu, lung, spacing, **options)
 
     @classmethod
     def from_config(cls, config: dict) -> PerSourceClassifier:
@@ -934,7 +950,7 @@ class PerSourceClassifier:
         if not isinstance(entries, dict) or set(entries) != set(CANDIDATE_SOURCES):
             raise InvalidParameterError(f"'classifiers' must hold exactly {list(CANDIDATE_SOURCES)}")
         classifiers = {source: member_from_config(entries[source]) for source in CANDIDATE_SOURCES}
-        return cls(classifiers, threshold=config["threshold"], metadata=config.get("metadata"))
+        return cls(classifiers, threshold=config["threshold"], metadata=config.get("metadata"), blob_options=config.get("blob_options"))
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``classifier.json`` into ``folder`` (atomically)."""
@@ -1188,14 +1204,96 @@ def blob_candidates(
     sampling = _check_scan(hu, lung, spacing)
     kept = _peaks(hu, lung, sampling, radii_mm, grid_mm, margin_mm, hu_floor, hu_ceiling, threshold, max_candidates)
     labels = np.zeros(hu.shape, np.int32)
-    rows = []
-    for peak in kept:
-        label = len(rows) + 1
-        row = _paint(labels, label, peak, hu, lung, sampling, hu_floor, margin_mm)
+    rows = _paint_peaks(labels, [], kept, hu, lung, sampling, hu_floor, margin_mm)
+    return labels, pd.DataFrame(rows, columns=list(BLOB_COLUMNS))
+
+
+def _paint_peaks(labels, rows: list, peaks, hu, lung, sampling, hu_floor, margin_mm) -> list:
+    """Paint ``peaks`` in order after the components already in ``labels`` (``rows`` their table rows); all rows."""
+    for peak in peaks:
+        row = _paint(labels, len(rows) + 1, peak, hu, lung, sampling, hu_floor, margin_mm)
         if row is not None:
             rows.append(row)
+    return rows
+
+
+#: The faint pass of :func:`faint_blob_candidates`: the scan clipped at -300 HU (solid tissue no
+#: longer outweighs ground glass at -700..-500 HU), a lower threshold, at most 15 more blobs.
+FAINT_BLOB_PASS = {"hu_ceiling": -300.0, "threshold": 5.0, "max_candidates": 15}
+
+
+def faint_blob_candidates(
+    hu: np.ndarray,
+    lung: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    faint: dict | None = None,
+    **options,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """:func:`blob_candidates` plus a second, small pass aimed at faint (ground-glass) blobs.
+
+    The first pass is :func:`blob_candidates` with ``options``. The second runs the same filter
+    with ``faint`` overriding them (:data:`FAINT_BLOB_PASS` when None; its ``max_candidates`` is
+    how many it may add) and keeps its strongest peaks that no first-pass peak covers (one closer
+    than the larger of their radii plus half the smaller, as within one pass). Its components are
+    painted after the first pass's, on free voxels only, with its own ``hu_floor`` if given.
+
+    Parameters
+    ----------
+    hu, lung, spacing
+        As :func:`blob_candidates`.
+    faint : dict, optional
+        Keyword arguments of :func:`blob_candidates` for the second pass (over ``options``).
+    **options
+        Keyword arguments of :func:`blob_candidates` for both passes.
+
+    Returns
+    -------
+    labels, table
+        As :func:`blob_candidates`; the table has one more column, ``blob_pass`` (1 or 2), and the
+        second pass's rows follow the first's.
+
+    Raises
+    ------
+    InvalidParameterError
+        As :func:`blob_candidates`, or on an unknown option.
+    """
+    faint = dict(FAINT_BLOB_PASS if faint is None else faint)
+    first = _blob_settings(options)
+    second = _blob_settings({**options, **faint})
+    hu = np.asarray(hu)
+    lung = np.asarray(lung, bool)
+    sampling = _check_scan(hu, lung, spacing)
+    kept = _peaks(hu, lung, sampling, *first.values())
+    cap = int(second["max_candidates"])
+    # a solid blob clipped at a lower ceiling is a plateau of a few peaks, all covered by its first-pass peak: look further down
+    more = _peaks(hu, lung, sampling, *{**second, "max_candidates": cap + 4 * len(kept)}.values())
+    more = np.array([peak for peak in more if not _covered(peak, kept, sampling)][:cap]).reshape(-1, 5)
+    labels = np.zeros(hu.shape, np.int32)
+    rows = _paint_peaks(labels, [], kept, hu, lung, sampling, first["hu_floor"], first["margin_mm"])
+    passes = [1] * len(rows)
+    rows = _paint_peaks(labels, rows, more, hu, lung, sampling, second["hu_floor"], second["margin_mm"])
     table = pd.DataFrame(rows, columns=list(BLOB_COLUMNS))
+    table["blob_pass"] = passes + [2] * (len(rows) - len(passes))
     return labels, table
+
+
+def _blob_settings(options: dict, caller: str = "faint_blob_candidates") -> dict:
+    """:func:`blob_candidates`'s keyword options in its order, its defaults for those not in ``options``."""
+    settings = {name: p.default for name, p in inspect.signature(blob_candidates).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(options) - set(settings))
+    if unknown:
+        raise InvalidParameterError(f"{caller} takes the options of blob_candidates ({', '.join(settings)}), not {', '.join(unknown)}")
+    settings.update(options)
+    return settings
+
+
+def _covered(peak: np.ndarray, kept: np.ndarray, sampling: np.ndarray) -> bool:
+    """Whether a kept peak lies closer to ``peak`` than the larger of their radii plus half the smaller (:func:`_suppress`'s rule)."""
+    if not len(kept):
+        return False
+    distance = np.sqrt((((kept[:, :3] - peak[:3]) * sampling) ** 2).sum(axis=1))
+    return bool((distance <= np.maximum(kept[:, 3], peak[3]) + 0.5 * np.minimum(kept[:, 3], peak[3])).any())
 
 
 def blob_peaks(hu: np.ndarray, lung: np.ndarray, spacing: Sequence[float], **options) -> np.ndarray:
@@ -1211,11 +1309,7 @@ def blob_peaks(hu: np.ndarray, lung: np.ndarray, spacing: Sequence[float], **opt
         One row per kept peak: its centre (z, y, x in voxels of the scan), radius (mm) and
         scale-normalized dot response (HU); at most ``max_candidates`` rows.
     """
-    settings = {name: p.default for name, p in inspect.signature(blob_candidates).parameters.items() if p.kind is p.KEYWORD_ONLY}
-    unknown = sorted(set(options) - set(settings))
-    if unknown:
-        raise InvalidParameterError(f"blob_peaks takes the options of blob_candidates ({', '.join(settings)}), not {', '.join(unknown)}")
-    settings.update(options)
+    settings = _blob_settings(options, "blob_peaks")
     hu = np.asarray(hu)
     lung = np.asarray(lung, bool)
     return _peaks(hu, lung, _check_scan(hu, lung, spacing), *(settings[name] for name in settings))
@@ -1470,11 +1564,8 @@ def _suppress(peaks: np.ndarray, sampling: np.ndarray, count: int) -> list[np.nd
     order = np.argsort(-peaks[:, 4], kind="stable")[: 20 * count]
     kept: list[np.ndarray] = []
     for peak in peaks[order]:
-        if kept:
-            others = np.array(kept)
-            distance = np.sqrt((((others[:, :3] - peak[:3]) * sampling) ** 2).sum(axis=1))
-            if (distance <= np.maximum(others[:, 3], peak[3]) + 0.5 * np.minimum(others[:, 3], peak[3])).any():
-                continue
+        if kept and _covered(peak, np.array(kept), sampling):
+            continue
         kept.append(peak)
         if len(kept) == count:
             break

@@ -13,6 +13,7 @@ from nodulekit.detection import (
     CandidateClassifier,
     blob_candidates,
     blob_peaks,
+    faint_blob_candidates,
     merge_candidates,
     source_features,
 )
@@ -60,6 +61,21 @@ def test_blob_peaks_are_the_candidates_centres_and_without_a_cap_every_peak():
     assert blob_peaks(hu, np.zeros_like(lung), SPACING).shape == (0, 5)
     with pytest.raises(NodulekitError, match="blob_peaks takes the options of blob_candidates"):
         blob_peaks(hu, lung, SPACING, radius_mm=3.0)
+
+
+def test_the_faint_pass_adds_a_ground_glass_ball_the_capped_first_pass_left_out():
+    hu, lung = _lung()
+    hu[_ball(hu.shape, (16, 20, 20), 4.0)], hu[_ball(hu.shape, (16, 44, 44), 4.0)] = 30.0, -650.0
+    first_labels, first = blob_candidates(hu, lung, SPACING, max_candidates=1)
+    labels, table = faint_blob_candidates(hu, lung, SPACING, max_candidates=1, faint={"hu_ceiling": -300.0, "max_candidates": 1})
+    assert list(table.columns) == [*BLOB_COLUMNS, "blob_pass"] and table["blob_pass"].tolist() == [1, 2]
+    pd.testing.assert_frame_equal(table.iloc[:1, :-1], first)  # the first pass is blob_candidates unchanged
+    assert np.array_equal(labels == 1, first_labels == 1)
+    centres = table[["centroid_z", "centroid_y", "centroid_x"]].to_numpy()
+    assert np.linalg.norm(centres[0] - (16, 20, 20)) <= 2.0 and np.linalg.norm(centres[1] - (16, 44, 44)) <= 2.0  # not the solid ball again
+    assert set(np.unique(labels)) == {0, 1, 2}
+    with pytest.raises(NodulekitError, match="faint_blob_candidates takes the options of blob_candidates"):
+        faint_blob_candidates(hu, lung, SPACING, faint={"radius_mm": 3.0})
 
 
 def test_a_long_vessel_is_not_a_candidate():
@@ -171,6 +187,26 @@ def test_per_source_classifier_round_trips_and_scores_by_source(tmp_path):
     assert loaded.predict_proba(frame).round(3).tolist() == [0.119, 0.881, 0.119]
     with pytest.raises(NodulekitError, match="unknown candidate source"):
         loaded.predict_proba(frame.assign(source="other"))
+
+
+def test_per_source_blob_options_round_trip_and_choose_the_blob_filter(tmp_path):
+    from nodulekit.detection import PerSourceClassifier, load_classifier
+
+    assert "blob_options" not in _per_source().to_config()  # the shipped form is unchanged
+    faint = {"faint": {"hu_ceiling": -300.0, "max_candidates": 1}, "max_candidates": 1}
+    model = PerSourceClassifier(_per_source().classifiers, threshold=0.2, blob_options=faint)
+    model.save(tmp_path)
+    loaded = load_classifier(tmp_path)
+    assert loaded.blob_options == faint
+    hu, lung = _lung()
+    hu[_ball(hu.shape, (16, 20, 20), 4.0)], hu[_ball(hu.shape, (16, 44, 44), 4.0)] = 30.0, -650.0
+    _, table = loaded.blob_candidates(hu, lung, SPACING)
+    _, expected = faint_blob_candidates(hu, lung, SPACING, **faint)
+    pd.testing.assert_frame_equal(table, expected)
+    _, default = _per_source().blob_candidates(hu, lung, SPACING)
+    pd.testing.assert_frame_equal(default, blob_candidates(hu, lung, SPACING)[1])
+    with pytest.raises(NodulekitError, match="takes the options of blob_candidates"):
+        PerSourceClassifier(_per_source().classifiers, blob_options={"faint": {"radius_mm": 3.0}})
 
 
 @pytest.mark.parametrize(

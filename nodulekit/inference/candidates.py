@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..detection import PerSourceClassifier, blob_candidates, candidate_features, merge_candidates, rank_candidates, source_features
+from ..detection import PerSourceClassifier, candidate_features, merge_candidates, rank_candidates, source_features
 from .measure import NODULE_COLUMNS, measure_labels
 
 __all__ = ["rank_union"]
@@ -53,7 +53,9 @@ def rank_union(
     spacing : sequence of float
         Voxel size in mm (slice, row, column), all known.
     classifier : nodulekit.detection.PerSourceClassifier
-        The second stage.
+        The second stage; its ``blob_options`` are the blob filter's (the defaults of
+        :func:`~nodulekit.detection.blob_candidates` when empty, as shipped; a ``"faint"`` entry
+        adds :func:`~nodulekit.detection.faint_blob_candidates`'s second pass).
     min_score : float, optional
         Drop candidates scoring lower; default ``classifier.threshold``.
     max_nodules : int, optional
@@ -75,7 +77,7 @@ def rank_union(
         ``candidates`` (the union's, before ``min_score`` and ``max_nodules``).
     """
     tick = time.perf_counter()
-    blob_labels, blob_table = blob_candidates(hu, lung, spacing)
+    blob_labels, blob_table = classifier.blob_candidates(hu, lung, spacing)
     blob_seconds = time.perf_counter() - tick
     merged_labels, merged = merge_candidates(labels, nodules, blob_labels, blob_table, spacing=spacing)
     del blob_labels
