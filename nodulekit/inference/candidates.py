@@ -5,9 +5,8 @@ volume in HU with a lung mask when its second stage is a
 :class:`~nodulekit.detection.PerSourceClassifier`: the model-free
 :func:`~nodulekit.detection.blob_candidates` inside the lungs find the sub-solid and juxtapleural
 nodules the segmenter never proposes, :func:`~nodulekit.detection.merge_candidates` lists each
-nodule once, and every candidate is scored by its own source's classifier
-(``experiments/detection_candidates.py``: held-out FROC CPM 0.40 with the segmenter's candidates
-alone, 0.56 with the union).
+nodule once, and every candidate is scored by its source's member of the classifier (the numbers:
+README "Whole scans: ranked candidates and FROC").
 """
 
 from __future__ import annotations
