@@ -34,6 +34,7 @@ def rank_union(
     classifier: PerSourceClassifier,
     min_score: float | None = None,
     max_nodules: int | None = None,
+    progress: bool = False,
 ) -> tuple[np.ndarray, pd.DataFrame, dict]:
     """Union the segmenter's candidates with the blob candidates, score each by its source's classifier, rank.
 
@@ -59,6 +60,8 @@ def rank_union(
         Drop candidates scoring lower; default ``classifier.threshold``.
     max_nodules : int, optional
         Keep at most this many, the highest scores.
+    progress : bool
+        A progress bar over the candidates' features (the second stage's longest step).
 
     Returns
     -------
@@ -80,7 +83,7 @@ def rank_union(
     blob_seconds = time.perf_counter() - tick
     merged_labels, merged = merge_candidates(labels, nodules, blob_labels, blob_table, spacing=spacing)
     del blob_labels
-    features = candidate_features(merged_labels, merged, probabilities=probabilities, hu=hu, lung=lung, spacing=spacing)
+    features = candidate_features(merged_labels, merged, probabilities=probabilities, hu=hu, lung=lung, spacing=spacing, progress=progress)
     frame = features.join(source_features(merged)).assign(source=merged["source"].to_numpy())
     scores = classifier.predict_proba(frame) if len(merged) else np.zeros(0)
     scores = _drop_shadowed_blobs(merged_labels, merged, scores, spacing)

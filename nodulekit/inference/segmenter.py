@@ -367,7 +367,7 @@ class Segmenter:
         tick = time.perf_counter()
         candidates = len(nodules)
         labels, nodules, scored, union = self._rank(
-            labels, nodules, probabilities, images, lung, spacing3, units=units, connect=connect, min_score=min_score, max_nodules=max_nodules
+            labels, nodules, probabilities, images, lung, spacing3, units=units, connect=connect, min_score=min_score, max_nodules=max_nodules, progress=progress
         )
         timings["rank_s"] = time.perf_counter() - tick
         timings.update({k: v for k, v in union.items() if k.endswith("_s")})
@@ -404,7 +404,7 @@ class Segmenter:
             info=info,
         )
 
-    def _rank(self, labels, nodules, probabilities, images, lung, spacing, *, units, connect, min_score, max_nodules):
+    def _rank(self, labels, nodules, probabilities, images, lung, spacing, *, units, connect, min_score, max_nodules, progress=False):
         """Score, sort and filter the candidates with the second stage (or keep the largest without one).
 
         Returns the labels, the nodule table, whether the second stage scored them (it scores
@@ -420,11 +420,11 @@ class Segmenter:
         if scored and per_source and lung is not None:
             labels, nodules, union = rank_union(
                 labels, nodules, probabilities=probabilities, hu=images, lung=lung, spacing=spacing,
-                classifier=self.classifier, min_score=min_score, max_nodules=max_nodules,
+                classifier=self.classifier, min_score=min_score, max_nodules=max_nodules, progress=progress,
             )
             return labels, nodules, True, union
         if scored:
-            features = candidate_features(labels, nodules, probabilities=probabilities, hu=images, lung=lung, spacing=spacing)
+            features = candidate_features(labels, nodules, probabilities=probabilities, hu=images, lung=lung, spacing=spacing, progress=progress)
             if per_source:  # no lung mask: the segmenter's candidates alone, scored by its classifier
                 nodules = nodules.assign(source="segmenter")
                 features = features.join(source_features(nodules)).assign(source="segmenter")
