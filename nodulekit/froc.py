@@ -534,7 +534,7 @@ def score_scans(paths: Sequence[str | os.PathLike], segmenter, *, progress: bool
         candidate_tables.append(_candidate_rows(name, table, reference, volume.spacing))
         del volume, result
     if not detections:
-        reasons = "; ".join(f"{r['path']}: {r['error']}" for r in scan_rows)
+        reasons = "; ".join(r["error"] if r["path"] in r["error"] else f"{r['path']}: {r['error']}" for r in scan_rows)
         raise NodulekitError(f"no scan could be scored ({reasons})")
     return ScoredScans(
         froc=froc(detections),

@@ -131,3 +131,28 @@ def test_nodulekit_froc_ranks_lidc_0001s_nodule_first_with_the_shipped_stages(li
     assert candidates["score"].is_monotonic_decreasing and (candidates["outcome"] == "hit").sum() >= 1
     assert (out / "froc.png").stat().st_size > 10_000
     assert "LIDC-IDRI-0001 nodule 1 (31.8 mm): rank 1" in capsys.readouterr().out
+
+
+def test_nodulekit_froc_scores_a_luna16_mhd_with_its_annotations_csv(tmp_path):
+    """The LUNA16 layout end to end: a synthetic chest written as .mhd, its nodules as annotations.csv (world mm)."""
+    import SimpleITK as sitk
+
+    from nodulekit.phantom import generate_volume
+
+    volume = generate_volume(n_slices=32, n_nodules=4, seed=7)
+    image = sitk.GetImageFromArray(np.round(volume.hu).astype(np.int16))
+    image.SetSpacing(tuple(float(s) for s in volume.spacing[::-1]))
+    folder = tmp_path / "luna" / "subset0"
+    folder.mkdir(parents=True)
+    sitk.WriteImage(image, str(folder / "1.2.3.mhd"))
+    rows = [
+        {"seriesuid": "1.2.3", "coordX": n.x * volume.spacing[2], "coordY": n.y * volume.spacing[1], "coordZ": n.z * volume.spacing[0], "diameter_mm": n.diameter_mm}
+        for n in volume.nodules.itertuples()
+    ]
+    pd.DataFrame(rows).to_csv(folder / "annotations.csv", index=False)
+    out = tmp_path / "froc"
+    assert main(["froc", str(tmp_path / "luna"), "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "froc.json").read_text())
+    assert summary["n_scans"] == 1 and summary["n_nodules"] == 4
+    nodules = pd.read_csv(out / "reference_nodules.csv")
+    assert set(nodules["scan"]) == {"1.2.3"} and nodules["rank"].notna().sum() >= 3  # 4 of 4 here, ranks 1-4
