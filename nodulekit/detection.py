@@ -76,7 +76,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .errors import InvalidParameterError, MissingDataError, ModelFileError
-from .postprocess import label_components
+from .postprocess import bounding_box, label_components
 from .utils import atomic_write, write_json
 
 __all__ = [
@@ -1069,8 +1069,9 @@ def rank_candidates(
     ranked = ranked.assign(nodule_id=np.arange(1, len(ranked) + 1)).reset_index(drop=True)
     labels = np.asarray(labels)
     relabelled = np.zeros(labels.shape, np.int32)  # written in the candidates' box only (a whole scan is mostly 0)
-    box = _labels_box(labels)
-    relabelled[box] = lookup[labels[box]]
+    box = bounding_box(labels)
+    if box is not None:
+        relabelled[box] = lookup[labels[box]]
     return relabelled, ranked
 
 
@@ -1407,7 +1408,7 @@ def merge_candidates(
         raise InvalidParameterError(f"candidate labels must be 3-D arrays of one shape, got {segmenter_labels.shape} and {blob_labels.shape}")
     sampling = _voxel_size(spacing, "merging candidates needs")
     centre_columns = ["centroid_z", "centroid_y", "centroid_x"]
-    box = _labels_box(blob_labels)  # blobs fill a small part of a scan: the voxel-wise work stays inside their box
+    box = bounding_box(blob_labels) or _NO_BOX  # blobs fill a small part of a scan: the voxel-wise work stays inside their box
     segmenter_in, blob_in = segmenter_labels[box], blob_labels[box]
     both = (segmenter_in > 0) & (blob_in > 0)
     pairs = np.unique(np.stack([segmenter_in[both], blob_in[both]], axis=1), axis=0) if both.any() else np.zeros((0, 2), int)
@@ -1431,7 +1432,7 @@ def merge_candidates(
     new_ids = np.arange(count + 1, count + 1 + len(blobs), dtype=np.int32)
     lookup[blobs["nodule_id"].to_numpy(int)] = new_ids
     merged = np.zeros(segmenter_labels.shape, np.int32)  # written in the two boxes only: no whole-scan copy
-    segmenter_box = _labels_box(segmenter_labels)
+    segmenter_box = bounding_box(segmenter_labels) or _NO_BOX
     merged[segmenter_box] = segmenter_labels[segmenter_box]
     merged[box] = np.where(segmenter_in > 0, segmenter_in, lookup[blob_in])
     first = segmenter_table.assign(source="segmenter", blob_strength=[segmenter_strength.get(int(i), 0.0) for i in segmenter_table["nodule_id"]])
@@ -1473,22 +1474,14 @@ def _dilate(mask: np.ndarray, sampling: np.ndarray, margin_mm: float) -> np.ndar
     return ndimage.maximum_filter1d(grown, int(size[1]), axis=2).view(bool)
 
 
-def _labels_box(labels: np.ndarray) -> tuple[slice, ...]:
-    """The bounding box of the non-zero voxels of a label volume (empty slices when there is none)."""
-    boxes = [b for b in ndimage.find_objects(labels) if b is not None] if labels.size else []
-    if not boxes:
-        return tuple(slice(0, 0) for _ in range(labels.ndim))
-    return tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes)) for axis in range(labels.ndim))
+#: An empty box, for a label volume without labels (its slices select nothing).
+_NO_BOX = (slice(0, 0),) * 3
 
 
 def _box(mask: np.ndarray, sampling: np.ndarray, pad_mm: float) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` enlarged by ``pad_mm``."""
-    box = []
-    for axis, step in enumerate(sampling):
-        found = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        pad = int(np.ceil(pad_mm / step))
-        box.append(slice(max(int(found[0]) - pad, 0), min(int(found[-1]) + pad + 1, mask.shape[axis])))
-    return tuple(box)
+    """Bounding box of ``mask`` (not empty) enlarged by ``pad_mm``."""
+    pads = np.ceil(pad_mm / np.asarray(sampling, float)).astype(int)
+    return tuple(slice(max(b.start - int(pad), 0), min(b.stop + int(pad), n)) for b, pad, n in zip(bounding_box(mask), pads, mask.shape))
 
 
 def _block_mean(image: np.ndarray, mask: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

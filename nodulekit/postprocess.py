@@ -37,6 +37,7 @@ from .errors import InvalidParameterError
 __all__ = [
     "label_components",
     "component_sizes",
+    "bounding_box",
     "keep_largest_components",
     "keep_central_component",
     "remove_small_objects",
@@ -107,6 +108,31 @@ def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
     for part in labels.reshape(-1, labels.shape[-1]) if labels.ndim < 3 else labels:
         sizes += np.bincount(part.ravel(), minlength=int(count) + 1)[: int(count) + 1]
     return sizes[1:]
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The smallest box (slices of a 3-D array) that holds every non-zero voxel of ``mask``; None when there is none.
+
+    ``mask`` may be boolean or a label volume. One pass over the volume finds the slices, a second
+    over those slices only the rows and columns (a whole scan's nodules or lungs fill part of it).
+
+    Examples
+    --------
+    >>> mask = np.zeros((4, 5, 6), bool); mask[1:3, 2, 1:4] = True
+    >>> bounding_box(mask)
+    (slice(1, 3, None), slice(2, 3, None), slice(1, 4, None))
+    >>> bounding_box(np.zeros((2, 2, 2), np.int32)) is None
+    True
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise InvalidParameterError(f"bounding_box needs a 3-D array, got shape {mask.shape}")
+    planes = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
+    if not len(planes):
+        return None
+    inside = mask[planes[0] : planes[-1] + 1]
+    rows, columns = np.flatnonzero(inside.any(axis=(0, 2))), np.flatnonzero(inside.any(axis=(0, 1)))
+    return (slice(int(planes[0]), int(planes[-1]) + 1), slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1))
 
 
 def keep_largest_components(mask: np.ndarray, *, connectivity: int, keep: int = 1, min_fraction: float = 0.0) -> np.ndarray:

@@ -15,8 +15,8 @@ from nodulekit.detection import _ScanContext, merge_candidates, rank_candidates
 from nodulekit.inference import Segmenter, load_segmenter, measure_nodules
 from nodulekit.inference.io import _png
 from nodulekit.inference.lung import lung_mask
-from nodulekit.inference.measure import _drop_small, mask_box
-from nodulekit.postprocess import label_components, remove_small_objects
+from nodulekit.inference.measure import _drop_small
+from nodulekit.postprocess import bounding_box, label_components, remove_small_objects
 from nodulekit.preprocessing import Pipeline, equalize_histogram, median_filter, to_grayscale, zscore
 
 SPACING = (2.0, 0.7, 0.7)
@@ -102,7 +102,7 @@ def test_measuring_inside_the_mask_box_is_measuring_the_whole_volume():
     place = (slice(3, 7), slice(40, 60), slice(5, 29))
     big, big_p, big_hu = np.zeros((9, 70, 60), bool), np.zeros((9, 70, 60), np.float32), np.zeros((9, 70, 60), np.float32)
     big[place], big_p[place], big_hu[place] = small, probabilities, hu
-    assert mask_box(big) == place and mask_box(np.zeros((3, 4, 5), bool)) is None
+    assert bounding_box(big) == place and bounding_box(np.zeros((3, 4, 5), bool)) is None
     labels, table = measure_nodules(big, spacing=SPACING, probabilities=big_p, hu=big_hu, min_voxels=3)
     small_labels, small_table = measure_nodules(small, spacing=SPACING, probabilities=probabilities, hu=hu, min_voxels=3)
     outside = np.ones(big.shape, bool)

@@ -10,8 +10,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from ..errors import InvalidParameterError
-from ..postprocess import fill_holes, keep_largest_components, label_components
-from .measure import mask_box
+from ..postprocess import bounding_box, fill_holes, keep_largest_components, label_components
 
 __all__ = ["lung_mask", "search_region"]
 
@@ -97,7 +96,7 @@ def lung_mask(
     for index in range(len(air)):
         air[index] = clear_border(air[index])
     mask = np.zeros(air.shape, bool)
-    box = mask_box(air)  # the same components inside the box of the air, a fraction of the volume
+    box = bounding_box(air)  # the same components inside the box of the air, a fraction of the volume
     if box is not None:
         mask[box] = keep_largest_components(air[box], connectivity=1, keep=int(keep), min_fraction=float(min_fraction))
     for index in tqdm(range(len(mask)), desc="lung mask", unit="slice", disable=not progress):

@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import ndimage
 
 from ..errors import InvalidParameterError
-from ..postprocess import component_sizes, label_components
+from ..postprocess import bounding_box, component_sizes, label_components
 from .result import SegmentationResult
 
 __all__ = ["NODULE_COLUMNS", "measure_labels", "measure_nodules", "match_nodules"]
@@ -128,7 +128,7 @@ def measure_nodules(
     # 26-connected across slices, or 8-connected within each image of a stack; labelled inside the
     # mask's bounding box only (a whole scan's mask fills a small part of it), in the same raster order
     labels = np.zeros(mask.shape, np.int32)
-    box = mask_box(mask)
+    box = bounding_box(mask)
     found, count, offset = np.zeros((1, 1, 1), np.int32), 0, np.zeros(3, int)
     if box is not None:
         found, count = label_components(mask[box], connectivity=3, within_slices=not connect_slices)
@@ -151,16 +151,6 @@ def measure_nodules(
         labels[box] = lookup[found]
     table = pd.DataFrame(rows, columns=list(NODULE_COLUMNS))
     return (labels[0] if two_d else labels), table
-
-
-def mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box (slices of a 3-D array) that holds every True voxel of ``mask``; None when there is none."""
-    planes = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
-    if not len(planes):
-        return None
-    inside = mask[planes[0] : planes[-1] + 1]
-    rows, columns = np.flatnonzero(inside.any(axis=(0, 2))), np.flatnonzero(inside.any(axis=(0, 1)))
-    return (slice(int(planes[0]), int(planes[-1]) + 1), slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1))
 
 
 def _drop_small(labels: np.ndarray, count: int, min_voxels: int) -> tuple[np.ndarray, int]:
