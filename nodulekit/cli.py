@@ -456,8 +456,7 @@ def _froc(args: argparse.Namespace) -> int:
         write_json(staging / "froc.json", summary)
         scored.nodules.to_csv(staging / "reference_nodules.csv", index=False)
         scored.candidates.to_csv(staging / "candidates.csv", index=False, float_format="%.6g")
-        n_scored = int((scored.scans["error"] == "").sum())
-        figure = plot_froc({f"{args.model}": scored.froc}, title=f"{n_scored} annotated scan(s)")
+        figure = plot_froc({f"{args.model}": scored.froc}, title=f"{scored.froc.n_scans} annotated scan(s)")
         figure.savefig(staging / "froc.png", dpi=150, bbox_inches="tight")
     _print_froc_summary(out, scored)
     return EXIT_OK

@@ -530,8 +530,9 @@ def score_scans(paths: Sequence[str | os.PathLike], segmenter, *, progress: bool
         table = result.nodules.reset_index(drop=True)
         row["candidates"] = int(len(table))
         detections.append(ScanDetections(candidates=table, reference=reference, spacing=volume.spacing, name=name))
-        nodule_rows += _nodule_rows(name, table, reference, volume.spacing, threshold)
-        candidate_tables.append(_candidate_rows(name, table, reference, volume.spacing))
+        hits = hit_matrix(table, reference, spacing=volume.spacing) if len(table) and len(reference) else np.zeros((len(table), len(reference)), bool)
+        nodule_rows += _nodule_rows(name, table, reference, hits, threshold)
+        candidate_tables.append(_candidate_rows(name, table, reference, hits))
         del volume, result
     if not detections:
         reasons = "; ".join(r["error"] if r["path"] in r["error"] else f"{r['path']}: {r['error']}" for r in scan_rows)
@@ -545,9 +546,8 @@ def score_scans(paths: Sequence[str | os.PathLike], segmenter, *, progress: bool
     )
 
 
-def _nodule_rows(name: str, table: pd.DataFrame, reference: pd.DataFrame, spacing, threshold: float) -> list[dict]:
-    """Each reference nodule's rank, score and the false positives scored above it (``table`` is sorted by score)."""
-    hits = hit_matrix(table, reference, spacing=spacing) if len(table) and len(reference) else np.zeros((len(table), len(reference)), bool)
+def _nodule_rows(name: str, table: pd.DataFrame, reference: pd.DataFrame, hits: np.ndarray, threshold: float) -> list[dict]:
+    """Each reference nodule's rank, score and the false positives scored above it (``table`` is sorted by score; ``hits`` its :func:`hit_matrix`)."""
     ignore = reference["ignore"].to_numpy(bool)
     false = ~hits.any(axis=1)  # a candidate on an ignored finding is not a false positive either
     scores = table["score"].to_numpy(float) if len(table) else np.zeros(0)
@@ -570,9 +570,8 @@ def _nodule_rows(name: str, table: pd.DataFrame, reference: pd.DataFrame, spacin
     return rows
 
 
-def _candidate_rows(name: str, table: pd.DataFrame, reference: pd.DataFrame, spacing) -> pd.DataFrame:
-    """Every candidate with its outcome under the hit rule."""
-    hits = hit_matrix(table, reference, spacing=spacing) if len(table) and len(reference) else np.zeros((len(table), len(reference)), bool)
+def _candidate_rows(name: str, table: pd.DataFrame, reference: pd.DataFrame, hits: np.ndarray) -> pd.DataFrame:
+    """Every candidate with its outcome under the hit rule (``hits``: :func:`hit_matrix` of ``table`` on ``reference``)."""
     ignore = reference["ignore"].to_numpy(bool) if len(reference) else np.zeros(0, bool)
     relevant = (hits & ~ignore[None]).any(axis=1)
     outcome = np.where(relevant, "hit", np.where(hits.any(axis=1), "ignored", "false_positive"))
