@@ -1408,7 +1408,7 @@ def merge_candidates(
         raise InvalidParameterError(f"candidate labels must be 3-D arrays of one shape, got {segmenter_labels.shape} and {blob_labels.shape}")
     sampling = _voxel_size(spacing, "merging candidates needs")
     centre_columns = ["centroid_z", "centroid_y", "centroid_x"]
-    box = bounding_box(blob_labels) or _NO_BOX  # blobs fill a small part of a scan: the voxel-wise work stays inside their box
+    box = bounding_box(blob_labels) or _no_box(blob_labels)  # blobs fill a small part of a scan: the voxel-wise work stays inside their box
     segmenter_in, blob_in = segmenter_labels[box], blob_labels[box]
     both = (segmenter_in > 0) & (blob_in > 0)
     pairs = np.unique(np.stack([segmenter_in[both], blob_in[both]], axis=1), axis=0) if both.any() else np.zeros((0, 2), int)
@@ -1432,7 +1432,7 @@ def merge_candidates(
     new_ids = np.arange(count + 1, count + 1 + len(blobs), dtype=np.int32)
     lookup[blobs["nodule_id"].to_numpy(int)] = new_ids
     merged = np.zeros(segmenter_labels.shape, np.int32)  # written in the two boxes only: no whole-scan copy
-    segmenter_box = bounding_box(segmenter_labels) or _NO_BOX
+    segmenter_box = bounding_box(segmenter_labels) or _no_box(segmenter_labels)
     merged[segmenter_box] = segmenter_labels[segmenter_box]
     merged[box] = np.where(segmenter_in > 0, segmenter_in, lookup[blob_in])
     first = segmenter_table.assign(source="segmenter", blob_strength=[segmenter_strength.get(int(i), 0.0) for i in segmenter_table["nodule_id"]])
@@ -1474,8 +1474,9 @@ def _dilate(mask: np.ndarray, sampling: np.ndarray, margin_mm: float) -> np.ndar
     return ndimage.maximum_filter1d(grown, int(size[1]), axis=2).view(bool)
 
 
-#: An empty box, for a label volume without labels (its slices select nothing).
-_NO_BOX = (slice(0, 0),) * 3
+def _no_box(labels: np.ndarray) -> tuple[slice, ...]:
+    """An empty box of ``labels``' dimension (its slices select nothing), for labels without a component."""
+    return (slice(0, 0),) * np.ndim(labels)
 
 
 def _box(mask: np.ndarray, sampling: np.ndarray, pad_mm: float) -> tuple[slice, ...]:

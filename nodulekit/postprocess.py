@@ -110,29 +110,35 @@ def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
     return sizes[1:]
 
 
-def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """The smallest box (slices of a 3-D array) that holds every non-zero voxel of ``mask``; None when there is none.
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box (one slice per axis) that holds every non-zero element of ``mask``; None when there is none.
 
-    ``mask`` may be boolean or a label volume. One pass over the volume finds the slices, a second
-    over those slices only the rows and columns (a whole scan's nodules or lungs fill part of it).
+    ``mask`` may be boolean or a label array of any dimension (a 3-D scan, a 2-D image). One pass
+    over the array finds the extent along the first axis, a second over that extent only the
+    others (a whole scan's nodules or lungs fill part of it).
 
     Examples
     --------
     >>> mask = np.zeros((4, 5, 6), bool); mask[1:3, 2, 1:4] = True
     >>> bounding_box(mask)
     (slice(1, 3, None), slice(2, 3, None), slice(1, 4, None))
+    >>> bounding_box(np.array([[0, 1, 2, 0]]))
+    (slice(0, 1, None), slice(1, 3, None))
     >>> bounding_box(np.zeros((2, 2, 2), np.int32)) is None
     True
     """
     mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise InvalidParameterError(f"bounding_box needs a 3-D array, got shape {mask.shape}")
+    if mask.ndim == 0:
+        raise InvalidParameterError("bounding_box needs an array of at least one dimension, got a scalar")
     planes = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
     if not len(planes):
         return None
     inside = mask[planes[0] : planes[-1] + 1]
-    rows, columns = np.flatnonzero(inside.any(axis=(0, 2))), np.flatnonzero(inside.any(axis=(0, 1)))
-    return (slice(int(planes[0]), int(planes[-1]) + 1), slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1))
+    box = [slice(int(planes[0]), int(planes[-1]) + 1)]
+    for axis in range(1, mask.ndim):
+        found = np.flatnonzero(inside.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(int(found[0]), int(found[-1]) + 1))
+    return tuple(box)
 
 
 def keep_largest_components(mask: np.ndarray, *, connectivity: int, keep: int = 1, min_fraction: float = 0.0) -> np.ndarray:
