@@ -44,7 +44,10 @@ in the folder, a segmenter unions its candidates with :func:`blob_candidates`
 * one per source: ``{"kind": "per_source", "version": 1, "threshold", "metadata", "classifiers":
   {"segmenter": {...}, "blob": {...}}}``, each entry one classifier of either kind above (its
   ``kind`` says which); the top-level
-  ``threshold`` is the operating point of the union (``--min-score`` default).
+  ``threshold`` is the operating point of the union (``--min-score`` default). Version 2 adds
+  ``"patch_fusion": {"weight", "calibration"}``: the members' log-odds fused with a 3-D patch CNN's
+  logit (:mod:`nodulekit.patch_scorer`, its file :data:`~nodulekit.patch_scorer.PATCH_SCORER_FILE`
+  beside ``classifier.json``).
 
 This module sits below :mod:`nodulekit.inference` (it works on arrays and the nodule table, and
 imports nothing above :mod:`nodulekit.errors`, :mod:`nodulekit.utils` and :mod:`nodulekit.postprocess`), so a
@@ -856,6 +859,8 @@ CANDIDATE_SOURCES = ("segmenter", "blob")
 
 #: Version of the per-source ``classifier.json`` format this nodulekit reads and writes.
 PER_SOURCE_VERSION = 1
+#: The version of a per-source classifier that fuses a patch scorer (older readers refuse it rather than ignore the patch scorer).
+PATCH_FUSION_VERSION = 2
 
 
 class PerSourceClassifier:
@@ -881,6 +886,15 @@ class PerSourceClassifier:
         ranks (:func:`nodulekit.inference.rank_union`); with a ``"faint"`` entry,
         :func:`faint_blob_candidates` (that entry its second pass). Empty (the default): the
         defaults of :func:`blob_candidates`. Saved in ``classifier.json`` only when not empty.
+    patch_fusion : dict, optional
+        ``{"weight": w, "calibration": [a, b]}``: the stage also fuses a patch scorer
+        (:class:`nodulekit.patch_scorer.PatchScorer`, :data:`~nodulekit.patch_scorer.PATCH_SCORER_FILE`
+        beside ``classifier.json``): a candidate's probability is ``sigmoid(a * ((1 - w) * trees + w * patch) + b)``
+        with ``trees`` its member's log-odds before calibration (boosted members only) and ``patch`` the
+        scorer's logit, passed to :meth:`predict_proba` as ``patch_logits``. Saved only when given.
+    patch_scorer : object, optional
+        The patch scorer itself (set by :func:`nodulekit.inference.load_segmenter`, which reads it);
+        :meth:`save` writes it beside ``classifier.json`` (its ``save(folder)``).
 
     Examples
     --------
@@ -891,7 +905,16 @@ class PerSourceClassifier:
     [0.007, 0.993]
     """
 
-    def __init__(self, classifiers: dict, *, threshold: float = 0.0, metadata: dict | None = None, blob_options: dict | None = None) -> None:
+    def __init__(
+        self,
+        classifiers: dict,
+        *,
+        threshold: float = 0.0,
+        metadata: dict | None = None,
+        blob_options: dict | None = None,
+        patch_fusion: dict | None = None,
+        patch_scorer: object | None = None,
+    ) -> None:
         if not isinstance(classifiers, dict) or set(classifiers) != set(CANDIDATE_SOURCES):
             raise InvalidParameterError(f"a per-source classifier needs exactly the sources {list(CANDIDATE_SOURCES)}, got {sorted(classifiers) if isinstance(classifiers, dict) else classifiers!r}")
         if not all(isinstance(c, (CandidateClassifier, BoostedClassifier)) for c in classifiers.values()):
@@ -903,15 +926,28 @@ class PerSourceClassifier:
         self.blob_options = dict(blob_options or {})
         rest = {k: v for k, v in self.blob_options.items() if k != "faint"}
         _blob_settings({**rest, **dict(self.blob_options.get("faint") or {})}, "a per-source classifier's blob_options")
+        self.patch_fusion = _check_patch_fusion(patch_fusion, self.classifiers)
+        self.patch_scorer = patch_scorer
 
     def __repr__(self) -> str:
         return f"PerSourceClassifier({', '.join(CANDIDATE_SOURCES)}, threshold={self.threshold:.3g})"
 
-    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, features: pd.DataFrame, patch_logits: np.ndarray | None = None) -> np.ndarray:
         """Probability that each candidate is a nodule, by the classifier of its ``source`` column, shape (n,).
 
-        Rows without a ``source`` column are segmenter candidates.
+        Rows without a ``source`` column are segmenter candidates. With :attr:`patch_fusion`,
+        ``patch_logits`` (the patch scorer's logit of each row) are needed and fused (class docstring).
         """
+        if self.patch_fusion is None:
+            return self._by_source(features, "predict_proba")
+        if patch_logits is None or np.shape(patch_logits) != (len(features),):
+            raise InvalidParameterError(f"this second stage fuses a patch scorer: need one patch logit per candidate ({len(features)}), got {None if patch_logits is None else np.shape(patch_logits)}")
+        weight, (a, b) = self.patch_fusion["weight"], self.patch_fusion["calibration"]
+        fused = (1.0 - weight) * self._by_source(features, "raw_score") + weight * np.asarray(patch_logits, float)
+        return _sigmoid(a * fused + b)
+
+    def _by_source(self, features: pd.DataFrame, method: str) -> np.ndarray:
+        """``method`` of each row's member (its ``source``), shape (n,)."""
         sources = features["source"].to_numpy(str) if "source" in features else np.full(len(features), CANDIDATE_SOURCES[0])
         unknown = sorted(set(sources) - set(CANDIDATE_SOURCES))
         if unknown:
@@ -920,19 +956,37 @@ class PerSourceClassifier:
         for source, classifier in self.classifiers.items():
             mine = sources == source
             if mine.any():
-                scores[mine] = classifier.predict_proba(features[mine])
+                scores[mine] = getattr(classifier, method)(features[mine])
         return scores
+
+    def patch_logits(self, table: pd.DataFrame, *, hu: np.ndarray, probabilities: np.ndarray, spacing: Sequence[float]) -> np.ndarray | None:
+        """The patch scorer's logits of a nodule table's candidates, or None when the stage fuses none.
+
+        Raises
+        ------
+        MissingDataError
+            When the stage fuses a patch scorer that was not loaded (:attr:`patch_scorer` is None).
+        """
+        if self.patch_fusion is None:
+            return None
+        if self.patch_scorer is None:
+            raise MissingDataError("this second stage fuses a patch scorer, but none was loaded with it (load the model folder with nodulekit.load_segmenter)")
+        return self.patch_scorer.logits(table, hu=hu, probabilities=probabilities, spacing=spacing)
 
     def to_config(self) -> dict:
         """JSON-serialisable form (what ``classifier.json`` holds; module docstring)."""
         config = {
             "kind": "per_source",
-            "version": PER_SOURCE_VERSION,
+            "version": PER_SOURCE_VERSION if self.patch_fusion is None else PATCH_FUSION_VERSION,
             "threshold": self.threshold,
             "metadata": self.metadata,
             "classifiers": {source: classifier.to_config() for source, classifier in self.classifiers.items()},
         }
-        return {**config, "blob_options": self.blob_options} if self.blob_options else config
+        if self.blob_options:
+            config["blob_options"] = self.blob_options
+        if self.patch_fusion is not None:
+            config["patch_fusion"] = self.patch_fusion
+        return config
 
     def blob_candidates(self, hu: np.ndarray, lung: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, pd.DataFrame]:
         """The blob candidates of a scan with :attr:`blob_options` (:func:`blob_candidates` or :func:`faint_blob_candidates`)."""
@@ -944,17 +998,34 @@ class PerSourceClassifier:
         """Inverse of :meth:`to_config`."""
         if not isinstance(config, dict) or config.get("kind") != "per_source":
             raise InvalidParameterError("not a nodulekit per-source classifier (kind must be 'per_source')")
-        if config.get("version") != PER_SOURCE_VERSION:
-            raise InvalidParameterError(f"per-source classifier version {config.get('version')!r}; this nodulekit reads version {PER_SOURCE_VERSION}")
+        if config.get("version") not in (PER_SOURCE_VERSION, PATCH_FUSION_VERSION):
+            raise InvalidParameterError(f"per-source classifier version {config.get('version')!r}; this nodulekit reads versions {PER_SOURCE_VERSION} and {PATCH_FUSION_VERSION}")
         entries = config["classifiers"]
         if not isinstance(entries, dict) or set(entries) != set(CANDIDATE_SOURCES):
             raise InvalidParameterError(f"'classifiers' must hold exactly {list(CANDIDATE_SOURCES)}")
         classifiers = {source: member_from_config(entries[source]) for source in CANDIDATE_SOURCES}
-        return cls(classifiers, threshold=config["threshold"], metadata=config.get("metadata"), blob_options=config.get("blob_options"))
+        return cls(classifiers, threshold=config["threshold"], metadata=config.get("metadata"), blob_options=config.get("blob_options"), patch_fusion=config.get("patch_fusion"))
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``classifier.json`` into ``folder`` (atomically)."""
+        """Write ``classifier.json`` into ``folder`` (atomically), and the patch scorer beside it when the stage has one."""
+        if self.patch_scorer is not None:
+            self.patch_scorer.save(folder)
         return _save_config(self.to_config(), folder)
+
+
+def _check_patch_fusion(fusion: dict | None, classifiers: dict) -> dict | None:
+    """A per-source classifier's ``patch_fusion`` entry, checked: a weight in [0, 1], a Platt step (a, b), boosted members."""
+    if fusion is None:
+        return None
+    try:
+        weight, (a, b) = float(fusion["weight"]), (float(v) for v in fusion["calibration"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidParameterError(f'patch_fusion must be {{"weight": w, "calibration": [a, b]}}, got {fusion!r}') from exc
+    if not 0.0 <= weight <= 1.0 or not np.isfinite([a, b]).all():
+        raise InvalidParameterError(f"patch_fusion needs a weight in [0, 1] and a finite calibration, got {fusion!r}")
+    if not all(isinstance(c, BoostedClassifier) for c in classifiers.values()):
+        raise InvalidParameterError("patch_fusion needs boosted members (it fuses their log-odds)")
+    return {**{k: v for k, v in fusion.items() if k not in ("weight", "calibration")}, "weight": weight, "calibration": [a, b]}
 
 
 #: The kinds of one classifier (a :class:`PerSourceClassifier`'s member, or a whole ``classifier.json``).

@@ -85,7 +85,7 @@ def rank_union(
     del blob_labels
     features = candidate_features(merged_labels, merged, probabilities=probabilities, hu=hu, lung=lung, spacing=spacing, progress=progress)
     frame = features.join(source_features(merged)).assign(source=merged["source"].to_numpy())
-    scores = classifier.predict_proba(frame) if len(merged) else np.zeros(0)
+    scores = classifier.predict_proba(frame, classifier.patch_logits(merged, hu=hu, probabilities=probabilities, spacing=spacing)) if len(merged) else np.zeros(0)
     scores = _drop_shadowed_blobs(merged_labels, merged, scores, spacing)
     table = _measured(merged_labels, merged, probabilities=probabilities, hu=hu, spacing=spacing)
     floor = classifier.threshold if min_score is None else float(min_score)

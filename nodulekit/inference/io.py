@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..dataset import CropSet, Volume
 from ..detection import CLASSIFIER_FILE, load_classifier
+from ..patch_scorer import PatchScorer
 from ..dicom_seg import write_dicom_seg
 from ..errors import DataFormatError, InvalidParameterError, MissingDataError, ModelFileError
 from ..model_names import accepted_forms, resolve_model
@@ -99,6 +100,8 @@ def read_segmenter_files(path: str | os.PathLike | None) -> tuple[Any, Pipeline 
             pipeline_file = path / PIPELINE_FILE
             if (path / CLASSIFIER_FILE).is_file():
                 classifier = load_classifier(path)
+                if getattr(classifier, "patch_fusion", None) is not None:
+                    classifier.patch_scorer = PatchScorer.load(path)
         else:
             model_file, pipeline_file, settings = _from_run_folder(path)
     else:

@@ -428,7 +428,12 @@ class Segmenter:
             if per_source:  # no lung mask: the segmenter's candidates alone, scored by its classifier
                 nodules = nodules.assign(source="segmenter")
                 features = features.join(source_features(nodules)).assign(source="segmenter")
-            scores = self.classifier.predict_proba(features) if len(nodules) else np.zeros(0)
+            if not len(nodules):
+                scores = np.zeros(0)
+            elif per_source:
+                scores = self.classifier.predict_proba(features, self.classifier.patch_logits(nodules, hu=images, probabilities=probabilities, spacing=spacing))
+            else:
+                scores = self.classifier.predict_proba(features)
             floor = self.classifier.threshold if min_score is None else float(min_score)
             return (*rank_candidates(labels, nodules, scores, min_score=floor, max_nodules=max_nodules), True, {})
         if min_score is not None:

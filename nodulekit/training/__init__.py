@@ -12,7 +12,8 @@ callbacks; the real-CT recipes of :mod:`nodulekit.evaluation` train through it t
 :mod:`~nodulekit.training.units` (one grid trial or fold: train, checkpoint, resume, score),
 :mod:`~nodulekit.training.protocol` (:func:`run_protocol`, the tables, the ``nodulekit train``
 entry point :func:`main`), :mod:`~nodulekit.training.distributed` (``tf.distribute``, mixed
-precision, KerasTuner across machines).
+precision, KerasTuner across machines), :mod:`~nodulekit.training.patch_scorer` (the whole-scan
+candidates' 3-D patch CNN, :func:`~nodulekit.training.patch_scorer.fit_patch_scorer`).
 
 The protocol (paper sections 2.2-2.3)
 -------------------------------------

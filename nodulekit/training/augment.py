@@ -15,6 +15,9 @@ part. :func:`augment_batch` draws exactly as the recipes' feeder always drew (pe
 ``k`` in 0..3 and a flip in {0, 1}, then the batch's gains and shifts), so a real-CT retrain gives
 the same numbers as before and the cached fold results stay valid; the paper protocol's
 ``tf.data`` draws are unchanged too.
+
+:func:`augment_patches` is the 3-D counterpart for the whole-scan candidates' patch scorer
+(:mod:`nodulekit.training.patch_scorer`): the 16 symmetries of a patch that keep its slice axis.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 from ..errors import InvalidParameterError
 from ..postprocess import dihedral
 
-__all__ = ["Augmentation", "RECIPE_AUGMENTATION", "INTENSITY_NOISES", "augment_pair", "augment_batch"]
+__all__ = ["Augmentation", "RECIPE_AUGMENTATION", "INTENSITY_NOISES", "augment_pair", "augment_batch", "augment_patches"]
 
 #: Laws of the intensity jitter's gain and shift.
 INTENSITY_NOISES = ("uniform", "normal")
@@ -234,3 +237,18 @@ def _warp(image, transform, interpolation: str):
         fill_mode="NEAREST",
     )
     return tf.ensure_shape(out[0], image.shape)
+
+
+def augment_patches(patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A copy with each patch flipped along each axis and its rows and columns swapped, each with probability 1/2.
+
+    The 16 symmetries of a patch that keep the slice axis a slice axis (a nodule has no preferred
+    direction; the scan's anisotropy stays along z).
+    """
+    out = np.array(patches, copy=True)
+    for axis in (1, 2, 3):
+        flip = rng.random(len(out)) < 0.5
+        out[flip] = np.flip(out[flip], axis=axis)
+    swap = rng.random(len(out)) < 0.5
+    out[swap] = np.swapaxes(out[swap], 2, 3)
+    return out

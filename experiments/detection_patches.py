@@ -1,0 +1,251 @@
+"""A 3-D patch CNN as a third scorer of whole-scan candidates, fused with the boosted trees (issue 18).
+
+On the union candidates cached by ``experiments/detection_candidates.py`` (``scan-<seed>-union.csv``
+beside each ``scan-<seed>.npz`` of ``experiments/detection.py cache``):
+
+1. ``patches``: each candidate's two-channel patch (:func:`nodulekit.patch_scorer.candidate_patches`)
+   as ``scan-<seed>-patches.npy`` (float32) in the cache.
+2. ``cv`` (training scans only, even seeds): scan-grouped 5-fold CV, the same folds as ``boost``
+   (``GroupKFold`` on the same rows): per fold a patch scorer
+   (:func:`nodulekit.training.patch_scorer.fit_patch_scorer`, :data:`PATCH_RECIPE`) and the shipped
+   trees' recipe refit; out-of-fold FROC CPM of the trees, of the CNN, and of their fusion
+   ``(1 - w) * trees + w * cnn`` on the log-odds for w in :data:`WEIGHTS`. The weight with the
+   best CV CPM is chosen, then the Platt step and the operating point (1 false positive per scan)
+   on the out-of-fold fused scores. Nothing held out is read.
+3. ``ship``: the patch scorer trained on every training scan (seed 0), the chosen fusion written
+   into the shipped ``classifier.json`` (its trees unchanged: they were fit on the same 120 scans)
+   and ``patch_scorer.keras`` beside it.
+4. ``held-out``: the shipped stage (trees alone, and fused) on the held-out scans (odd seeds, no
+   stage trained on them), scored once: CPM, sensitivities, AUC, Brier, false positives per scan
+   at the operating point, recall by kind, the reliability table, a FROC figure.
+
+    python experiments/detection_patches.py patches --cache /tmp/c3-train
+    python experiments/detection_patches.py patches --cache /tmp/c3-held --held-out
+    python experiments/detection_patches.py cv --cache /tmp/c3-train          # ~25 min on 2 cores
+    python experiments/detection_patches.py ship --cache /tmp/c3-train        # ~5 min
+    python experiments/detection_patches.py held-out --cache /tmp/c3-held
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import detection as whole_scan  # noqa: E402  (experiments/detection.py: the cache and the FROC helpers)
+import detection_candidates as union  # noqa: E402  (experiments/detection_candidates.py: the union tables, the trees)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RESULT = "detection_patches.json"
+#: Fusion weights of the CNN's logit tried by ``cv``.
+WEIGHTS = (0.25, 0.5, 0.75)
+FOLDS = 5
+
+
+def _patch_file(folder: Path, seed: int) -> Path:
+    return folder / f"scan-{seed:05d}-patches.npy"
+
+
+def command_patches(args) -> int:
+    """Each union candidate's patch, per scan, cached."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from nodulekit.patch_scorer import candidate_patches
+
+    folder = Path(args.cache)
+    paths = [p for p in sorted(folder.glob("scan-?????-union.csv")) if whole_scan.is_held_out(int(p.name[5:10])) == args.held_out]
+    for path in tqdm(paths, desc="patches"):
+        seed = int(path.name[5:10])
+        target = _patch_file(folder, seed)
+        if target.exists():
+            continue
+        table = pd.read_csv(path, dtype={"hit": str}, keep_default_na=False)
+        scan = whole_scan.load_scan(folder / f"scan-{seed:05d}.npz")
+        patches = candidate_patches(scan["hu"], scan["probabilities"], table[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(float), scan["spacing"])
+        temporary = target.with_name(f".{target.stem}.tmp.npy")
+        np.save(temporary, patches)
+        temporary.replace(target)
+    return 0
+
+
+def load_side(folder: Path, *, held_out: bool):
+    """Union candidates, references, spacings and patches (rows in the same order) of one side of the split."""
+    candidates, references, recall, _ = union.load_union(folder, held_out=held_out)
+    patches = np.concatenate([np.load(_patch_file(folder, seed)) for seed in references])
+    if len(patches) != len(candidates):
+        raise SystemExit(f"{folder}: {len(patches)} patches for {len(candidates)} candidates; rerun `patches`")
+    return candidates, references, whole_scan.spacings(folder, references), patches, recall
+
+
+def _tree_members(results_key: str = "boosted_second_stage") -> tuple[tuple, dict]:
+    """Feature names and settings of the shipped trees (from their record)."""
+    record = json.loads((RESULTS / "detection_candidates.json").read_text())[results_key]
+    return tuple(record["features"]), record["chosen"]["settings"]
+
+
+def _froc_summary(candidates, references, scores, spacing, labels) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    result = whole_scan.froc_of(candidates, references, scores, spacing)
+    return {"cpm": round(float(result.cpm), 4), "sensitivity_at_fp": {str(k): round(float(v), 3) for k, v in result.sensitivities.items()},
+            "candidate_auc": round(float(roc_auc_score(labels, scores)), 4)}
+
+
+def command_cv(args) -> int:
+    """Scan-grouped CV on the training scans: trees, CNN and their fusion; the weight, Platt step and operating point."""
+    from scipy.special import expit
+    from sklearn.model_selection import GroupKFold
+
+    from nodulekit.detection import fit_platt
+    from nodulekit.training.patch_scorer import PATCH_RECIPE, fit_patch_scorer
+    from nodulekit.utils import write_json
+
+    folder = Path(args.cache)
+    train, refs, spacing, patches, _ = load_side(folder, held_out=False)
+    labels = train["label"].to_numpy(bool)
+    names, settings = _tree_members()
+    folds = list(GroupKFold(n_splits=FOLDS).split(train, labels, train["seed"]))
+    trees, cnn = np.zeros(len(train)), np.zeros(len(train))
+    start = time.perf_counter()
+    for k, (fit_on, test) in enumerate(folds):
+        members = union._fit_boosted(train.iloc[fit_on], labels[fit_on], settings=settings, by_source=False, feature_names=names)
+        trees[test] = union.score(members, train.iloc[test], "raw_score")
+        scorer = fit_patch_scorer(patches[fit_on], labels[fit_on], seed=k, verbose=args.verbose)
+        cnn[test] = scorer.patch_logits(patches[test])
+        print(f"fold {k}: {time.perf_counter() - start:.0f} s", flush=True)
+    np.save(folder / "patches-oof.npy", np.stack([trees, cnn]))
+    rows = {"trees": trees, "cnn": cnn, **{f"fused w={w}": (1 - w) * trees + w * cnn for w in WEIGHTS}}
+    cv = {}
+    for name, raw in rows.items():
+        cv[name] = {**_froc_summary(train, refs, expit(raw), spacing, labels), "cpm_by_fold": union._fold_cpms(train, refs, expit(raw), folds, spacing)}
+        print(f"{name:14s} CPM {cv[name]['cpm']:.4f} AUC {cv[name]['candidate_auc']:.4f} folds {cv[name]['cpm_by_fold']}", flush=True)
+    weight = max(WEIGHTS, key=lambda w: cv[f"fused w={w}"]["cpm"])
+    fused = (1 - weight) * trees + weight * cnn
+    a, b = fit_platt(fused, labels)
+    calibrated = expit(a * fused + b)
+    threshold = float(min(whole_scan.froc_of(train, refs, calibrated, spacing).threshold_at(1.0), 1.0))
+    record = {
+        "training_scans": len(refs), "cache": str(folder), "folds": FOLDS, "fold_rule": "GroupKFold by scan over the union rows (the folds of detection_candidates.py boost)",
+        "patch_recipe": PATCH_RECIPE, "tree_settings": settings, "cv": cv, "weights_tried": list(WEIGHTS),
+        "chosen": {"weight": weight, "rule": "best out-of-fold CPM", "calibration": [float(a), float(b)], "threshold": threshold,
+                   "threshold_rule": "1 false positive per scan on the out-of-fold fused scores"},
+        "seconds": round(time.perf_counter() - start),
+    }
+    previous = json.loads((RESULTS / RESULT).read_text()) if (RESULTS / RESULT).exists() else {}
+    previous["cv"] = record
+    write_json(RESULTS / RESULT, previous)
+    print(json.dumps(record["chosen"], indent=1))
+    return 0
+
+
+def command_ship(args) -> int:
+    """The patch scorer on every training scan, fused into the shipped classifier as ``cv`` chose."""
+    from nodulekit.detection import load_classifier
+    from nodulekit.pretrained import PRETRAINED_DIR
+    from nodulekit.training.patch_scorer import PATCH_RECIPE, fit_patch_scorer
+    from nodulekit.utils import write_json
+
+    folder = Path(args.cache)
+    record = json.loads((RESULTS / RESULT).read_text())
+    chosen = record["cv"]["chosen"]
+    train, refs, _, patches, _ = load_side(folder, held_out=False)
+    start = time.perf_counter()
+    scorer = fit_patch_scorer(patches, train["label"].to_numpy(bool), seed=0, verbose=args.verbose)
+    target = Path(args.model) if args.model else PRETRAINED_DIR / "lidc_attention_unet"
+    classifier = load_classifier(target)
+    trees_threshold = classifier.metadata.get("patch_scorer", {}).get("trees_alone_threshold", classifier.threshold)
+    fusion = {"weight": chosen["weight"], "calibration": chosen["calibration"]}
+    classifier.__init__(classifier.classifiers, threshold=chosen["threshold"], blob_options=classifier.blob_options, patch_fusion=fusion, patch_scorer=scorer,
+                        metadata={**classifier.metadata, "operating_point": {"threshold": chosen["threshold"], "target_fp_per_scan": 1.0, "chosen_on": "out-of-fold fused scores of the training scans"},
+                                  "patch_scorer": {"experiment": "experiments/detection_patches.py (cv, ship)", "recipe": PATCH_RECIPE, "trained_on": f"the union candidates of {len(refs)} synthetic scans (even seeds)",
+                                                   "cv_cpm": record["cv"]["cv"][f"fused w={chosen['weight']}"]["cpm"], "cv_cpm_trees_alone": record["cv"]["cv"]["trees"]["cpm"],
+                                                   "trees_alone_threshold": trees_threshold}})
+    classifier.save(target)
+    record["ship"] = {"seconds": round(time.perf_counter() - start), "folder": str(target), "seed": 0}
+    write_json(RESULTS / RESULT, record)
+    print(f"wrote {target} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def command_held_out(args) -> int:
+    """The shipped stage, trees alone and fused, on the held-out scans (scored once)."""
+    from sklearn.metrics import brier_score_loss
+
+    from nodulekit.inference import load_segmenter
+    from nodulekit.plots.detection import reliability_table
+    from nodulekit.utils import write_json
+
+    folder = Path(args.cache)
+    test, refs, spacing, patches, recall = load_side(folder, held_out=True)
+    labels = test["label"].to_numpy(bool)
+    classifier = load_segmenter(args.model).classifier
+    trees_alone = union.score(classifier.classifiers, test)
+    fused = classifier.predict_proba(test, classifier.patch_scorer.patch_logits(patches))
+    out = {"held_out_scans": len(refs), "cache": str(folder)}
+    for name, scores in (("trees alone (shipped before)", trees_alone), ("trees + patch CNN (shipped)", fused)):
+        threshold = classifier.threshold if "CNN" in name else classifier.metadata["patch_scorer"]["trees_alone_threshold"]
+        kept = scores >= threshold
+        out[name] = {**_froc_summary(test, refs, scores, spacing, labels), "brier": round(float(brier_score_loss(labels, scores)), 5),
+                     "fp_per_scan_at_operating_point": round(float((kept & ~labels).sum() / len(refs)), 2),
+                     "recall_by_kind_at_operating_point": union_recall_by_kind(test, refs, scores, threshold),
+                     "reliability": reliability_table(scores, labels, bins=10)}
+        print(name, json.dumps({k: v for k, v in out[name].items() if k != "reliability"}), flush=True)
+    record = json.loads((RESULTS / RESULT).read_text())
+    record["held_out"] = out
+    write_json(RESULTS / RESULT, record)
+    _plot(folder, test, refs, spacing, {"trees alone (before)": trees_alone, "trees + patch CNN (shipped)": fused})
+    return 0
+
+
+def union_recall_by_kind(candidates, references: dict, scores, threshold: float) -> dict:
+    """Share of each kind's reference nodules hit by a candidate scoring at least ``threshold``."""
+    found: dict = {}
+    for seed, reference in references.items():
+        mine = (candidates["seed"] == seed).to_numpy() & (scores >= threshold)
+        hit = set()
+        for text in candidates.loc[mine, "hit"]:
+            hit.update(int(k) for k in str(text).split())
+        for index, record in enumerate(reference.itertuples(index=False)):
+            if not record.ignore:
+                found.setdefault(record.kind, []).append(index in hit)
+    return {kind: round(float(np.mean(v)), 3) for kind, v in sorted(found.items())}
+
+
+def _plot(folder, candidates, references, spacing, scored: dict) -> None:
+    from nodulekit.plots.detection import plot_froc
+
+    results = {name: whole_scan.froc_of(candidates, references, scores, spacing) for name, scores in scored.items()}
+    figure = plot_froc(results, title=f"Held-out synthetic scans ({len(references)})")
+    figure.savefig(RESULTS / "detection_patches_froc.png", dpi=120, bbox_inches="tight")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    patches = sub.add_parser("patches", help="each union candidate's patch, cached per scan")
+    patches.add_argument("--cache", required=True)
+    patches.add_argument("--held-out", action="store_true", help="the held-out (odd) seeds instead of the training ones")
+    cv = sub.add_parser("cv", help="scan-grouped CV of trees, CNN and their fusion on the training scans")
+    cv.add_argument("--cache", required=True)
+    ship = sub.add_parser("ship", help="train the patch scorer on every training scan and fuse it into the shipped classifier")
+    ship.add_argument("--cache", required=True)
+    ship.add_argument("--model", help="segmenter folder to write into (default: the shipped one)")
+    held = sub.add_parser("held-out", help="the shipped stage on the held-out scans")
+    held.add_argument("--cache", required=True)
+    held.add_argument("--model", help="segmenter folder (default: the shipped one)")
+    for command in (cv, ship):
+        command.add_argument("--verbose", type=int, default=2, help="Keras's output per epoch")
+    args = parser.parse_args(argv)
+    return {"patches": command_patches, "cv": command_cv, "ship": command_ship, "held-out": command_held_out}[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
