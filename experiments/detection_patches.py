@@ -17,7 +17,8 @@ beside each ``scan-<seed>.npz`` of ``experiments/detection.py cache``):
    and ``patch_scorer.keras`` beside it.
 4. ``held-out``: the shipped stage (trees alone, and fused) on the held-out scans (odd seeds, no
    stage trained on them), scored once: CPM, sensitivities, AUC, Brier, false positives per scan
-   at the operating point, recall by kind, the reliability table, a FROC figure.
+   at the operating point, recall by kind, the reliability table, a FROC figure; the shipped
+   ``classifier.json``'s ``held_out`` record (its model card numbers) gets the fused stage's.
 
     python experiments/detection_patches.py patches --cache /tmp/c3-train
     python experiments/detection_patches.py patches --cache /tmp/c3-held --held-out
@@ -148,7 +149,7 @@ def command_cv(args) -> int:
 
 def command_ship(args) -> int:
     """The patch scorer on every training scan, fused into the shipped classifier as ``cv`` chose."""
-    from nodulekit.detection import load_classifier
+    from nodulekit.detection import PerSourceClassifier, load_classifier
     from nodulekit.pretrained import PRETRAINED_DIR
     from nodulekit.training.patch_scorer import PATCH_RECIPE, fit_patch_scorer
     from nodulekit.utils import write_json
@@ -162,12 +163,21 @@ def command_ship(args) -> int:
     target = Path(args.model) if args.model else PRETRAINED_DIR / "lidc_attention_unet"
     classifier = load_classifier(target)
     trees_threshold = classifier.metadata.get("patch_scorer", {}).get("trees_alone_threshold", classifier.threshold)
+    cv = record["cv"]["cv"]
+    metadata = {
+        **classifier.metadata,
+        "operating_point": {"threshold": chosen["threshold"], "target_fp_per_scan": 1.0, "chosen_on": "out-of-fold fused scores of the training scans"},
+        "patch_scorer": {
+            "experiment": "experiments/detection_patches.py (cv, ship)",
+            "recipe": PATCH_RECIPE,
+            "trained_on": f"the union candidates of {len(refs)} synthetic scans (even seeds)",
+            "cv_cpm": cv[f"fused w={chosen['weight']}"]["cpm"],
+            "cv_cpm_trees_alone": cv["trees"]["cpm"],
+            "trees_alone_threshold": trees_threshold,
+        },
+    }
     fusion = {"weight": chosen["weight"], "calibration": chosen["calibration"]}
-    classifier.__init__(classifier.classifiers, threshold=chosen["threshold"], blob_options=classifier.blob_options, patch_fusion=fusion, patch_scorer=scorer,
-                        metadata={**classifier.metadata, "operating_point": {"threshold": chosen["threshold"], "target_fp_per_scan": 1.0, "chosen_on": "out-of-fold fused scores of the training scans"},
-                                  "patch_scorer": {"experiment": "experiments/detection_patches.py (cv, ship)", "recipe": PATCH_RECIPE, "trained_on": f"the union candidates of {len(refs)} synthetic scans (even seeds)",
-                                                   "cv_cpm": record["cv"]["cv"][f"fused w={chosen['weight']}"]["cpm"], "cv_cpm_trees_alone": record["cv"]["cv"]["trees"]["cpm"],
-                                                   "trees_alone_threshold": trees_threshold}})
+    classifier = PerSourceClassifier(classifier.classifiers, threshold=chosen["threshold"], metadata=metadata, blob_options=classifier.blob_options, patch_fusion=fusion, patch_scorer=scorer)
     classifier.save(target)
     record["ship"] = {"seconds": round(time.perf_counter() - start), "folder": str(target), "seed": 0}
     write_json(RESULTS / RESULT, record)
@@ -181,6 +191,7 @@ def command_held_out(args) -> int:
 
     from nodulekit.inference import load_segmenter
     from nodulekit.plots.detection import reliability_table
+    from nodulekit.pretrained import PRETRAINED_DIR
     from nodulekit.utils import write_json
 
     folder = Path(args.cache)
@@ -201,6 +212,11 @@ def command_held_out(args) -> int:
     record = json.loads((RESULTS / RESULT).read_text())
     record["held_out"] = out
     write_json(RESULTS / RESULT, record)
+    if args.model is None:  # the shipped stage: its card numbers
+        shipped = out["trees + patch CNN (shipped)"]
+        classifier.metadata["held_out"] = {"cpm": shipped["cpm"], "sensitivity_at_fp": shipped["sensitivity_at_fp"], "scans": f"{len(refs)} synthetic scans, odd seeds (no stage trained on them)",
+                                           "trees_alone_cpm": out["trees alone (shipped before)"]["cpm"]}
+        classifier.save(PRETRAINED_DIR / "lidc_attention_unet")
     _plot(folder, test, refs, spacing, {"trees alone (before)": trees_alone, "trees + patch CNN (shipped)": fused})
     return 0
 
