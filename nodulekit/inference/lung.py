@@ -95,7 +95,7 @@ def lung_mask(
     air = volume < float(threshold)
     for index in range(len(air)):
         air[index] = clear_border(air[index])
-    mask = np.zeros(air.shape, bool)
+    mask = air  # the lungs replace the air inside its box; outside it the air is all False already
     box = bounding_box(air)  # the same components inside the box of the air, a fraction of the volume
     if box is not None:
         mask[box] = keep_largest_components(air[box], connectivity=1, keep=int(keep), min_fraction=float(min_fraction))

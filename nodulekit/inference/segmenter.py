@@ -250,8 +250,9 @@ class Segmenter:
                 batch_size=batch_size,
                 progress=progress,
                 context=self._slice_reach,
+                outside_region=0.0,
             )
-        if region is not None:
+        if region is not None and mode == "sliding":
             out[~region] = 0.0
         return out[0] if squeeze else out
 
@@ -644,7 +645,8 @@ def _steps_reach(before: Any, after: Any) -> int | None:
 
 
 def _check_finite(array: np.ndarray, what: str) -> None:
-    if not np.isfinite(array).all():
+    step = max(1, 2**22 // max(int(np.prod(array.shape[1:])), 1))  # a few MB at a time: no whole-scan temporary
+    if not all(np.isfinite(array[begin : begin + step]).all() for begin in range(0, len(array), step)):
         raise DataFormatError(
             f"{what} hold {int((~np.isfinite(array)).sum())} NaN or infinite value(s); "
             "replace them (e.g. with the air value) before segmenting"

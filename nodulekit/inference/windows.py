@@ -98,9 +98,18 @@ def local_zscore(images: np.ndarray, size: int, *, epsilon: float = 1e-6) -> np.
         raise InvalidParameterError(f"local_zscore needs (n, rows, columns) images and size >= 1, got {images.shape}, {size}")
     box = (1, int(size), int(size))
     mean = ndimage.uniform_filter(images, size=box, mode="reflect")
-    square = ndimage.uniform_filter(images * images, size=box, mode="reflect")
-    std = np.sqrt(np.maximum(square - mean * mean, 0.0))
-    return ((images - mean) / (std + float(epsilon))).astype(np.float32)
+    # The same operations in the same order as std = sqrt(max(E[x^2] - mean^2, 0)) and
+    # (x - mean) / (std + epsilon), in place on two float64 buffers: the same values, fewer temporaries.
+    square = np.multiply(images, images)
+    ndimage.uniform_filter(square, size=box, mode="reflect", output=square)
+    spread = np.multiply(mean, mean)
+    np.subtract(square, spread, out=square)
+    np.maximum(square, 0.0, out=square)
+    np.sqrt(square, out=square)
+    np.add(square, float(epsilon), out=square)
+    np.subtract(images, mean, out=spread)
+    np.divide(spread, square, out=spread)
+    return spread.astype(np.float32)
 
 
 def _grow_to_multiple(box, shape, multiple: int):
@@ -197,6 +206,7 @@ def predict_full(
     batch_size: int | None = None,
     progress: bool = False,
     context: int | None = None,
+    outside_region: float | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Probabilities for whole slices from one fully convolutional pass over the region's bounding box.
 
@@ -227,11 +237,16 @@ def predict_full(
         How far (pixels) ``preprocess`` looks around a pixel (its reach: e.g. ``window // 2`` for
         :func:`local_zscore`, plus 1 for a 3x3 median filter), >= 0. ``None``: unknown (e.g. a
         histogram equalisation reads the whole slice), so whole slices are preprocessed.
+    outside_region : float, optional
+        Set the probabilities outside ``region`` to this value, batch by batch inside the box (the
+        same as ``out[~region] = outside_region`` afterwards, without touching the rest of a
+        scan's array). ``None``: the model's values inside the box are kept.
 
     Returns
     -------
     probabilities : ndarray of float32, shape like ``slices``
-        0 outside the box and on skipped slices.
+        0 outside the box and on skipped slices (the pages of a whole scan's array outside the
+        box are never written).
     counts : dict
         ``{"slices": slices predicted, "box": [row0, row1, column0, column1]}`` (no box when none).
     """
@@ -263,8 +278,10 @@ def predict_full(
         normalised = raw if preprocess is None else preprocess(raw)
         normalised = normalised[:, inner[0] : inner[1], inner[2] : inner[3]]
         padded = np.pad(normalised, ((0, 0), (0, target[0] - height), (0, target[1] - width)), mode="reflect")
-        probabilities = predictor(padded)
-        out[index, box[0] : box[1], box[2] : box[3]] = probabilities[:, :height, :width]
+        probabilities = np.asarray(predictor(padded))[:, :height, :width]
+        if outside_region is not None and region is not None:
+            probabilities = np.where(region[index, box[0] : box[1], box[2] : box[3]], probabilities, np.float32(outside_region))
+        out[index, box[0] : box[1], box[2] : box[3]] = probabilities
         bar.update(len(index))
     bar.close()
     return out, {"slices": int(len(keep)), "box": [int(b) for b in box]}
