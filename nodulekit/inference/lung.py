@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidParameterError
 from ..postprocess import bounding_box, fill_holes, keep_largest_components, label_components
+from .threads import map_in_threads
 
 __all__ = ["lung_mask", "search_region"]
 
@@ -93,15 +94,24 @@ def lung_mask(
     pixel = _pixel_spacing(spacing, hu.ndim)
 
     air = volume < float(threshold)
-    for index in range(len(air)):
+
+    def clear(index: int) -> None:
         air[index] = clear_border(air[index])
+
+    map_in_threads(clear, range(len(air)))  # slice by slice, each on its own: any order, the same mask
     mask = air  # the lungs replace the air inside its box; outside it the air is all False already
     box = bounding_box(air)  # the same components inside the box of the air, a fraction of the volume
     if box is not None:
         mask[box] = keep_largest_components(air[box], connectivity=1, keep=int(keep), min_fraction=float(min_fraction))
-    for index in tqdm(range(len(mask)), desc="lung mask", unit="slice", disable=not progress):
+    bar = tqdm(total=len(mask), desc="lung mask", unit="slice", disable=not progress)
+
+    def close(index: int) -> None:
         if mask[index].any():
             mask[index] = _close_fill_dilate(mask[index], pixel, float(closing_mm), float(margin_mm))
+        bar.update()
+
+    map_in_threads(close, range(len(mask)))  # each slice on its own (the distance transforms release the GIL)
+    bar.close()
     return mask[0] if hu.ndim == 2 else mask
 
 

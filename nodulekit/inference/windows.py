@@ -15,6 +15,7 @@ References
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -22,6 +23,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from ..errors import InvalidParameterError
+from .threads import usable_cores
 
 __all__ = ["gaussian_weights", "window_starts", "local_zscore", "predict_sliding", "predict_full"]
 
@@ -270,14 +272,18 @@ def predict_full(
     # What is preprocessed: whole slices, or the box and the preprocessing's reach around it.
     source = (0, rows, 0, columns) if context is None or preprocess is None else _widen(box, (rows, columns), int(context) + 1)  # a pixel to spare
     inner = (box[0] - source[0], box[1] - source[0], box[2] - source[2], box[3] - source[2])
-    bar = tqdm(total=len(keep), desc="slices", unit="slice", disable=not progress)
-    for begin in range(0, len(keep), int(batch_size)):
-        index = keep[begin : begin + int(batch_size)]
+
+    def prepare(index: np.ndarray) -> np.ndarray:
+        """The model's input for slices ``index``: preprocessed, cut to the box, padded to a multiple of 16."""
         # Normalise with the whole neighbourhood of every box pixel (local statistics are then those of a window), then cut the box.
         raw = slices[index, source[0] : source[1], source[2] : source[3]]
         normalised = raw if preprocess is None else preprocess(raw)
         normalised = normalised[:, inner[0] : inner[1], inner[2] : inner[3]]
-        padded = np.pad(normalised, ((0, 0), (0, target[0] - height), (0, target[1] - width)), mode="reflect")
+        return np.pad(normalised, ((0, 0), (0, target[0] - height), (0, target[1] - width)), mode="reflect")
+
+    bar = tqdm(total=len(keep), desc="slices", unit="slice", disable=not progress)
+    batches = [keep[begin : begin + int(batch_size)] for begin in range(0, len(keep), int(batch_size))]
+    for index, padded in zip(batches, _prepared_ahead(prepare, batches, threaded=preprocess is not None)):
         probabilities = np.asarray(predictor(padded))[:, :height, :width]
         if outside_region is not None and region is not None:
             probabilities = np.where(region[index, box[0] : box[1], box[2] : box[3]], probabilities, np.float32(outside_region))
@@ -285,6 +291,25 @@ def predict_full(
         bar.update(len(index))
     bar.close()
     return out, {"slices": int(len(keep)), "box": [int(b) for b in box]}
+
+
+def _prepared_ahead(prepare: Callable[[np.ndarray], np.ndarray], batches: list, *, threaded: bool):
+    """``prepare(batch)`` for each batch in order, the next one prepared in a thread while the caller predicts this one.
+
+    The model releases the GIL while it runs, and so do most of NumPy's and SciPy's kernels of the
+    preprocessing: with two cores the preprocessing of a scan hides behind the model. Each batch is
+    prepared by the same function as in a plain loop (the same values).
+    """
+    if not threaded or len(batches) < 2 or usable_cores() < 2:
+        yield from (prepare(batch) for batch in batches)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(prepare, batches[0])
+        for number in range(len(batches)):
+            ready = pending.result()
+            if number + 1 < len(batches):
+                pending = pool.submit(prepare, batches[number + 1])
+            yield ready
 
 
 def _widen(box: tuple[int, int, int, int], shape: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
