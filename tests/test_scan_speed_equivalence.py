@@ -283,3 +283,16 @@ def test_the_seg_label_map_of_the_marked_slices_is_the_whole_volume_lookup():
     labels[4, 0, 0] = -1
     with pytest.raises(Exception, match="negative"):
         _segments(labels, table, "model")
+
+
+def test_the_scan_masks_written_inside_their_boxes_are_the_whole_volume_comparisons():
+    from nodulekit.inference.segmenter import _above, _marked
+
+    rng = np.random.default_rng(8)
+    probabilities = np.zeros((4, 30, 40), np.float32)
+    probabilities[1:3, 5:20, 8:33] = rng.random((2, 15, 25))
+    for box in ([5, 20, 8, 33], [0, 30, 0, 40], None):
+        assert np.array_equal(_above(probabilities, 0.5, box), probabilities >= 0.5)
+    labels = _blobs((5, 30, 40), 4, seed=9)
+    for array in (labels, np.zeros_like(labels)):
+        assert _marked(array).dtype == np.uint8 and np.array_equal(_marked(array), (array > 0).astype(np.uint8))
