@@ -296,3 +296,30 @@ def test_the_scan_masks_written_inside_their_boxes_are_the_whole_volume_comparis
     labels = _blobs((5, 30, 40), 4, seed=9)
     for array in (labels, np.zeros_like(labels)):
         assert _marked(array).dtype == np.uint8 and np.array_equal(_marked(array), (array > 0).astype(np.uint8))
+
+
+def _close_fill_dilate_padded(mask2d, pixel, closing_mm):
+    """The lung closing as before: each lung closed in its box grown by the disk's radius + 2 pixels."""
+    from nodulekit.inference.lung import _close_fill
+
+    labels, count = label_components(mask2d, connectivity=1)
+    out = np.zeros_like(mask2d)
+    for found, number in zip(ndimage.find_objects(labels), range(1, count + 1)):
+        pad = int(np.ceil(closing_mm / min(pixel))) + 2
+        rows = slice(max(found[0].start - pad, 0), min(found[0].stop + pad, mask2d.shape[0]))
+        columns = slice(max(found[1].start - pad, 0), min(found[1].stop + pad, mask2d.shape[1]))
+        out[rows, columns] |= _close_fill(labels[rows, columns] == number, pixel, closing_mm)
+    return out
+
+
+@pytest.mark.parametrize("pixel", [(0.5, 0.5), (0.625, 0.625), (0.7, 0.9), (0.829, 0.829), (1.0, 1.0)])
+def test_closing_each_lung_in_its_own_box_is_closing_it_in_a_padded_box(pixel):
+    from nodulekit.inference.lung import _close_fill_dilate
+
+    rng = np.random.default_rng(int(pixel[1] * 1000))
+    for trial in range(30):
+        shape = tuple(rng.integers(20, 80, 2))
+        mask = ndimage.binary_opening(rng.random(shape) < rng.uniform(0.3, 0.7))
+        mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = False, False, False, False  # lungs never touch the border
+        closing = [2.0, 2.5, 3.0, 5.0][trial % 4]
+        assert np.array_equal(_close_fill_dilate(mask, pixel, closing, 0.0), _close_fill_dilate_padded(mask, pixel, closing))

@@ -181,10 +181,9 @@ def _close_fill_dilate(mask2d: np.ndarray, pixel: tuple[float, float], closing_m
     labels, count = label_components(mask2d, connectivity=1)
     out = np.zeros_like(mask2d)
     for found, number in zip(ndimage.find_objects(labels), range(1, count + 1)):
-        pad = int(np.ceil(closing_mm / min(pixel))) + 2
-        rows = slice(max(found[0].start - pad, 0), min(found[0].stop + pad, mask2d.shape[0]))
-        columns = slice(max(found[1].start - pad, 0), min(found[1].stop + pad, mask2d.shape[1]))
-        out[rows, columns] |= _close_fill(labels[rows, columns] == number, pixel, closing_mm)
+        # The lung's own box: a closing by a disk never leaves the box of what it closes, a hole
+        # touching the box's edge is open either way, and _close_fill pads the box for the disk.
+        out[found] |= _close_fill(labels[found] == number, pixel, closing_mm)
     if margin_mm > 0:
         out = ndimage.distance_transform_edt(~out, sampling=pixel) <= margin_mm
     return out
