@@ -211,7 +211,9 @@ def _segments(mask: np.ndarray, nodules: pd.DataFrame | None, model_name: str) -
     """(label map of segment numbers, [(segment number, label, tracking id)])."""
     if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
         raise InvalidParameterError(f"mask must be boolean or integer (nodule ids), got {mask.dtype}")
-    if mask.size and mask.min() < 0:
+    # The slices holding any non-zero value (most of a scan's hold none): the checks and the label map look only there.
+    marked = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1)) if mask.ndim and len(mask) else np.zeros(0, int)
+    if len(marked) and min(mask[index].min() for index in marked) < 0:
         raise InvalidParameterError("mask must hold 0 (background) and positive nodule ids, not negative values")
     if nodules is None or not len(nodules):
         found = mask > 0 if nodules is None else np.zeros(mask.shape, bool)
@@ -221,14 +223,15 @@ def _segments(mask: np.ndarray, nodules: pd.DataFrame | None, model_name: str) -
     ids = [int(i) for i in nodules["nodule_id"]]
     if len(set(ids)) != len(ids) or len(ids) > np.iinfo(np.uint16).max:
         raise InvalidParameterError(f"nodules must list at most 65535 distinct nodule_id values, got {len(ids)} ({len(set(ids))} distinct)")
-    lookup = np.zeros(max(int(mask.max(initial=0)), max(ids)) + 1, np.uint16 if len(ids) > 255 else np.uint8)
+    highest = max((int(mask[index].max()) for index in marked), default=0)
+    lookup = np.zeros(max(highest, max(ids)) + 1, np.uint16 if len(ids) > 255 else np.uint8)
     descriptions = []
     scores = nodules["score"] if "score" in nodules else [None] * len(ids)
     for number, (nodule_id, score) in enumerate(zip(ids, scores), start=1):
         lookup[nodule_id] = number
         label = f"Nodule {number}" + ("" if score is None or pd.isna(score) else f" (score {float(score):.2f})")
         descriptions.append((number, label, f"nodule-{nodule_id}"))
-    labelmap = np.empty(mask.shape, lookup.dtype)
-    for index, plane in enumerate(mask):  # slice by slice: no int64 copy of a whole scan
-        labelmap[index] = lookup[plane.astype(np.intp, copy=False)]
+    labelmap = np.zeros(mask.shape, lookup.dtype)  # unmarked slices stay 0 (pages never written)
+    for index in marked:  # slice by slice: no int64 copy of a whole scan
+        labelmap[index] = lookup[mask[index].astype(np.intp, copy=False)]
     return labelmap, descriptions

@@ -12,11 +12,15 @@ import pytest
 from scipy import ndimage
 
 from nodulekit.detection import _ScanContext, merge_candidates, rank_candidates
+from nodulekit.dicom_seg import _segments
+from nodulekit.errors import DataFormatError
 from nodulekit.inference import Segmenter, load_segmenter, measure_nodules
+from nodulekit.inference import threads
 from nodulekit.inference.io import _png
 from nodulekit.inference.lung import lung_mask
 from nodulekit.inference.measure import _drop_small
-from nodulekit.postprocess import bounding_box, label_components, remove_small_objects
+from nodulekit.inference.windows import local_zscore, predict_full
+from nodulekit.postprocess import bounding_box, keep_largest_components, label_components, remove_small_objects
 from nodulekit.preprocessing import Pipeline, equalize_histogram, median_filter, to_grayscale, zscore
 
 SPACING = (2.0, 0.7, 0.7)
@@ -171,3 +175,151 @@ def test_the_shipped_segmenter_gives_the_same_scan_result_with_the_box_shortcut(
     whole = segmenter.segment(volume, min_score=0.0, progress=False)
     assert np.array_equal(fast.probabilities, whole.probabilities) and np.array_equal(fast.labels, whole.labels)
     assert fast.nodules.equals(whole.nodules) and len(fast.nodules) > 0
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3, 6])
+def test_keeping_a_few_components_by_comparisons_is_np_isin(keep):
+    mask = np.random.default_rng(keep).random((5, 30, 40)) < 0.3
+    labels, count = label_components(mask, connectivity=1)
+    sizes = np.bincount(labels.ravel())[1:]
+    order = np.argsort(-sizes, kind="stable")[:keep]
+    chosen = [k + 1 for k in order if sizes[k] >= 0.05 * sizes[order[0]]]
+    assert np.array_equal(keep_largest_components(mask, connectivity=1, keep=keep, min_fraction=0.05), np.isin(labels, chosen))
+
+
+def _local_zscore_formula(images, size, epsilon=1e-6):
+    images = np.asarray(images, dtype=np.float64)
+    box = (1, int(size), int(size))
+    mean = ndimage.uniform_filter(images, size=box, mode="reflect")
+    square = ndimage.uniform_filter(images * images, size=box, mode="reflect")
+    std = np.sqrt(np.maximum(square - mean * mean, 0.0))
+    return ((images - mean) / (std + float(epsilon))).astype(np.float32)
+
+
+@pytest.mark.parametrize("size", [1, 3, 32])
+def test_local_zscore_in_place_is_the_formula(size):
+    rng = np.random.default_rng(size)
+    for images in (rng.normal(size=(3, 50, 70)), np.round(rng.normal(-400, 300, (2, 40, 36))), np.zeros((2, 20, 20))):
+        assert np.array_equal(local_zscore(images.astype(np.float32), size).view(np.uint32), _local_zscore_formula(images.astype(np.float32), size).view(np.uint32))
+
+
+def test_full_mode_zeroing_outside_the_region_batch_by_batch_is_the_whole_volume_pass():
+    hu, lung = _ct(seed=4)
+    lung[0] = False  # a skipped slice
+    model = lambda batch: 1.0 / (1.0 + np.exp(-batch))  # noqa: E731 - any predictor
+    kept, _ = predict_full(hu, model, window=32, region=lung, preprocess=lambda x: x / 100.0, outside_region=None, context=0)
+    kept[~lung] = 0.0
+    zeroed, counts = predict_full(hu, model, window=32, region=lung, preprocess=lambda x: x / 100.0, outside_region=0.0, context=0, batch_size=2)
+    assert counts["slices"] == 5 and np.array_equal(zeroed, kept)
+    segmenter = Segmenter(model, Pipeline([to_grayscale(), median_filter(3), zscore()]), window=32, mode="full")
+    whole = predict_full(hu, model, window=32, region=lung, preprocess=segmenter.preprocess_slices, context=segmenter._slice_reach)[0]
+    whole[~lung] = 0.0
+    assert np.array_equal(segmenter.predict(hu, region=lung, progress=False), whole)
+
+
+def test_a_nan_in_the_last_slices_is_found_by_the_check_in_chunks():
+    hu = np.zeros((300, 128, 128), np.float32)  # 2**22 values per check: 256 slices of 128x128
+    hu[-1, 5, 5] = np.nan
+    with pytest.raises(DataFormatError, match="hold 1 NaN"):
+        Segmenter(lambda batch: batch).predict(hu, progress=False)
+
+
+def test_one_rebuild_is_the_two_rebuilds():
+    import keras
+
+    from nodulekit.inference.forward import _rebuilt, _with_policy, without_fixed_size
+    from nodulekit.models import build_unet
+
+    model = build_unet((32, 32, 1), filters=(4, 8, 16))
+    once = _rebuilt(model, "mixed_bfloat16")
+    twice = _with_policy(without_fixed_size(model), "mixed_bfloat16")
+    assert once is not None and once.get_config() == twice.get_config()
+    assert all(np.array_equal(a, b) for a, b in zip(once.get_weights(), twice.get_weights()))
+    batch = np.random.default_rng(0).normal(size=(2, 48, 64, 1)).astype(np.float32)
+    assert np.array_equal(keras.ops.convert_to_numpy(once(batch)), keras.ops.convert_to_numpy(twice(batch)))
+    assert _rebuilt(model, "float32") is None and _rebuilt(once, "mixed_bfloat16") is None  # nothing to rebuild
+
+
+def test_one_trace_for_any_batch_size_gives_the_per_shape_values():
+    import tensorflow as tf
+
+    from nodulekit.inference.forward import make_forward, without_fixed_size
+    from nodulekit.models import build_unet
+
+    model = without_fixed_size(build_unet((32, 32, 1), filters=(4, 8, 16)))
+    forward = make_forward(model, fully_convolutional=True, precision="float32")
+    batch = np.random.default_rng(1).normal(size=(5, 48, 64, 1)).astype(np.float32)
+    for size in (5, 2, 1):
+        traced = tf.function(lambda x: model(x, training=False))  # the former way: one trace per batch shape
+        assert np.array_equal(forward(batch[:size]), traced(tf.constant(batch[:size])).numpy())
+
+
+def test_lung_mask_and_written_files_do_not_depend_on_the_thread_count(tmp_path, monkeypatch):
+    from nodulekit.inference import write_segmentation
+
+    hu, _ = _ct(seed=6, shape=(12, 96, 112))
+    hu[3:6, 40:46, 30:36] = 30.0
+    segmenter = Segmenter(lambda batch: 1.0 / (1.0 + np.exp(-batch)), None, window=32)
+    written = {}
+    for count in (1, 3):
+        monkeypatch.setattr(threads, "usable_cores", lambda: count)
+        result = segmenter.segment(hu, spacing=SPACING, lungs=True, progress=False)
+        write_segmentation(result, tmp_path / str(count), progress=False, nifti=False)
+        written[count] = result, {p.relative_to(tmp_path / str(count)): p.read_bytes() for p in sorted((tmp_path / str(count)).rglob("*.png"))}
+    (one, files_one), (three, files_three) = written[1], written[3]
+    assert np.array_equal(one.lung, three.lung) and one.lung.any() and files_one == files_three
+    assert len(files_one) > 12  # a mask per slice and overlays
+    assert threads.map_in_threads(lambda x: x * x, range(7), threads=3) == [x * x for x in range(7)]
+
+
+def test_the_seg_label_map_of_the_marked_slices_is_the_whole_volume_lookup():
+    labels = _blobs((8, 30, 40), 6, seed=7)
+    labels[0] = labels[-1] = 0
+    table = pd.DataFrame({"nodule_id": [3, 1, 5], "score": [0.9, 0.8, 0.4]})
+    labelmap, descriptions = _segments(labels, table, "model")
+    lookup = np.zeros(int(labels.max()) + 1, np.uint8)
+    lookup[[3, 1, 5]] = [1, 2, 3]
+    assert np.array_equal(labelmap, lookup[labels]) and [d[1] for d in descriptions] == ["Nodule 1 (score 0.90)", "Nodule 2 (score 0.80)", "Nodule 3 (score 0.40)"]
+    labels[4, 0, 0] = -1
+    with pytest.raises(Exception, match="negative"):
+        _segments(labels, table, "model")
+
+
+def test_the_scan_masks_written_inside_their_boxes_are_the_whole_volume_comparisons():
+    from nodulekit.inference.segmenter import _above, _marked
+
+    rng = np.random.default_rng(8)
+    probabilities = np.zeros((4, 30, 40), np.float32)
+    probabilities[1:3, 5:20, 8:33] = rng.random((2, 15, 25))
+    for box in ([5, 20, 8, 33], [0, 30, 0, 40], None):
+        assert np.array_equal(_above(probabilities, 0.5, box), probabilities >= 0.5)
+    labels = _blobs((5, 30, 40), 4, seed=9)
+    for array in (labels, np.zeros_like(labels)):
+        assert _marked(array).dtype == np.uint8 and np.array_equal(_marked(array), (array > 0).astype(np.uint8))
+
+
+def _close_fill_dilate_padded(mask2d, pixel, closing_mm):
+    """The lung closing as before: each lung closed in its box grown by the disk's radius + 2 pixels."""
+    from nodulekit.inference.lung import _close_fill
+
+    labels, count = label_components(mask2d, connectivity=1)
+    out = np.zeros_like(mask2d)
+    for found, number in zip(ndimage.find_objects(labels), range(1, count + 1)):
+        pad = int(np.ceil(closing_mm / min(pixel))) + 2
+        rows = slice(max(found[0].start - pad, 0), min(found[0].stop + pad, mask2d.shape[0]))
+        columns = slice(max(found[1].start - pad, 0), min(found[1].stop + pad, mask2d.shape[1]))
+        out[rows, columns] |= _close_fill(labels[rows, columns] == number, pixel, closing_mm)
+    return out
+
+
+@pytest.mark.parametrize("pixel", [(0.5, 0.5), (0.625, 0.625), (0.7, 0.9), (0.829, 0.829), (1.0, 1.0)])
+def test_closing_each_lung_in_its_own_box_is_closing_it_in_a_padded_box(pixel):
+    from nodulekit.inference.lung import _close_fill_dilate
+
+    rng = np.random.default_rng(int(pixel[1] * 1000))
+    for trial in range(30):
+        shape = tuple(rng.integers(20, 80, 2))
+        mask = ndimage.binary_opening(rng.random(shape) < rng.uniform(0.3, 0.7))
+        mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = False, False, False, False  # lungs never touch the border
+        closing = [2.0, 2.5, 3.0, 5.0][trial % 4]
+        assert np.array_equal(_close_fill_dilate(mask, pixel, closing, 0.0), _close_fill_dilate_padded(mask, pixel, closing))

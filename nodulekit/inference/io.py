@@ -25,6 +25,7 @@ from ..safety import load_model
 from ..utils import save_atomic, write_json
 from .measure import match_nodules
 from .result import SegmentationResult
+from .threads import map_in_threads
 
 __all__ = ["MODEL_FILE", "PIPELINE_FILE", "SETTINGS_FILE", "as_stack", "read_segmenter_files", "write_segmenter_files", "write_segmentation"]
 
@@ -255,21 +256,24 @@ def write_segmentation(
     if overlays != "none":
         (folder / "overlays").mkdir(exist_ok=True)
         files["overlays"] = "overlays/"
-    written = 0
-    empty_png: bytes | None = None  # most slices of a scan have no nodule: their (identical) PNG is encoded once
-    for index in tqdm(range(count), desc="writing", unit="slice", disable=not progress):
+    empty_png = _png(np.zeros(result.mask.shape[1:], np.uint8))  # most slices of a scan have no nodule: their PNG is encoded once
+    bar = tqdm(total=count, desc="writing", unit="slice", disable=not progress)
+
+    def write_slice(index: int) -> int:
+        """The slice's mask PNG and, when asked for, its overlay; 1 when an overlay was written."""
         marked = bool(result.mask[index].any())
-        if marked or empty_png is None:
-            png = _png((result.mask[index] > 0).astype(np.uint8) * 255)
-            empty_png = empty_png if marked else png
-        else:
-            png = empty_png
+        png = _png((result.mask[index] > 0).astype(np.uint8) * 255) if marked else empty_png
         (folder / "masks" / f"{names[index]}.png").write_bytes(png)
         interesting = marked or (truth is not None and truth[index].any())
-        if overlays == "all" or (overlays == "nodules" and interesting):
+        drawn = overlays == "all" or (overlays == "nodules" and interesting)
+        if drawn:
             rgb = overlay_rgb(result.images[index], result.mask[index], truth=None if truth is None else truth[index])
             Image.fromarray(rgb).save(folder / "overlays" / f"{names[index]}.png")
-            written += 1
+        bar.update()
+        return int(drawn)
+
+    written = sum(map_in_threads(write_slice, range(count)))  # Pillow's PNG encoder releases the GIL: the same files, on the usable cores
+    bar.close()
     table = result.nodules.copy()
     table.insert(1, "slice_name", [names[int(i)] for i in table["largest_slice"]])
     table.to_csv(folder / "nodules.csv", index=False, float_format="%.4g")

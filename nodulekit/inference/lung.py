@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidParameterError
 from ..postprocess import bounding_box, fill_holes, keep_largest_components, label_components
+from .threads import map_in_threads
 
 __all__ = ["lung_mask", "search_region"]
 
@@ -93,15 +94,24 @@ def lung_mask(
     pixel = _pixel_spacing(spacing, hu.ndim)
 
     air = volume < float(threshold)
-    for index in range(len(air)):
+
+    def clear(index: int) -> None:
         air[index] = clear_border(air[index])
-    mask = np.zeros(air.shape, bool)
+
+    map_in_threads(clear, range(len(air)))  # slice by slice, each on its own: any order, the same mask
+    mask = air  # the lungs replace the air inside its box; outside it the air is all False already
     box = bounding_box(air)  # the same components inside the box of the air, a fraction of the volume
     if box is not None:
         mask[box] = keep_largest_components(air[box], connectivity=1, keep=int(keep), min_fraction=float(min_fraction))
-    for index in tqdm(range(len(mask)), desc="lung mask", unit="slice", disable=not progress):
+    bar = tqdm(total=len(mask), desc="lung mask", unit="slice", disable=not progress)
+
+    def close(index: int) -> None:
         if mask[index].any():
             mask[index] = _close_fill_dilate(mask[index], pixel, float(closing_mm), float(margin_mm))
+        bar.update()
+
+    map_in_threads(close, range(len(mask)))  # each slice on its own (the distance transforms release the GIL)
+    bar.close()
     return mask[0] if hu.ndim == 2 else mask
 
 
@@ -171,10 +181,9 @@ def _close_fill_dilate(mask2d: np.ndarray, pixel: tuple[float, float], closing_m
     labels, count = label_components(mask2d, connectivity=1)
     out = np.zeros_like(mask2d)
     for found, number in zip(ndimage.find_objects(labels), range(1, count + 1)):
-        pad = int(np.ceil(closing_mm / min(pixel))) + 2
-        rows = slice(max(found[0].start - pad, 0), min(found[0].stop + pad, mask2d.shape[0]))
-        columns = slice(max(found[1].start - pad, 0), min(found[1].stop + pad, mask2d.shape[1]))
-        out[rows, columns] |= _close_fill(labels[rows, columns] == number, pixel, closing_mm)
+        # The lung's own box: a closing by a disk never leaves the box of what it closes, a hole
+        # touching the box's edge is open either way, and _close_fill pads the box for the disk.
+        out[found] |= _close_fill(labels[found] == number, pixel, closing_mm)
     if margin_mm > 0:
         out = ndimage.distance_transform_edt(~out, sampling=pixel) <= margin_mm
     return out

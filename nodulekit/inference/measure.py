@@ -103,7 +103,8 @@ def measure_nodules(
     """
     from skimage.measure import regionprops
 
-    mask = np.asarray(mask) > 0
+    mask = np.asarray(mask)
+    mask = mask if mask.dtype == bool else mask > 0  # no copy of a whole scan's boolean mask
     two_d = mask.ndim == 2
     if two_d:
         mask = mask[None]
@@ -148,7 +149,9 @@ def measure_nodules(
         lookup[row.pop("label")] = number
         row["nodule_id"] = number
     if box is not None:
-        labels[box] = lookup[found]
+        inside = labels[box]
+        for plane, found_plane in zip(inside, found):  # slice by slice: no whole-box temporary
+            plane[...] = lookup[found_plane]
     table = pd.DataFrame(rows, columns=list(NODULE_COLUMNS))
     return (labels[0] if two_d else labels), table
 
@@ -159,13 +162,18 @@ def _drop_small(labels: np.ndarray, count: int, min_voxels: int) -> tuple[np.nda
     The same labels as labelling the mask without the small components again
     (:func:`~nodulekit.postprocess.remove_small_objects` then :func:`~nodulekit.postprocess.label_components`):
     labels follow the raster order of each component's first voxel, which dropping others keeps.
+    An int32 ``labels`` is relabelled in place, slice by slice, and returned.
     """
     if min_voxels <= 1 or count == 0:
         return labels, count
     big = component_sizes(labels, count) >= min_voxels
     lookup = np.zeros(count + 1, np.int32)
     lookup[1:][big] = np.arange(1, int(big.sum()) + 1, dtype=np.int32)
-    return lookup[labels], int(big.sum())
+    if labels.dtype != np.int32 or labels.ndim not in (2, 3):
+        return lookup[labels], int(big.sum())
+    for plane in labels if labels.ndim == 3 else [labels]:  # in place, slice by slice: no whole-box temporary
+        plane[...] = lookup[plane]
+    return labels, int(big.sum())
 
 
 def measure_labels(

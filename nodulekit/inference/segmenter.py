@@ -24,6 +24,7 @@ from ..dataset import CropSet, Volume
 from ..detection import CLASSIFIER_FILE, CandidateClassifier, PerSourceClassifier, candidate_features, rank_candidates, source_features
 from .._version import __version__
 from ..errors import DataFormatError, InvalidParameterError, ModelFileError
+from ..postprocess import bounding_box
 from ..precision import resolve_precision
 from ..preprocessing import zscore_windows
 from .candidates import rank_union
@@ -250,8 +251,9 @@ class Segmenter:
                 batch_size=batch_size,
                 progress=progress,
                 context=self._slice_reach,
+                outside_region=0.0,
             )
-        if region is not None:
+        if region is not None and mode == "sliding":
             out[~region] = 0.0
         return out[0] if squeeze else out
 
@@ -355,7 +357,7 @@ class Segmenter:
         timings["predict_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
         labels, nodules = measure_nodules(
-            probabilities >= threshold,
+            _above(probabilities, threshold, self._last_counts.get("box") if mode == "full" else None),
             spacing=spacing3,
             probabilities=probabilities,
             hu=images if units == "HU" else None,
@@ -395,7 +397,7 @@ class Segmenter:
         logger.info("%d nodule(s) in %s images, %.1f s (%s mode)", len(nodules), "x".join(map(str, images.shape)), timings["total_s"], mode)
         return SegmentationResult(
             probabilities=probabilities,
-            mask=(labels > 0).astype(np.uint8),
+            mask=_marked(labels),
             labels=labels,
             nodules=nodules,
             spacing=spacing3,
@@ -648,8 +650,30 @@ def _steps_reach(before: Any, after: Any) -> int | None:
     return reach
 
 
+def _above(probabilities: np.ndarray, threshold: float, box: Sequence[int] | None) -> np.ndarray:
+    """``probabilities >= threshold``, computed inside the (row0, row1, column0, column1) ``box`` of a
+    full-mode prediction only: outside it the probabilities are 0, below any threshold in (0, 1), and
+    the rest of the scan's mask is never written."""
+    if box is None or probabilities.ndim != 3:
+        return probabilities >= threshold
+    rows, columns = slice(box[0], box[1]), slice(box[2], box[3])
+    above = np.zeros(probabilities.shape, bool)
+    above[:, rows, columns] = probabilities[:, rows, columns] >= threshold
+    return above
+
+
+def _marked(labels: np.ndarray) -> np.ndarray:
+    """``(labels > 0).astype(np.uint8)``, written inside the labels' bounding box only (a scan's nodules fill a sliver of it)."""
+    mask = np.zeros(labels.shape, np.uint8)
+    box = bounding_box(labels) if labels.ndim else None
+    if box is not None:
+        mask[box] = labels[box] > 0
+    return mask
+
+
 def _check_finite(array: np.ndarray, what: str) -> None:
-    if not np.isfinite(array).all():
+    step = max(1, 2**22 // max(int(np.prod(array.shape[1:])), 1))  # a few MB at a time: no whole-scan temporary
+    if not all(np.isfinite(array[begin : begin + step]).all() for begin in range(0, len(array), step)):
         raise DataFormatError(
             f"{what} hold {int((~np.isfinite(array)).sum())} NaN or infinite value(s); "
             "replace them (e.g. with the air value) before segmenting"

@@ -15,6 +15,7 @@ References
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -22,6 +23,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from ..errors import InvalidParameterError
+from .threads import usable_cores
 
 __all__ = ["gaussian_weights", "window_starts", "local_zscore", "predict_sliding", "predict_full"]
 
@@ -98,9 +100,18 @@ def local_zscore(images: np.ndarray, size: int, *, epsilon: float = 1e-6) -> np.
         raise InvalidParameterError(f"local_zscore needs (n, rows, columns) images and size >= 1, got {images.shape}, {size}")
     box = (1, int(size), int(size))
     mean = ndimage.uniform_filter(images, size=box, mode="reflect")
-    square = ndimage.uniform_filter(images * images, size=box, mode="reflect")
-    std = np.sqrt(np.maximum(square - mean * mean, 0.0))
-    return ((images - mean) / (std + float(epsilon))).astype(np.float32)
+    # The same operations in the same order as std = sqrt(max(E[x^2] - mean^2, 0)) and
+    # (x - mean) / (std + epsilon), in place on two float64 buffers: the same values, fewer temporaries.
+    square = np.multiply(images, images)
+    ndimage.uniform_filter(square, size=box, mode="reflect", output=square)
+    spread = np.multiply(mean, mean)
+    np.subtract(square, spread, out=square)
+    np.maximum(square, 0.0, out=square)
+    np.sqrt(square, out=square)
+    np.add(square, float(epsilon), out=square)
+    np.subtract(images, mean, out=spread)
+    np.divide(spread, square, out=spread)
+    return spread.astype(np.float32)
 
 
 def _grow_to_multiple(box, shape, multiple: int):
@@ -197,6 +208,7 @@ def predict_full(
     batch_size: int | None = None,
     progress: bool = False,
     context: int | None = None,
+    outside_region: float | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Probabilities for whole slices from one fully convolutional pass over the region's bounding box.
 
@@ -227,11 +239,16 @@ def predict_full(
         How far (pixels) ``preprocess`` looks around a pixel (its reach: e.g. ``window // 2`` for
         :func:`local_zscore`, plus 1 for a 3x3 median filter), >= 0. ``None``: unknown (e.g. a
         histogram equalisation reads the whole slice), so whole slices are preprocessed.
+    outside_region : float, optional
+        Set the probabilities outside ``region`` to this value, batch by batch inside the box (the
+        same as ``out[~region] = outside_region`` afterwards, without touching the rest of a
+        scan's array). ``None``: the model's values inside the box are kept.
 
     Returns
     -------
     probabilities : ndarray of float32, shape like ``slices``
-        0 outside the box and on skipped slices.
+        0 outside the box and on skipped slices (the pages of a whole scan's array outside the
+        box are never written).
     counts : dict
         ``{"slices": slices predicted, "box": [row0, row1, column0, column1]}`` (no box when none).
     """
@@ -255,19 +272,44 @@ def predict_full(
     # What is preprocessed: whole slices, or the box and the preprocessing's reach around it.
     source = (0, rows, 0, columns) if context is None or preprocess is None else _widen(box, (rows, columns), int(context) + 1)  # a pixel to spare
     inner = (box[0] - source[0], box[1] - source[0], box[2] - source[2], box[3] - source[2])
-    bar = tqdm(total=len(keep), desc="slices", unit="slice", disable=not progress)
-    for begin in range(0, len(keep), int(batch_size)):
-        index = keep[begin : begin + int(batch_size)]
+
+    def prepare(index: np.ndarray) -> np.ndarray:
+        """The model's input for slices ``index``: preprocessed, cut to the box, padded to a multiple of 16."""
         # Normalise with the whole neighbourhood of every box pixel (local statistics are then those of a window), then cut the box.
         raw = slices[index, source[0] : source[1], source[2] : source[3]]
         normalised = raw if preprocess is None else preprocess(raw)
         normalised = normalised[:, inner[0] : inner[1], inner[2] : inner[3]]
-        padded = np.pad(normalised, ((0, 0), (0, target[0] - height), (0, target[1] - width)), mode="reflect")
-        probabilities = predictor(padded)
-        out[index, box[0] : box[1], box[2] : box[3]] = probabilities[:, :height, :width]
+        return np.pad(normalised, ((0, 0), (0, target[0] - height), (0, target[1] - width)), mode="reflect")
+
+    bar = tqdm(total=len(keep), desc="slices", unit="slice", disable=not progress)
+    batches = [keep[begin : begin + int(batch_size)] for begin in range(0, len(keep), int(batch_size))]
+    for index, padded in zip(batches, _prepared_ahead(prepare, batches, threaded=preprocess is not None)):
+        probabilities = np.asarray(predictor(padded))[:, :height, :width]
+        if outside_region is not None and region is not None:
+            probabilities = np.where(region[index, box[0] : box[1], box[2] : box[3]], probabilities, np.float32(outside_region))
+        out[index, box[0] : box[1], box[2] : box[3]] = probabilities
         bar.update(len(index))
     bar.close()
     return out, {"slices": int(len(keep)), "box": [int(b) for b in box]}
+
+
+def _prepared_ahead(prepare: Callable[[np.ndarray], np.ndarray], batches: list, *, threaded: bool):
+    """``prepare(batch)`` for each batch in order, the next one prepared in a thread while the caller predicts this one.
+
+    The model releases the GIL while it runs, and so do most of NumPy's and SciPy's kernels of the
+    preprocessing: with two cores the preprocessing of a scan hides behind the model. Each batch is
+    prepared by the same function as in a plain loop (the same values).
+    """
+    if not threaded or len(batches) < 2 or usable_cores() < 2:
+        yield from (prepare(batch) for batch in batches)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(prepare, batches[0])
+        for number in range(len(batches)):
+            ready = pending.result()
+            if number + 1 < len(batches):
+                pending = pool.submit(prepare, batches[number + 1])
+            yield ready
 
 
 def _widen(box: tuple[int, int, int, int], shape: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
