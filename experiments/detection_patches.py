@@ -9,13 +9,18 @@ beside each ``scan-<seed>.npz`` of ``experiments/detection.py cache``):
    (``GroupKFold`` on the same rows): per fold a patch scorer
    (:func:`nodulekit.training.patch_scorer.fit_patch_scorer`, :data:`PATCH_RECIPE`) and the shipped
    trees' recipe refit; out-of-fold FROC CPM of the trees, of the CNN, and of their fusion
-   ``(1 - w) * trees + w * cnn`` on the log-odds for w in :data:`WEIGHTS`. The weight with the
-   best CV CPM is chosen, then the Platt step and the operating point (1 false positive per scan)
-   on the out-of-fold fused scores. Nothing held out is read.
+   ``(1 - w) * trees + w * cnn`` on the log-odds for w in :data:`WEIGHTS`. The smallest weight
+   within 0.01 of the best CV CPM is chosen (``detection_candidates.py``'s tie rule: the least
+   reliance on a CNN that saw only synthetic scans), then a Platt step and an operating point
+   on the out-of-fold fused scores (``calibrate`` refits both for the final models). Nothing held
+   out is read.
 3. ``ship``: the patch scorer trained on every training scan (seed 0), the chosen fusion written
    into the shipped ``classifier.json`` (its trees unchanged: they were fit on the same 120 scans)
    and ``patch_scorer.keras`` beside it.
-4. ``held-out``: the shipped stage (trees alone, and fused) on the held-out scans (odd seeds, no
+4. ``calibrate``: the Platt step and the operating point of the shipped (final) models refit on
+   calibration scans: new even seeds (``detection_candidates.py more-held-out --training --first
+   240 --count 60 --cache CAL``), neither trained on nor held out.
+5. ``held-out``: the shipped stage (trees alone, and fused) on the held-out scans (odd seeds, no
    stage trained on them), scored once: CPM, sensitivities, AUC, Brier, false positives per scan
    at the operating point, recall by kind, the reliability table, a FROC figure; the shipped
    ``classifier.json``'s ``held_out`` record (its model card numbers) gets the fused stage's.
@@ -24,6 +29,9 @@ beside each ``scan-<seed>.npz`` of ``experiments/detection.py cache``):
     python experiments/detection_patches.py patches --cache /tmp/c3-held --held-out
     python experiments/detection_patches.py cv --cache /tmp/c3-train          # ~25 min on 2 cores
     python experiments/detection_patches.py ship --cache /tmp/c3-train        # ~5 min
+    python experiments/detection_candidates.py more-held-out --training --first 240 --count 60 --cache /tmp/c4-calib
+    python experiments/detection_patches.py patches --cache /tmp/c4-calib
+    python experiments/detection_patches.py calibrate --cache /tmp/c4-calib --training-cache /tmp/c3-train
     python experiments/detection_patches.py held-out --cache /tmp/c3-held
 """
 
@@ -116,19 +124,26 @@ def command_cv(args) -> int:
     folds = list(GroupKFold(n_splits=FOLDS).split(train, labels, train["seed"]))
     trees, cnn = np.zeros(len(train)), np.zeros(len(train))
     start = time.perf_counter()
-    for k, (fit_on, test) in enumerate(folds):
+    saved = folder / "patches-oof.npy"
+    if args.reuse and saved.exists():  # the out-of-fold scores of an earlier run of this command (same folds, same recipe)
+        trees, cnn = np.load(saved)
+        folds_to_fit = []
+    else:
+        folds_to_fit = folds
+    for k, (fit_on, test) in enumerate(folds_to_fit):
         members = union._fit_boosted(train.iloc[fit_on], labels[fit_on], settings=settings, by_source=False, feature_names=names)
         trees[test] = union.score(members, train.iloc[test], "raw_score")
         scorer = fit_patch_scorer(patches[fit_on], labels[fit_on], seed=k, verbose=args.verbose)
         cnn[test] = scorer.patch_logits(patches[test])
         print(f"fold {k}: {time.perf_counter() - start:.0f} s", flush=True)
-    np.save(folder / "patches-oof.npy", np.stack([trees, cnn]))
+    np.save(saved, np.stack([trees, cnn]))
     rows = {"trees": trees, "cnn": cnn, **{f"fused w={w}": (1 - w) * trees + w * cnn for w in WEIGHTS}}
     cv = {}
     for name, raw in rows.items():
         cv[name] = {**_froc_summary(train, refs, expit(raw), spacing, labels), "cpm_by_fold": union._fold_cpms(train, refs, expit(raw), folds, spacing)}
         print(f"{name:14s} CPM {cv[name]['cpm']:.4f} AUC {cv[name]['candidate_auc']:.4f} folds {cv[name]['cpm_by_fold']}", flush=True)
-    weight = max(WEIGHTS, key=lambda w: cv[f"fused w={w}"]["cpm"])
+    best = max(cv[f"fused w={w}"]["cpm"] for w in WEIGHTS)
+    weight = min(w for w in WEIGHTS if cv[f"fused w={w}"]["cpm"] >= best - union.CPM_TIE)  # the least weight on a CNN that saw only synthetic scans
     fused = (1 - weight) * trees + weight * cnn
     a, b = fit_platt(fused, labels)
     calibrated = expit(a * fused + b)
@@ -136,7 +151,7 @@ def command_cv(args) -> int:
     record = {
         "training_scans": len(refs), "cache": str(folder), "folds": FOLDS, "fold_rule": "GroupKFold by scan over the union rows (the folds of detection_candidates.py boost)",
         "patch_recipe": PATCH_RECIPE, "tree_settings": settings, "cv": cv, "weights_tried": list(WEIGHTS),
-        "chosen": {"weight": weight, "rule": "best out-of-fold CPM", "calibration": [float(a), float(b)], "threshold": threshold,
+        "chosen": {"weight": weight, "rule": f"the smallest CNN weight within {union.CPM_TIE} of the best out-of-fold CPM (detection_candidates.py's tie rule)", "calibration": [float(a), float(b)], "threshold": threshold,
                    "threshold_rule": "1 false positive per scan on the out-of-fold fused scores"},
         "seconds": round(time.perf_counter() - start),
     }
@@ -150,6 +165,7 @@ def command_cv(args) -> int:
 def command_ship(args) -> int:
     """The patch scorer on every training scan, fused into the shipped classifier as ``cv`` chose."""
     from nodulekit.detection import PerSourceClassifier, load_classifier
+    from nodulekit.patch_scorer import PatchScorer
     from nodulekit.pretrained import PRETRAINED_DIR
     from nodulekit.training.patch_scorer import PATCH_RECIPE, fit_patch_scorer
     from nodulekit.utils import write_json
@@ -159,8 +175,11 @@ def command_ship(args) -> int:
     chosen = record["cv"]["chosen"]
     train, refs, _, patches, _ = load_side(folder, held_out=False)
     start = time.perf_counter()
-    scorer = fit_patch_scorer(patches, train["label"].to_numpy(bool), seed=0, verbose=args.verbose)
     target = Path(args.model) if args.model else PRETRAINED_DIR / "lidc_attention_unet"
+    if args.reuse_scorer:  # the patch scorer already in the folder (trained by an earlier ship: it does not depend on the fusion)
+        scorer = PatchScorer.load(target)
+    else:
+        scorer = fit_patch_scorer(patches, train["label"].to_numpy(bool), seed=0, verbose=args.verbose)
     classifier = load_classifier(target)
     trees_threshold = classifier.metadata.get("patch_scorer", {}).get("trees_alone_threshold", classifier.threshold)
     cv = record["cv"]["cv"]
@@ -182,6 +201,53 @@ def command_ship(args) -> int:
     record["ship"] = {"seconds": round(time.perf_counter() - start), "folder": str(target), "seed": 0}
     write_json(RESULTS / RESULT, record)
     print(f"wrote {target} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def command_calibrate(args) -> int:
+    """The shipped fused stage's Platt step and operating point, refit on calibration scans that no stage trained on.
+
+    The out-of-fold fused scores of ``cv`` come from five fold CNNs whose logits have five scales;
+    the final CNN, trained on every training scan, has its own. Calibration scans (new even seeds,
+    ``more-held-out --training --first 240 --count 60`` of ``detection_candidates.py``, not the
+    held-out odd seeds) give the final models' own fused log-odds, and the Platt step and the
+    operating point (1 false positive per scan) are fit on them.
+    """
+    from scipy.special import expit
+    from sklearn.metrics import brier_score_loss
+
+    from nodulekit.detection import PerSourceClassifier, fit_platt
+    from nodulekit.inference import load_segmenter
+    from nodulekit.pretrained import PRETRAINED_DIR
+    from nodulekit.utils import write_json
+
+    folder = Path(args.cache)
+    calibration, refs, spacing, patches, _ = load_side(folder, held_out=False)
+    trained_on = {int(p.name[5:10]) for p in Path(args.training_cache).glob("scan-?????-union.csv")}
+    if trained_on & set(refs):
+        raise SystemExit(f"calibration scans {sorted(trained_on & set(refs))} are training scans too")
+    labels = calibration["label"].to_numpy(bool)
+    classifier = load_segmenter(None).classifier
+    weight = classifier.patch_fusion["weight"]
+    raw = (1 - weight) * union.score(classifier.classifiers, calibration, "raw_score") + weight * classifier.patch_scorer.patch_logits(patches)
+    before = classifier.predict_proba(calibration, classifier.patch_scorer.patch_logits(patches))
+    a, b = fit_platt(raw, labels)
+    scores = expit(a * raw + b)
+    threshold = float(min(whole_scan.froc_of(calibration, refs, scores, spacing).threshold_at(1.0), 1.0))
+    record = {"scans": len(refs), "seeds": [int(min(refs)), int(max(refs))], "cache": str(folder), "candidates": len(calibration),
+              "calibration_before": classifier.patch_fusion["calibration"], "threshold_before": classifier.threshold,
+              "brier_before": round(float(brier_score_loss(labels, before)), 5), "calibration": [float(a), float(b)], "threshold": threshold,
+              "brier": round(float(brier_score_loss(labels, scores)), 5), "cpm": round(float(whole_scan.froc_of(calibration, refs, scores, spacing).cpm), 4)}
+    metadata = {**classifier.metadata, "operating_point": {"threshold": threshold, "target_fp_per_scan": 1.0,
+                                                           "chosen_on": f"{len(refs)} calibration scans (even seeds {min(refs)}-{max(refs)}; no stage trained on them, not the held-out scans)"},
+                "platt": {**classifier.metadata.get("platt", {}), "fused": {"steps": [float(a), float(b)], "fit_on": "the calibration scans' fused log-odds"}}}
+    shipped = PerSourceClassifier(classifier.classifiers, threshold=threshold, metadata=metadata, blob_options=classifier.blob_options,
+                                  patch_fusion={**classifier.patch_fusion, "calibration": [float(a), float(b)]})
+    shipped.save(PRETRAINED_DIR / "lidc_attention_unet")  # classifier.json only: the patch scorer file stays as shipped
+    results = json.loads((RESULTS / RESULT).read_text())
+    results["calibration"] = record
+    write_json(RESULTS / RESULT, results)
+    print(json.dumps(record, indent=1))
     return 0
 
 
@@ -254,13 +320,18 @@ def main(argv: list[str] | None = None) -> int:
     ship = sub.add_parser("ship", help="train the patch scorer on every training scan and fuse it into the shipped classifier")
     ship.add_argument("--cache", required=True)
     ship.add_argument("--model", help="segmenter folder to write into (default: the shipped one)")
+    calibrate = sub.add_parser("calibrate", help="the shipped fused stage's Platt step and operating point on calibration scans")
+    calibrate.add_argument("--cache", required=True, help="calibration scans (even seeds no stage trained on)")
+    calibrate.add_argument("--training-cache", required=True, help="the training scans' cache (checked not to overlap)")
     held = sub.add_parser("held-out", help="the shipped stage on the held-out scans")
     held.add_argument("--cache", required=True)
     held.add_argument("--model", help="segmenter folder (default: the shipped one)")
     for command in (cv, ship):
         command.add_argument("--verbose", type=int, default=2, help="Keras's output per epoch")
+    cv.add_argument("--reuse", action="store_true", help="the out-of-fold scores saved by an earlier cv run (patches-oof.npy in the cache)")
+    ship.add_argument("--reuse-scorer", action="store_true", help="keep the patch scorer already in the folder; refit only the fusion")
     args = parser.parse_args(argv)
-    return {"patches": command_patches, "cv": command_cv, "ship": command_ship, "held-out": command_held_out}[args.command](args)
+    return {"patches": command_patches, "cv": command_cv, "ship": command_ship, "calibrate": command_calibrate, "held-out": command_held_out}[args.command](args)
 
 
 if __name__ == "__main__":
