@@ -39,6 +39,7 @@ import pandas as pd
 from scipy import ndimage
 
 from .errors import DataFormatError, MissingDataError, ModelFileError
+from .safety import load_model
 from .utils import save_atomic
 
 __all__ = ["PATCH_SCORER_FILE", "PATCH_SHAPE", "PATCH_STEP_MM", "PatchScorer", "build_patch_network", "candidate_patches"]
@@ -187,8 +188,4 @@ class PatchScorer:
         path = Path(folder) / PATCH_SCORER_FILE
         if not path.is_file():
             raise MissingDataError(f"the second stage fuses a patch scorer, but this model folder has no {PATCH_SCORER_FILE}", path=Path(folder))
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as exc:  # Keras raises many kinds for a damaged file
-            raise ModelFileError(f"not a readable patch scorer ({type(exc).__name__}: {exc})", path=path) from exc
-        return cls(model)
+        return cls(load_model(path, compile=False))  # safe_mode; a damaged file is a ModelFileError naming it
