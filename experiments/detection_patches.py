@@ -22,7 +22,8 @@ beside each ``scan-<seed>.npz`` of ``experiments/detection.py cache``):
    240 --count 60 --cache CAL``), neither trained on nor held out.
 5. ``held-out``: the shipped stage (trees alone, and fused) on the held-out scans (odd seeds, no
    stage trained on them), scored once: CPM, sensitivities, AUC, Brier, false positives per scan
-   at the operating point, recall by kind, the reliability table, a FROC figure; the shipped
+   at the operating point, recall by kind, the reliability table, Fig. S5 (FROC) and Fig. S6
+   (reliability) against the trees alone; the shipped
    ``classifier.json``'s ``held_out`` record (its model card numbers) gets the fused stage's.
 
     python experiments/detection_patches.py patches --cache /tmp/c3-train
@@ -282,8 +283,9 @@ def command_held_out(args) -> int:
         shipped = out["trees + patch CNN (shipped)"]
         classifier.metadata["held_out"] = {"cpm": shipped["cpm"], "sensitivity_at_fp": shipped["sensitivity_at_fp"], "scans": f"{len(refs)} synthetic scans, odd seeds (no stage trained on them)",
                                            "trees_alone_cpm": out["trees alone (shipped before)"]["cpm"]}
+        classifier.patch_scorer = None  # classifier.json only: the patch scorer file stays as shipped
         classifier.save(PRETRAINED_DIR / "lidc_attention_unet")
-    _plot(folder, test, refs, spacing, {"trees alone (before)": trees_alone, "trees + patch CNN (shipped)": fused})
+    _plot(folder, test, refs, spacing, {"trees + patch CNN (shipped)": fused, "trees alone (before)": trees_alone})
     return 0
 
 
@@ -302,11 +304,22 @@ def union_recall_by_kind(candidates, references: dict, scores, threshold: float)
 
 
 def _plot(folder, candidates, references, spacing, scored: dict) -> None:
-    from nodulekit.plots.detection import plot_froc
+    """Fig. S5 (FROC) and Fig. S6 (reliability) of the shipped stage against the trees alone, on the held-out scans."""
+    import matplotlib.pyplot as plt
 
+    from nodulekit.plots import save_figure
+    from nodulekit.plots.detection import plot_froc, plot_reliability
+
+    figures = Path(__file__).resolve().parents[1] / "figures"
     results = {name: whole_scan.froc_of(candidates, references, scores, spacing) for name, scores in scored.items()}
-    figure = plot_froc(results, title=f"Held-out synthetic scans ({len(references)})")
-    figure.savefig(RESULTS / "detection_patches_froc.png", dpi=120, bbox_inches="tight")
+    figure = plot_froc(results, title=f"{len(references)} held-out synthetic scans ({whole_scan.N_SLICES} slices each)")
+    figure.axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: the curves stay visible
+    figure.savefig(figures / "figS5_detection_froc.png", dpi=150, bbox_inches="tight")
+    labels = candidates["label"].to_numpy(bool)
+    figure, axes = plt.subplots(1, len(scored), figsize=(5 * len(scored), 4.2))
+    for axis, (name, scores) in zip(np.atleast_1d(axes), scored.items()):
+        plot_reliability(scores, labels, ax=axis, title=f"{name}: {len(references)} held-out scans")
+    save_figure(figure, "S6", "detection_reliability", folder=figures)
 
 
 def main(argv: list[str] | None = None) -> int:
