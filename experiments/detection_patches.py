@@ -59,6 +59,16 @@ WEIGHTS = (0.25, 0.5, 0.75)
 FOLDS = 5
 
 
+def _record(key: str, value) -> dict:
+    """Set ``key`` of the results file (:data:`RESULT` in ``experiments/results``) to ``value``; the whole record."""
+    from nodulekit.utils import write_json
+
+    record = json.loads((RESULTS / RESULT).read_text()) if (RESULTS / RESULT).exists() else {}
+    record[key] = value
+    write_json(RESULTS / RESULT, record)
+    return record
+
+
 def _patch_file(folder: Path, seed: int) -> Path:
     return folder / f"scan-{seed:05d}-patches.npy"
 
@@ -88,11 +98,11 @@ def command_patches(args) -> int:
 
 def load_side(folder: Path, *, held_out: bool):
     """Union candidates, references, spacings and patches (rows in the same order) of one side of the split."""
-    candidates, references, recall, _ = union.load_union(folder, held_out=held_out)
+    candidates, references, _, _ = union.load_union(folder, held_out=held_out)
     patches = np.concatenate([np.load(_patch_file(folder, seed)) for seed in references])
     if len(patches) != len(candidates):
         raise SystemExit(f"{folder}: {len(patches)} patches for {len(candidates)} candidates; rerun `patches`")
-    return candidates, references, whole_scan.spacings(folder, references), patches, recall
+    return candidates, references, whole_scan.spacings(folder, references), patches
 
 
 def _tree_members(results_key: str = "boosted_second_stage") -> tuple[tuple, dict]:
@@ -116,10 +126,9 @@ def command_cv(args) -> int:
 
     from nodulekit.detection import fit_platt
     from nodulekit.training.patch_scorer import PATCH_RECIPE, fit_patch_scorer
-    from nodulekit.utils import write_json
 
     folder = Path(args.cache)
-    train, refs, spacing, patches, _ = load_side(folder, held_out=False)
+    train, refs, spacing, patches = load_side(folder, held_out=False)
     labels = train["label"].to_numpy(bool)
     names, settings = _tree_members()
     folds = list(GroupKFold(n_splits=FOLDS).split(train, labels, train["seed"]))
@@ -156,9 +165,7 @@ def command_cv(args) -> int:
                    "threshold_rule": "1 false positive per scan on the out-of-fold fused scores"},
         "seconds": round(time.perf_counter() - start),
     }
-    previous = json.loads((RESULTS / RESULT).read_text()) if (RESULTS / RESULT).exists() else {}
-    previous["cv"] = record
-    write_json(RESULTS / RESULT, previous)
+    _record("cv", record)
     print(json.dumps(record["chosen"], indent=1))
     return 0
 
@@ -169,12 +176,11 @@ def command_ship(args) -> int:
     from nodulekit.patch_scorer import PatchScorer
     from nodulekit.pretrained import PRETRAINED_DIR
     from nodulekit.training.patch_scorer import PATCH_RECIPE, fit_patch_scorer
-    from nodulekit.utils import write_json
 
     folder = Path(args.cache)
     record = json.loads((RESULTS / RESULT).read_text())
     chosen = record["cv"]["chosen"]
-    train, refs, _, patches, _ = load_side(folder, held_out=False)
+    train, refs, _, patches = load_side(folder, held_out=False)
     start = time.perf_counter()
     target = Path(args.model) if args.model else PRETRAINED_DIR / "lidc_attention_unet"
     if args.reuse_scorer:  # the patch scorer already in the folder (trained by an earlier ship: it does not depend on the fusion)
@@ -199,8 +205,7 @@ def command_ship(args) -> int:
     fusion = {"weight": chosen["weight"], "calibration": chosen["calibration"]}
     classifier = PerSourceClassifier(classifier.classifiers, threshold=chosen["threshold"], metadata=metadata, blob_options=classifier.blob_options, patch_fusion=fusion, patch_scorer=scorer)
     classifier.save(target)
-    record["ship"] = {"seconds": round(time.perf_counter() - start), "folder": str(target), "seed": 0}
-    write_json(RESULTS / RESULT, record)
+    _record("ship", {"seconds": round(time.perf_counter() - start), "folder": str(target), "seed": 0})
     print(f"wrote {target} in {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -220,10 +225,9 @@ def command_calibrate(args) -> int:
     from nodulekit.detection import PerSourceClassifier, fit_platt
     from nodulekit.inference import load_segmenter
     from nodulekit.pretrained import PRETRAINED_DIR
-    from nodulekit.utils import write_json
 
     folder = Path(args.cache)
-    calibration, refs, spacing, patches, _ = load_side(folder, held_out=False)
+    calibration, refs, spacing, patches = load_side(folder, held_out=False)
     trained_on = {int(p.name[5:10]) for p in Path(args.training_cache).glob("scan-?????-union.csv")}
     if trained_on & set(refs):
         raise SystemExit(f"calibration scans {sorted(trained_on & set(refs))} are training scans too")
@@ -245,9 +249,7 @@ def command_calibrate(args) -> int:
     shipped = PerSourceClassifier(classifier.classifiers, threshold=threshold, metadata=metadata, blob_options=classifier.blob_options,
                                   patch_fusion={**classifier.patch_fusion, "calibration": [float(a), float(b)]})
     shipped.save(PRETRAINED_DIR / "lidc_attention_unet")  # classifier.json only: the patch scorer file stays as shipped
-    results = json.loads((RESULTS / RESULT).read_text())
-    results["calibration"] = record
-    write_json(RESULTS / RESULT, results)
+    _record("calibration", record)
     print(json.dumps(record, indent=1))
     return 0
 
@@ -259,10 +261,9 @@ def command_held_out(args) -> int:
     from nodulekit.inference import load_segmenter
     from nodulekit.plots.detection import reliability_table
     from nodulekit.pretrained import PRETRAINED_DIR
-    from nodulekit.utils import write_json
 
     folder = Path(args.cache)
-    test, refs, spacing, patches, recall = load_side(folder, held_out=True)
+    test, refs, spacing, patches = load_side(folder, held_out=True)
     labels = test["label"].to_numpy(bool)
     classifier = load_segmenter(args.model).classifier
     trees_alone = union.score(classifier.classifiers, test)
@@ -273,12 +274,10 @@ def command_held_out(args) -> int:
         kept = scores >= threshold
         out[name] = {**_froc_summary(test, refs, scores, spacing, labels), "brier": round(float(brier_score_loss(labels, scores)), 5),
                      "fp_per_scan_at_operating_point": round(float((kept & ~labels).sum() / len(refs)), 2),
-                     "recall_by_kind_at_operating_point": union_recall_by_kind(test, refs, scores, threshold),
+                     "recall_by_kind_at_operating_point": whole_scan._recall_by_kind(test, refs, scores, threshold),
                      "reliability": reliability_table(scores, labels, bins=10)}
         print(name, json.dumps({k: v for k, v in out[name].items() if k != "reliability"}), flush=True)
-    record = json.loads((RESULTS / RESULT).read_text())
-    record["held_out"] = out
-    write_json(RESULTS / RESULT, record)
+    _record("held_out", out)
     if args.model is None:  # the shipped stage: its card numbers
         shipped = out["trees + patch CNN (shipped)"]
         classifier.metadata["held_out"] = {"cpm": shipped["cpm"], "sensitivity_at_fp": shipped["sensitivity_at_fp"], "scans": f"{len(refs)} synthetic scans, odd seeds (no stage trained on them)",
@@ -287,20 +286,6 @@ def command_held_out(args) -> int:
         classifier.save(PRETRAINED_DIR / "lidc_attention_unet")
     _plot(folder, test, refs, spacing, {"trees + patch CNN (shipped)": fused, "trees alone (before)": trees_alone})
     return 0
-
-
-def union_recall_by_kind(candidates, references: dict, scores, threshold: float) -> dict:
-    """Share of each kind's reference nodules hit by a candidate scoring at least ``threshold``."""
-    found: dict = {}
-    for seed, reference in references.items():
-        mine = (candidates["seed"] == seed).to_numpy() & (scores >= threshold)
-        hit = set()
-        for text in candidates.loc[mine, "hit"]:
-            hit.update(int(k) for k in str(text).split())
-        for index, record in enumerate(reference.itertuples(index=False)):
-            if not record.ignore:
-                found.setdefault(record.kind, []).append(index in hit)
-    return {kind: round(float(np.mean(v)), 3) for kind, v in sorted(found.items())}
 
 
 def _plot(folder, candidates, references, spacing, scored: dict) -> None:

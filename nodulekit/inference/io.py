@@ -15,11 +15,11 @@ from tqdm.auto import tqdm
 
 from ..dataset import CropSet, Volume
 from ..detection import CLASSIFIER_FILE, load_classifier
-from ..patch_scorer import PatchScorer
 from ..dicom_seg import write_dicom_seg
 from ..errors import DataFormatError, InvalidParameterError, MissingDataError, ModelFileError
 from ..model_names import accepted_forms, resolve_model
 from ..overlay import overlay_rgb
+from ..patch_scorer import PatchScorer
 from ..preprocessing import Pipeline
 from ..safety import load_model
 from ..utils import save_atomic, write_json
