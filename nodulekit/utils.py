@@ -17,6 +17,7 @@ import numpy as np
 from .errors import InvalidParameterError
 
 __all__ = [
+    "available_cores",
     "set_seed",
     "as_rng",
     "is_quick",
@@ -54,6 +55,14 @@ def set_seed(seed: int = 0, *, deterministic_ops: bool = False) -> None:
     keras.utils.set_random_seed(int(seed))
     if deterministic_ops:
         tf.config.experimental.enable_op_determinism()
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS and Windows have no affinity mask
+        return max(1, os.cpu_count() or 1)
 
 
 def as_rng(rng: int | np.random.Generator | None) -> np.random.Generator:

@@ -262,7 +262,7 @@ def test_lung_mask_and_written_files_do_not_depend_on_the_thread_count(tmp_path,
     segmenter = Segmenter(lambda batch: 1.0 / (1.0 + np.exp(-batch)), None, window=32)
     written = {}
     for count in (1, 3):
-        monkeypatch.setattr(threads, "usable_cores", lambda: count)
+        monkeypatch.setattr(threads, "available_cores", lambda: count)
         result = segmenter.segment(hu, spacing=SPACING, lungs=True, progress=False)
         write_segmentation(result, tmp_path / str(count), progress=False, nifti=False)
         written[count] = result, {p.relative_to(tmp_path / str(count)): p.read_bytes() for p in sorted((tmp_path / str(count)).rglob("*.png"))}

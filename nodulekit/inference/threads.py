@@ -8,25 +8,18 @@ back in the items' order, so the outputs do not depend on the thread count.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
-__all__ = ["MAX_THREADS", "usable_cores", "map_in_threads"]
+from ..utils import available_cores
+
+__all__ = ["MAX_THREADS", "map_in_threads"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 #: At most this many threads (a few cores already take the per-slice steps off the critical path).
 MAX_THREADS = 4
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS and Windows have no affinity mask
-        return max(1, os.cpu_count() or 1)
 
 
 def map_in_threads(function: Callable[[T], R], items: Iterable[T], *, threads: int | None = None) -> list[R]:
@@ -38,7 +31,7 @@ def map_in_threads(function: Callable[[T], R], items: Iterable[T], *, threads: i
         Applied to each item; must not depend on the order in which the items run.
     items : iterable
     threads : int, optional
-        Default: the usable cores, at most :data:`MAX_THREADS`; 1 runs a plain loop.
+        Default: the cores this process may use (:func:`nodulekit.utils.available_cores`), at most :data:`MAX_THREADS`; 1 runs a plain loop.
 
     Returns
     -------
@@ -51,7 +44,7 @@ def map_in_threads(function: Callable[[T], R], items: Iterable[T], *, threads: i
     [0, 1, 4, 9, 16]
     """
     items = list(items)
-    count = min(MAX_THREADS, usable_cores()) if threads is None else max(1, int(threads))
+    count = min(MAX_THREADS, available_cores()) if threads is None else max(1, int(threads))
     if count == 1 or len(items) < 2:
         return [function(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(count, len(items))) as pool:

@@ -23,7 +23,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from ..errors import InvalidParameterError
-from .threads import usable_cores
+from ..utils import available_cores
 
 __all__ = ["gaussian_weights", "window_starts", "local_zscore", "predict_sliding", "predict_full"]
 
@@ -300,7 +300,7 @@ def _prepared_ahead(prepare: Callable[[np.ndarray], np.ndarray], batches: list, 
     preprocessing: with two cores the preprocessing of a scan hides behind the model. Each batch is
     prepared by the same function as in a plain loop (the same values).
     """
-    if not threaded or len(batches) < 2 or usable_cores() < 2:
+    if not threaded or len(batches) < 2 or available_cores() < 2:
         yield from (prepare(batch) for batch in batches)
         return
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -25,14 +25,13 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
-import os
 import queue as queue_module
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import InvalidParameterError, TrainingError
-from ..utils import set_seed
+from ..utils import available_cores, set_seed
 from .config import TrainConfig
 from .units import UnitData, UnitSpec, train_unit
 
@@ -40,14 +39,6 @@ __all__ = ["available_cores", "resolve_workers", "run_units_in_workers"]
 
 #: Set in each worker process by :func:`_start_worker`: where epochs are reported.
 _PROGRESS = None
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS and Windows have no affinity mask
-        return max(1, os.cpu_count() or 1)
 
 
 def resolve_workers(workers: int | str, *, units: int, strategy=None, cores: int | None = None) -> int:
