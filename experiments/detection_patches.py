@@ -119,8 +119,24 @@ def _froc_summary(candidates, references, scores, spacing, labels) -> dict:
             "candidate_auc": round(float(roc_auc_score(labels, scores)), 4)}
 
 
+def _cv_key(extra_cache: str | None) -> str:
+    """The results key of a ``cv`` run: ``cv``, or ``cv_with_extra_scans`` when every fold also trained on ``--extra-cache``."""
+    return "cv" if extra_cache is None else "cv_with_extra_scans"
+
+
+def _extra_training(extra_cache: str | None, references: dict):
+    """The extra training scans' union rows and patches (``None`` without ``--extra-cache``); never a scan of ``references``."""
+    if extra_cache is None:
+        return None
+    rows, extra_refs, _, patches = load_side(Path(extra_cache), held_out=False)
+    if set(extra_refs) & set(references):
+        raise SystemExit(f"{extra_cache}: scans {sorted(set(extra_refs) & set(references))} are in the training cache too")
+    return rows, patches
+
+
 def command_cv(args) -> int:
     """Scan-grouped CV on the training scans: trees, CNN and their fusion; the weight, Platt step and operating point."""
+    import pandas as pd
     from scipy.special import expit
     from sklearn.model_selection import GroupKFold
 
@@ -132,18 +148,23 @@ def command_cv(args) -> int:
     labels = train["label"].to_numpy(bool)
     names, settings = _tree_members()
     folds = list(GroupKFold(n_splits=FOLDS).split(train, labels, train["seed"]))
+    extra = _extra_training(args.extra_cache, refs)
     trees, cnn = np.zeros(len(train)), np.zeros(len(train))
     start = time.perf_counter()
-    saved = folder / "patches-oof.npy"
+    saved = folder / ("patches-oof.npy" if extra is None else f"patches-oof-extra-{Path(args.extra_cache).name}.npy")
     if args.reuse and saved.exists():  # the out-of-fold scores of an earlier run of this command (same folds, same recipe)
         trees, cnn = np.load(saved)
         folds_to_fit = []
     else:
         folds_to_fit = folds
     for k, (fit_on, test) in enumerate(folds_to_fit):
-        members = union._fit_boosted(train.iloc[fit_on], labels[fit_on], settings=settings, by_source=False, feature_names=names)
+        fit_rows, fit_labels, fit_patches = train.iloc[fit_on], labels[fit_on], patches[fit_on]
+        if extra is not None:  # every fold trains on the extra scans too; only the cache's scans are scored
+            fit_rows, fit_labels = pd.concat([fit_rows, extra[0]], ignore_index=True), np.concatenate([fit_labels, extra[0]["label"].to_numpy(bool)])
+            fit_patches = np.concatenate([fit_patches, extra[1]])
+        members = union._fit_boosted(fit_rows, fit_labels, settings=settings, by_source=False, feature_names=names)
         trees[test] = union.score(members, train.iloc[test], "raw_score")
-        scorer = fit_patch_scorer(patches[fit_on], labels[fit_on], seed=k, verbose=args.verbose)
+        scorer = fit_patch_scorer(fit_patches, fit_labels, seed=k, verbose=args.verbose)
         cnn[test] = scorer.patch_logits(patches[test])
         print(f"fold {k}: {time.perf_counter() - start:.0f} s", flush=True)
     np.save(saved, np.stack([trees, cnn]))
@@ -165,7 +186,10 @@ def command_cv(args) -> int:
                    "threshold_rule": "1 false positive per scan on the out-of-fold fused scores"},
         "seconds": round(time.perf_counter() - start),
     }
-    _record("cv", record)
+    if extra is not None:
+        record["extra_training"] = {"cache": args.extra_cache, "scans": int(extra[0]["seed"].nunique()), "seeds": [int(extra[0]["seed"].min()), int(extra[0]["seed"].max())],
+                                    "rule": "added to every fold's training rows; only the cache's scans are scored (the same folds and test scans as `cv`)"}
+    _record(_cv_key(args.extra_cache), record)
     print(json.dumps(record["chosen"], indent=1))
     return 0
 
@@ -177,35 +201,53 @@ def command_ship(args) -> int:
     from nodulekit.pretrained import PRETRAINED_DIR
     from nodulekit.training.patch_scorer import PATCH_RECIPE, fit_patch_scorer
 
+    import pandas as pd
+
     folder = Path(args.cache)
     record = json.loads((RESULTS / RESULT).read_text())
-    chosen = record["cv"]["chosen"]
+    key = _cv_key(args.extra_cache)
+    chosen = record[key]["chosen"]
     train, refs, _, patches = load_side(folder, held_out=False)
+    extra = _extra_training(args.extra_cache, refs)
+    scans = len(refs)
+    if extra is not None:
+        train, patches, scans = pd.concat([train, extra[0]], ignore_index=True), np.concatenate([patches, extra[1]]), scans + int(extra[0]["seed"].nunique())
+    labels = train["label"].to_numpy(bool)
     start = time.perf_counter()
     target = Path(args.model) if args.model else PRETRAINED_DIR / "lidc_attention_unet"
     if args.reuse_scorer:  # the patch scorer already in the folder (trained by an earlier ship: it does not depend on the fusion)
         scorer = PatchScorer.load(target)
     else:
-        scorer = fit_patch_scorer(patches, train["label"].to_numpy(bool), seed=0, verbose=args.verbose)
+        scorer = fit_patch_scorer(patches, labels, seed=0, verbose=args.verbose)
     classifier = load_classifier(target)
     trees_threshold = classifier.metadata.get("patch_scorer", {}).get("trees_alone_threshold", classifier.threshold)
-    cv = record["cv"]["cv"]
+    members, tree_metadata = classifier.classifiers, {}
+    if extra is not None:  # the shipped trees' recipe refit on every training scan; their own Platt step and threshold come from `calibrate --trees-too`
+        names, settings = _tree_members()
+        trees = union._fit_boosted(train, labels, settings=settings, by_source=False, feature_names=names)["all"]
+        trees.metadata = {"one_model_for_both_sources": True, "platt": True, "settings": settings, "trained_on": f"all candidates of the union of {scans} synthetic scans (even seeds)"}
+        members = {source: trees for source in classifier.classifiers}
+        seeds = sorted(set(train["seed"]))
+        tree_metadata = {"n_scans": scans, "trained_on": f"{scans} synthetic scans of nodulekit.phantom.generate_volume (32 slices, 4 nodules, even seeds {seeds[0]}-{seeds[-1]} "
+                         f"but the calibration seeds); gradient-boosted trees (scikit-learn HistGradientBoostingClassifier, exported as arrays), one model for both sources (from_blob is a feature)"}
+    cv = record[key]["cv"]
     metadata = {
         **classifier.metadata,
+        **tree_metadata,
         "operating_point": {"threshold": chosen["threshold"], "target_fp_per_scan": 1.0, "chosen_on": "out-of-fold fused scores of the training scans"},
         "patch_scorer": {
-            "experiment": "experiments/detection_patches.py (cv, ship)",
+            "experiment": f"experiments/detection_patches.py ({'cv, ship' if extra is None else 'cv --extra-cache, ship --extra-cache'})",
             "recipe": PATCH_RECIPE,
-            "trained_on": f"the union candidates of {len(refs)} synthetic scans (even seeds)",
+            "trained_on": f"the union candidates of {scans} synthetic scans (even seeds)",
             "cv_cpm": cv[f"fused w={chosen['weight']}"]["cpm"],
             "cv_cpm_trees_alone": cv["trees"]["cpm"],
             "trees_alone_threshold": trees_threshold,
         },
     }
     fusion = {"weight": chosen["weight"], "calibration": chosen["calibration"]}
-    classifier = PerSourceClassifier(classifier.classifiers, threshold=chosen["threshold"], metadata=metadata, blob_options=classifier.blob_options, patch_fusion=fusion, patch_scorer=scorer)
+    classifier = PerSourceClassifier(members, threshold=chosen["threshold"], metadata=metadata, blob_options=classifier.blob_options, patch_fusion=fusion, patch_scorer=scorer)
     classifier.save(target)
-    _record("ship", {"seconds": round(time.perf_counter() - start), "folder": str(target), "seed": 0})
+    _record("ship", {"seconds": round(time.perf_counter() - start), "folder": str(target), "seed": 0, "training_scans": scans, "cv_record": key, "trees_refit": extra is not None})
     print(f"wrote {target} in {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -228,11 +270,21 @@ def command_calibrate(args) -> int:
 
     folder = Path(args.cache)
     calibration, refs, spacing, patches = load_side(folder, held_out=False)
-    trained_on = {int(p.name[5:10]) for p in Path(args.training_cache).glob("scan-?????-union.csv")}
+    trained_on = {int(p.name[5:10]) for cache in args.training_cache for p in Path(cache).glob("scan-?????-union.csv")}
     if trained_on & set(refs):
         raise SystemExit(f"calibration scans {sorted(trained_on & set(refs))} are training scans too")
     labels = calibration["label"].to_numpy(bool)
     classifier = load_segmenter(None).classifier
+    trees_record = {}
+    if args.trees_too:  # trees refit by `ship --extra-cache`: their own Platt step and operating point (the trees-alone comparison) from the same scans
+        trees_raw = union.score(classifier.classifiers, calibration, "raw_score")
+        step = fit_platt(trees_raw, labels)
+        trees_threshold = float(min(whole_scan.froc_of(calibration, refs, expit(step[0] * trees_raw + step[1]), spacing).threshold_at(1.0), 1.0))
+        for member in classifier.classifiers.values():
+            member.calibration, member.threshold = tuple(float(c) for c in step), trees_threshold
+        classifier.metadata["patch_scorer"]["trees_alone_threshold"] = trees_threshold
+        classifier.metadata["platt"] = {**classifier.metadata.get("platt", {}), "steps": {"all": [float(c) for c in step]}, "rule": "the trees' own step, fit on the calibration scans' raw scores", "used": True}
+        trees_record = {"trees_alone": {"calibration": [float(c) for c in step], "threshold": trees_threshold}}
     weight = classifier.patch_fusion["weight"]
     raw = (1 - weight) * union.score(classifier.classifiers, calibration, "raw_score") + weight * classifier.patch_scorer.patch_logits(patches)
     before = classifier.predict_proba(calibration, classifier.patch_scorer.patch_logits(patches))
@@ -242,7 +294,7 @@ def command_calibrate(args) -> int:
     record = {"scans": len(refs), "seeds": [int(min(refs)), int(max(refs))], "cache": str(folder), "candidates": len(calibration),
               "calibration_before": classifier.patch_fusion["calibration"], "threshold_before": classifier.threshold,
               "brier_before": round(float(brier_score_loss(labels, before)), 5), "calibration": [float(a), float(b)], "threshold": threshold,
-              "brier": round(float(brier_score_loss(labels, scores)), 5), "cpm": round(float(whole_scan.froc_of(calibration, refs, scores, spacing).cpm), 4)}
+              "brier": round(float(brier_score_loss(labels, scores)), 5), "cpm": round(float(whole_scan.froc_of(calibration, refs, scores, spacing).cpm), 4), **trees_record}
     metadata = {**classifier.metadata, "operating_point": {"threshold": threshold, "target_fp_per_scan": 1.0,
                                                            "chosen_on": f"{len(refs)} calibration scans (even seeds {min(refs)}-{max(refs)}; no stage trained on them, not the held-out scans)"},
                 "platt": {**classifier.metadata.get("platt", {}), "fused": {"steps": [float(a), float(b)], "fit_on": "the calibration scans' fused log-odds"}}}
@@ -320,12 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     ship.add_argument("--model", help="segmenter folder to write into (default: the shipped one)")
     calibrate = sub.add_parser("calibrate", help="the shipped fused stage's Platt step and operating point on calibration scans")
     calibrate.add_argument("--cache", required=True, help="calibration scans (even seeds no stage trained on)")
-    calibrate.add_argument("--training-cache", required=True, help="the training scans' cache (checked not to overlap)")
+    calibrate.add_argument("--training-cache", required=True, nargs="+", help="the training scans' caches (checked not to overlap)")
+    calibrate.add_argument("--trees-too", action="store_true", help="also refit the trees' own Platt step and operating point (trees refit by ship --extra-cache)")
     held = sub.add_parser("held-out", help="the shipped stage on the held-out scans")
     held.add_argument("--cache", required=True)
     held.add_argument("--model", help="segmenter folder (default: the shipped one)")
     for command in (cv, ship):
         command.add_argument("--verbose", type=int, default=2, help="Keras's output per epoch")
+        command.add_argument("--extra-cache", default=None, help="more training scans (even seeds, a cache of the same blob settings): every fold and the final models train on them too")
     cv.add_argument("--reuse", action="store_true", help="the out-of-fold scores saved by an earlier cv run (patches-oof.npy in the cache)")
     ship.add_argument("--reuse-scorer", action="store_true", help="keep the patch scorer already in the folder; refit only the fusion")
     args = parser.parse_args(argv)
