@@ -171,7 +171,10 @@ class PatchScorer:
         """Write :data:`PATCH_SCORER_FILE` into ``folder`` (atomically)."""
         path = Path(folder) / PATCH_SCORER_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_atomic(self.model.save, path)
+        model = self.model
+        if getattr(model, "optimizer", None) is not None:  # the network only: a just-trained model would carry its optimizer's state (2.7x the file)
+            model = keras.Model(self.model.inputs, self.model.outputs, name=self.model.name)  # the same layers, not compiled
+        save_atomic(model.save, path)
         return path
 
     @classmethod
