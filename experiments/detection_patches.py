@@ -229,7 +229,9 @@ def command_ship(args) -> int:
         members = {source: trees for source in classifier.classifiers}
         seeds = sorted(set(train["seed"]))
         tree_metadata = {"n_scans": scans, "trained_on": f"{scans} synthetic scans of nodulekit.phantom.generate_volume (32 slices, 4 nodules, even seeds {seeds[0]}-{seeds[-1]} "
-                         f"but the calibration seeds); gradient-boosted trees (scikit-learn HistGradientBoostingClassifier, exported as arrays), one model for both sources (from_blob is a feature)"}
+                         f"but the calibration seeds); gradient-boosted trees (scikit-learn HistGradientBoostingClassifier, exported as arrays), one model for both sources (from_blob is a feature)",
+                         "validation_cpm": record[key]["cv"]["trees"]["cpm"],
+                         "settings_chosen_by": classifier.metadata["settings_chosen_by"] + f" ({len(refs)} scans; refit unchanged on {scans})"}
     cv = record[key]["cv"]
     metadata = {
         **classifier.metadata,
@@ -321,7 +323,7 @@ def command_held_out(args) -> int:
     trees_alone = union.score(classifier.classifiers, test)
     fused = classifier.predict_proba(test, classifier.patch_scorer.patch_logits(patches))
     out = {"held_out_scans": len(refs), "cache": str(folder)}
-    for name, scores in (("trees alone (shipped before)", trees_alone), ("trees + patch CNN (shipped)", fused)):
+    for name, scores in (("trees alone (the shipped trees, their own Platt step)", trees_alone), ("trees + patch CNN (shipped)", fused)):
         threshold = classifier.threshold if "CNN" in name else classifier.metadata["patch_scorer"]["trees_alone_threshold"]
         kept = scores >= threshold
         out[name] = {**_froc_summary(test, refs, scores, spacing, labels), "brier": round(float(brier_score_loss(labels, scores)), 5),
@@ -333,10 +335,10 @@ def command_held_out(args) -> int:
     if args.model is None:  # the shipped stage: its card numbers
         shipped = out["trees + patch CNN (shipped)"]
         classifier.metadata["held_out"] = {"cpm": shipped["cpm"], "sensitivity_at_fp": shipped["sensitivity_at_fp"], "scans": f"{len(refs)} synthetic scans, odd seeds (no stage trained on them)",
-                                           "trees_alone_cpm": out["trees alone (shipped before)"]["cpm"]}
+                                           "trees_alone_cpm": out["trees alone (the shipped trees, their own Platt step)"]["cpm"]}
         classifier.patch_scorer = None  # classifier.json only: the patch scorer file stays as shipped
         classifier.save(PRETRAINED_DIR / "lidc_attention_unet")
-    _plot(folder, test, refs, spacing, {"trees + patch CNN (shipped)": fused, "trees alone (before)": trees_alone})
+    _plot(folder, test, refs, spacing, {"trees + patch CNN (shipped)": fused, "trees alone": trees_alone})
     return 0
 
 
