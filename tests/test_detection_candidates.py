@@ -120,6 +120,40 @@ def test_merge_keeps_each_nodule_once():
     assert len(table) == 1 + len(blob_table) - len(overlapping)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_merge_and_rank_label_voxels_as_the_whole_volume_formulas(seed):
+    """The labelled-voxels-only writes of merge_candidates and rank_candidates give what the plain
+    whole-volume formulas give: np.where(segmenter > 0, segmenter, lookup[blob]) and lookup[labels]."""
+    from nodulekit.detection import rank_candidates
+
+    rng = np.random.default_rng(seed)
+    shape = (12, 40, 40)
+    segmenter_labels, blob_labels = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+    for labels, count in ((segmenter_labels, 5), (blob_labels, 7)):
+        for i in range(1, count + 1):
+            z, y, x = rng.integers(2, 10), rng.integers(4, 36), rng.integers(4, 36)
+            labels[z - 2 : z + 2, y - 3 : y + 3, x - 3 : x + 3] = i  # boxes that overlap each other and the other source
+    def table(labels, count, **extra):
+        centres = np.array([np.argwhere(labels == i).mean(axis=0) if (labels == i).any() else (0.0, 0.0, 0.0) for i in range(1, count + 1)])
+        return pd.DataFrame({"nodule_id": np.arange(1, count + 1), "centroid_z": centres[:, 0], "centroid_y": centres[:, 1], "centroid_x": centres[:, 2], **extra})
+    segmenter_table = table(segmenter_labels, 5)
+    blob_table = table(blob_labels, 7, blob_strength=rng.uniform(10, 50, 7), blob_radius_mm=rng.uniform(1, 6, 7))
+    merged, merged_table = merge_candidates(segmenter_labels, segmenter_table, blob_labels, blob_table, spacing=(1.0, 1.0, 1.0))
+    kept = merged_table[merged_table["source"] == "blob"]
+    lookup = np.zeros(8, np.int32)
+    original = kept.drop(columns="nodule_id").merge(blob_table, on=["centroid_z", "centroid_y", "centroid_x", "blob_strength"])  # each kept blob's id in blob_table
+    assert len(original) == len(kept) > 0
+    lookup[original["nodule_id"].to_numpy(int)] = kept["nodule_id"].to_numpy(int)
+    np.testing.assert_array_equal(merged, np.where(segmenter_labels > 0, segmenter_labels, lookup[blob_labels]))
+    scores = rng.uniform(0, 1, len(merged_table))
+    relabelled, ranked = rank_candidates(merged, merged_table, scores, min_score=0.3)
+    order = np.zeros(len(merged_table) + 1, np.int32)
+    kept_ids = merged_table["nodule_id"].to_numpy(int)[np.argsort(-scores, kind="stable")][np.sort(scores)[::-1] >= 0.3]
+    order[kept_ids] = np.arange(1, len(kept_ids) + 1)
+    np.testing.assert_array_equal(relabelled, order[merged])
+    assert len(ranked) == len(kept_ids)
+
+
 def test_source_features_and_a_union_classifier():
     table = pd.DataFrame({"source": ["segmenter", "blob"], "blob_strength": [0.0, np.e - 1.0]})
     features = source_features(table)
