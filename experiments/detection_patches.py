@@ -16,7 +16,11 @@ beside each ``scan-<seed>.npz`` of ``experiments/detection.py cache``):
    out is read.
 3. ``ship``: the patch scorer trained on every training scan (seed 0), the chosen fusion written
    into the shipped ``classifier.json`` (its trees unchanged: they were fit on the same 120 scans)
-   and ``patch_scorer.keras`` beside it.
+   and ``patch_scorer.keras`` beside it. ``--extra-cache MORE`` (``cv`` and ``ship``): more training
+   scans; every CV fold trains on them too and scores only its held-back scans of ``--cache`` (the
+   same folds and test scans as without them; results under ``cv_with_extra_scans``), and ``ship``
+   refits the trees (the same settings) and the CNN on all of them (``calibrate --trees-too`` then
+   fits the refit trees' own Platt step and operating point).
 4. ``calibrate``: the Platt step and the operating point of the shipped (final) models refit on
    calibration scans: new even seeds (``detection_candidates.py more-held-out --training --first
    240 --count 60 --cache CAL``), neither trained on nor held out.
@@ -33,6 +37,13 @@ beside each ``scan-<seed>.npz`` of ``experiments/detection.py cache``):
     python experiments/detection_candidates.py more-held-out --training --first 240 --count 60 --cache /tmp/c4-calib
     python experiments/detection_patches.py patches --cache /tmp/c4-calib
     python experiments/detection_patches.py calibrate --cache /tmp/c4-calib --training-cache /tmp/c3-train
+    python experiments/detection_patches.py held-out --cache /tmp/c3-held
+    # the shipped stage: 120 more training scans (even seeds 300-538)
+    python experiments/detection_candidates.py more-held-out --training --first 300 --count 240 --cache /tmp/c5-more --blob '{"radii_mm": [1.5, 2.0, 2.5, 3.2, 4.0, 5.0, 6.5, 8.0, 10.0, 15.0]}'
+    python experiments/detection_patches.py patches --cache /tmp/c5-more
+    python experiments/detection_patches.py cv --cache /tmp/c3-train --extra-cache /tmp/c5-more      # ~36 min
+    python experiments/detection_patches.py ship --cache /tmp/c3-train --extra-cache /tmp/c5-more    # ~7 min
+    python experiments/detection_patches.py calibrate --cache /tmp/c4-calib --training-cache /tmp/c3-train /tmp/c5-more --trees-too
     python experiments/detection_patches.py held-out --cache /tmp/c3-held
 """
 
@@ -134,9 +145,17 @@ def _extra_training(extra_cache: str | None, references: dict):
     return rows, patches
 
 
+def _with_extra(rows, labels: np.ndarray, patches: np.ndarray, extra):
+    """Training rows, labels and patches with the extra scans' appended (as they are without ``--extra-cache``)."""
+    if extra is None:
+        return rows, labels, patches
+    import pandas as pd
+
+    return pd.concat([rows, extra[0]], ignore_index=True), np.concatenate([labels, extra[0]["label"].to_numpy(bool)]), np.concatenate([patches, extra[1]])
+
+
 def command_cv(args) -> int:
     """Scan-grouped CV on the training scans: trees, CNN and their fusion; the weight, Platt step and operating point."""
-    import pandas as pd
     from scipy.special import expit
     from sklearn.model_selection import GroupKFold
 
@@ -158,10 +177,7 @@ def command_cv(args) -> int:
     else:
         folds_to_fit = folds
     for k, (fit_on, test) in enumerate(folds_to_fit):
-        fit_rows, fit_labels, fit_patches = train.iloc[fit_on], labels[fit_on], patches[fit_on]
-        if extra is not None:  # every fold trains on the extra scans too; only the cache's scans are scored
-            fit_rows, fit_labels = pd.concat([fit_rows, extra[0]], ignore_index=True), np.concatenate([fit_labels, extra[0]["label"].to_numpy(bool)])
-            fit_patches = np.concatenate([fit_patches, extra[1]])
+        fit_rows, fit_labels, fit_patches = _with_extra(train.iloc[fit_on], labels[fit_on], patches[fit_on], extra)  # only the cache's scans are scored
         members = union._fit_boosted(fit_rows, fit_labels, settings=settings, by_source=False, feature_names=names)
         trees[test] = union.score(members, train.iloc[test], "raw_score")
         scorer = fit_patch_scorer(fit_patches, fit_labels, seed=k, verbose=args.verbose)
@@ -201,18 +217,14 @@ def command_ship(args) -> int:
     from nodulekit.pretrained import PRETRAINED_DIR
     from nodulekit.training.patch_scorer import PATCH_RECIPE, fit_patch_scorer
 
-    import pandas as pd
-
     folder = Path(args.cache)
     record = json.loads((RESULTS / RESULT).read_text())
     key = _cv_key(args.extra_cache)
     chosen = record[key]["chosen"]
     train, refs, _, patches = load_side(folder, held_out=False)
     extra = _extra_training(args.extra_cache, refs)
-    scans = len(refs)
-    if extra is not None:
-        train, patches, scans = pd.concat([train, extra[0]], ignore_index=True), np.concatenate([patches, extra[1]]), scans + int(extra[0]["seed"].nunique())
-    labels = train["label"].to_numpy(bool)
+    train, labels, patches = _with_extra(train, train["label"].to_numpy(bool), patches, extra)
+    scans = len(refs) + (0 if extra is None else int(extra[0]["seed"].nunique()))
     start = time.perf_counter()
     target = Path(args.model) if args.model else PRETRAINED_DIR / "lidc_attention_unet"
     if args.reuse_scorer:  # the patch scorer already in the folder (trained by an earlier ship: it does not depend on the fusion)
@@ -277,9 +289,10 @@ def command_calibrate(args) -> int:
         raise SystemExit(f"calibration scans {sorted(trained_on & set(refs))} are training scans too")
     labels = calibration["label"].to_numpy(bool)
     classifier = load_segmenter(None).classifier
+    trees_raw = union.score(classifier.classifiers, calibration, "raw_score")
+    logits = classifier.patch_scorer.patch_logits(patches)
     trees_record = {}
     if args.trees_too:  # trees refit by `ship --extra-cache`: their own Platt step and operating point (the trees-alone comparison) from the same scans
-        trees_raw = union.score(classifier.classifiers, calibration, "raw_score")
         step = fit_platt(trees_raw, labels)
         trees_threshold = float(min(whole_scan.froc_of(calibration, refs, expit(step[0] * trees_raw + step[1]), spacing).threshold_at(1.0), 1.0))
         for member in classifier.classifiers.values():
@@ -288,15 +301,16 @@ def command_calibrate(args) -> int:
         classifier.metadata["platt"] = {**classifier.metadata.get("platt", {}), "steps": {"all": [float(c) for c in step]}, "rule": "the trees' own step, fit on the calibration scans' raw scores", "used": True}
         trees_record = {"trees_alone": {"calibration": [float(c) for c in step], "threshold": trees_threshold}}
     weight = classifier.patch_fusion["weight"]
-    raw = (1 - weight) * union.score(classifier.classifiers, calibration, "raw_score") + weight * classifier.patch_scorer.patch_logits(patches)
-    before = classifier.predict_proba(calibration, classifier.patch_scorer.patch_logits(patches))
+    raw = (1 - weight) * trees_raw + weight * logits
+    before = classifier.predict_proba(calibration, logits)
     a, b = fit_platt(raw, labels)
     scores = expit(a * raw + b)
-    threshold = float(min(whole_scan.froc_of(calibration, refs, scores, spacing).threshold_at(1.0), 1.0))
+    froc = whole_scan.froc_of(calibration, refs, scores, spacing)
+    threshold = float(min(froc.threshold_at(1.0), 1.0))
     record = {"scans": len(refs), "seeds": [int(min(refs)), int(max(refs))], "cache": str(folder), "candidates": len(calibration),
               "calibration_before": classifier.patch_fusion["calibration"], "threshold_before": classifier.threshold,
               "brier_before": round(float(brier_score_loss(labels, before)), 5), "calibration": [float(a), float(b)], "threshold": threshold,
-              "brier": round(float(brier_score_loss(labels, scores)), 5), "cpm": round(float(whole_scan.froc_of(calibration, refs, scores, spacing).cpm), 4), **trees_record}
+              "brier": round(float(brier_score_loss(labels, scores)), 5), "cpm": round(float(froc.cpm), 4), **trees_record}
     metadata = {**classifier.metadata, "operating_point": {"threshold": threshold, "target_fp_per_scan": 1.0,
                                                            "chosen_on": f"{len(refs)} calibration scans (even seeds {min(refs)}-{max(refs)}; no stage trained on them, not the held-out scans)"},
                 "platt": {**classifier.metadata.get("platt", {}), "fused": {"steps": [float(a), float(b)], "fit_on": "the calibration scans' fused log-odds"}}}
@@ -323,7 +337,8 @@ def command_held_out(args) -> int:
     trees_alone = union.score(classifier.classifiers, test)
     fused = classifier.predict_proba(test, classifier.patch_scorer.patch_logits(patches))
     out = {"held_out_scans": len(refs), "cache": str(folder)}
-    for name, scores in (("trees alone (the shipped trees, their own Platt step)", trees_alone), ("trees + patch CNN (shipped)", fused)):
+    trees_row = "trees alone (the shipped trees, their own Platt step)"
+    for name, scores in ((trees_row, trees_alone), ("trees + patch CNN (shipped)", fused)):
         threshold = classifier.threshold if "CNN" in name else classifier.metadata["patch_scorer"]["trees_alone_threshold"]
         kept = scores >= threshold
         out[name] = {**_froc_summary(test, refs, scores, spacing, labels), "brier": round(float(brier_score_loss(labels, scores)), 5),
@@ -335,7 +350,7 @@ def command_held_out(args) -> int:
     if args.model is None:  # the shipped stage: its card numbers
         shipped = out["trees + patch CNN (shipped)"]
         classifier.metadata["held_out"] = {"cpm": shipped["cpm"], "sensitivity_at_fp": shipped["sensitivity_at_fp"], "scans": f"{len(refs)} synthetic scans, odd seeds (no stage trained on them)",
-                                           "trees_alone_cpm": out["trees alone (the shipped trees, their own Platt step)"]["cpm"]}
+                                           "trees_alone_cpm": out[trees_row]["cpm"]}
         classifier.patch_scorer = None  # classifier.json only: the patch scorer file stays as shipped
         classifier.save(PRETRAINED_DIR / "lidc_attention_unet")
     _plot(folder, test, refs, spacing, {"trees + patch CNN (shipped)": fused, "trees alone": trees_alone})
