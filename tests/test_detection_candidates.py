@@ -15,6 +15,7 @@ from nodulekit.detection import (
     blob_peaks,
     faint_blob_candidates,
     merge_candidates,
+    rank_candidates,
     source_features,
 )
 from nodulekit.errors import NodulekitError
@@ -124,8 +125,6 @@ def test_merge_keeps_each_nodule_once():
 def test_merge_and_rank_label_voxels_as_the_whole_volume_formulas(seed):
     """The labelled-voxels-only writes of merge_candidates and rank_candidates give what the plain
     whole-volume formulas give: np.where(segmenter > 0, segmenter, lookup[blob]) and lookup[labels]."""
-    from nodulekit.detection import rank_candidates
-
     rng = np.random.default_rng(seed)
     shape = (12, 40, 40)
     segmenter_labels, blob_labels = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
@@ -133,6 +132,7 @@ def test_merge_and_rank_label_voxels_as_the_whole_volume_formulas(seed):
         for i in range(1, count + 1):
             z, y, x = rng.integers(2, 10), rng.integers(4, 36), rng.integers(4, 36)
             labels[z - 2 : z + 2, y - 3 : y + 3, x - 3 : x + 3] = i  # boxes that overlap each other and the other source
+
     def table(labels, count, **extra):
         centres = np.array([np.argwhere(labels == i).mean(axis=0) if (labels == i).any() else (0.0, 0.0, 0.0) for i in range(1, count + 1)])
         return pd.DataFrame({"nodule_id": np.arange(1, count + 1), "centroid_z": centres[:, 0], "centroid_y": centres[:, 1], "centroid_x": centres[:, 2], **extra})
